@@ -1,0 +1,8 @@
+//! lstmc: a compiler for recurrent neural networks.
+//!
+//! A `.model` file (Keras's Sequential model written as text) is parsed and
+//! checked by the [`front`] end into a [`model::ModelSpec`], lowered into the
+//! [`ir`], and run by the [`interp`] (the reference oracle).
+
+pub mod front;
+pub mod model;
