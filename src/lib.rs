@@ -6,3 +6,12 @@
 
 pub mod front;
 pub mod model;
+pub mod ir;
+pub mod interp;
+pub mod arrays;
+pub mod error;
+pub mod init;
+pub mod weights;
+
+pub use error::{Error, Result};
+pub mod reference;

@@ -1,0 +1,157 @@
+//! The IR interpreter: plain Rust, in f64, so that it is an exact oracle for
+//! the JIT and for gradient checks. It runs any function the verifier
+//! accepts, optimized or not.
+
+use crate::ir::{BinOp, Block, Function, Op, Value};
+use crate::model::Activation;
+use ndarray::{Array2, ArrayD, Axis, IxDyn};
+
+/// A failure to run a function: wrong inputs, or IR the verifier should have refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("interpreter: {0}")]
+pub struct InterpError(pub String);
+
+#[derive(Clone, Debug)]
+enum Slot {
+    Tensor(ArrayD<f64>),
+    Index(usize),
+}
+
+/// Runs `f` on inputs given in the order of its `input_roles`; returns its
+/// outputs in the order of `f.outputs`.
+pub fn run(f: &Function, inputs: &[ArrayD<f64>]) -> Result<Vec<ArrayD<f64>>, InterpError> {
+    let params = &f.block(f.entry).params;
+    if inputs.len() != params.len() {
+        return Err(InterpError(format!("expected {} inputs, got {}", params.len(), inputs.len())));
+    }
+    let mut env: Vec<Option<Slot>> = vec![None; f.values.len()];
+    for ((&p, x), role) in params.iter().zip(inputs).zip(&f.input_roles) {
+        if x.shape() != f.shape(p) {
+            return Err(InterpError(format!("input {role} has shape {:?}, expected {:?}", x.shape(), f.shape(p))));
+        }
+        env[p.index()] = Some(Slot::Tensor(x.clone()));
+    }
+    exec(f, f.entry, &mut env)?;
+    f.outputs.iter().map(|(_, v)| tensor(&env, *v).cloned()).collect()
+}
+
+fn tensor(env: &[Option<Slot>], v: Value) -> Result<&ArrayD<f64>, InterpError> {
+    match &env[v.index()] {
+        Some(Slot::Tensor(t)) => Ok(t),
+        _ => Err(InterpError(format!("{v} is not a computed tensor"))),
+    }
+}
+
+/// Runs a block; returns the operands of its `yield`, if it ends with one.
+fn exec(f: &Function, b: Block, env: &mut Vec<Option<Slot>>) -> Result<Vec<ArrayD<f64>>, InterpError> {
+    for &i in &f.block(b).insts {
+        let inst = f.inst(i);
+        let arg = |env: &[Option<Slot>], k: usize| tensor(env, inst.args[k]).cloned();
+        let out = match &inst.op {
+            Op::Yield => {
+                return inst.args.iter().map(|&a| tensor(env, a).cloned()).collect();
+            }
+            Op::Loop { body, steps } => {
+                let body_params = f.block(*body).params.clone();
+                let mut carried: Vec<ArrayD<f64>> = inst.args.iter().map(|&a| tensor(env, a).cloned()).collect::<Result<_, _>>()?;
+                let mut stacked: Vec<Vec<ArrayD<f64>>> = vec![Vec::new(); inst.results.len() - carried.len()];
+                for k in 0..*steps {
+                    env[body_params[0].index()] = Some(Slot::Index(k));
+                    for (p, c) in body_params[1..].iter().zip(&carried) {
+                        env[p.index()] = Some(Slot::Tensor(c.clone()));
+                    }
+                    let mut y = exec(f, *body, env)?;
+                    let per_step = y.split_off(carried.len());
+                    carried = y;
+                    for (s, v) in stacked.iter_mut().zip(per_step) {
+                        s.push(v);
+                    }
+                }
+                for (&r, c) in inst.results.iter().zip(carried) {
+                    env[r.index()] = Some(Slot::Tensor(c));
+                }
+                for (&r, s) in inst.results[inst.args.len()..].iter().zip(stacked) {
+                    let views: Vec<_> = s.iter().map(|a| a.view()).collect();
+                    let t = ndarray::stack(Axis(1), &views).map_err(|e| InterpError(e.to_string()))?;
+                    env[r.index()] = Some(Slot::Tensor(t));
+                }
+                continue;
+            }
+            Op::Zeros(shape) => ArrayD::zeros(IxDyn(shape)),
+            Op::MatMul => matmul(&arg(env, 0)?, &arg(env, 1)?)?,
+            Op::BiasAdd => arg(env, 0)? + &arg(env, 1)?,
+            Op::Binary(op) => {
+                let (a, b) = (arg(env, 0)?, arg(env, 1)?);
+                match op {
+                    BinOp::Add => a + &b,
+                    BinOp::Sub => a - &b,
+                    BinOp::Mul => a * &b,
+                }
+            }
+            Op::Act(a) => arg(env, 0)?.mapv(|x| activate(*a, x)),
+            Op::OneMinus => arg(env, 0)?.mapv(|x| 1.0 - x),
+            Op::Softmax => softmax(arg(env, 0)?),
+            Op::SliceLast { start, len } => {
+                let a = arg(env, 0)?;
+                let last = Axis(a.ndim() - 1);
+                a.slice_axis(last, (*start..start + len).into()).to_owned()
+            }
+            Op::Row { index } => arg(env, 0)?.index_axis(Axis(0), *index).to_owned(),
+            Op::TimeStep { reverse } => {
+                let x = arg(env, 0)?;
+                let k = match env[inst.args[1].index()] {
+                    Some(Slot::Index(k)) => k,
+                    _ => return Err(InterpError("time_step without a step number".into())),
+                };
+                let t = x.shape()[1];
+                let step = if *reverse { t - 1 - k } else { k };
+                x.index_axis(Axis(1), step).to_owned()
+            }
+        };
+        let r = inst.results[0];
+        if out.shape() != f.shape(r) {
+            return Err(InterpError(format!("{i} produced {:?}, IR says {:?}", out.shape(), f.shape(r))));
+        }
+        env[r.index()] = Some(Slot::Tensor(out));
+    }
+    Ok(Vec::new())
+}
+
+/// An activation in f64, with Keras 3's formulas.
+pub fn activate(a: Activation, x: f64) -> f64 {
+    match a {
+        Activation::Linear | Activation::Softmax => x,
+        Activation::Tanh => x.tanh(),
+        Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        Activation::HardSigmoid => (x / 6.0 + 0.5).clamp(0.0, 1.0),
+        Activation::Relu => x.max(0.0),
+    }
+}
+
+fn matmul(a: &ArrayD<f64>, w: &ArrayD<f64>) -> Result<ArrayD<f64>, InterpError> {
+    let k = *a.shape().last().unwrap_or(&1);
+    let lead: Vec<usize> = a.shape()[..a.ndim().saturating_sub(1)].to_vec();
+    let m: usize = lead.iter().product();
+    let a2: Array2<f64> = a
+        .as_standard_layout()
+        .into_owned()
+        .into_shape_with_order((m, k))
+        .map_err(|e| InterpError(e.to_string()))?;
+    let w2 = w.view().into_dimensionality::<ndarray::Ix2>().map_err(|e| InterpError(e.to_string()))?;
+    let n = w2.shape()[1];
+    let out = a2.dot(&w2);
+    let mut shape = lead;
+    shape.push(n);
+    out.into_shape_with_order(IxDyn(&shape)).map_err(|e| InterpError(e.to_string()))
+}
+
+fn softmax(mut a: ArrayD<f64>) -> ArrayD<f64> {
+    let last = Axis(a.ndim() - 1);
+    for mut lane in a.lanes_mut(last) {
+        let m = lane.fold(f64::NEG_INFINITY, |m, &x| m.max(x));
+        lane.mapv_inplace(|x| (x - m).exp());
+        let s = lane.sum();
+        lane.mapv_inplace(|x| x / s);
+    }
+    a
+}

@@ -1,0 +1,476 @@
+//! The IR: a graph of tensor operations with static shapes.
+//!
+//! Values, instructions and blocks live in arenas of the [`Function`] and are
+//! named by typed ids ([`Value`], [`Inst`], [`Block`]) rather than references,
+//! so that passes can rewrite the graph freely and side tables can be indexed
+//! by id (as Cranelift's entities). The op set is closed ([`Op`]); every op's
+//! typing rule is in [`infer`], which both the builder and the verifier use.
+//!
+//! Recurrence is explicit: [`Op::Loop`] runs a body block `steps` times; the
+//! body receives the step number `k` and the carried values, and ends with
+//! [`Op::Yield`] of the next carried values followed by per-step values that
+//! the loop stacks along a new time axis (axis 1). A layer is lowered to
+//! primitive ops inside such a loop, so passes can fuse, hoist and unroll.
+
+pub mod lower;
+pub mod print;
+pub mod verify;
+
+use crate::front::Span;
+use crate::model::Activation;
+use std::fmt;
+
+macro_rules! entity {
+    ($name:ident, $prefix:literal, $doc:literal) => {
+        #[doc = $doc]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub u32);
+        impl $name {
+            /// The arena index.
+            pub fn index(self) -> usize {
+                self.0 as usize
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!($prefix, "{}"), self.0)
+            }
+        }
+    };
+}
+
+entity!(Value, "%", "An SSA value: a tensor, or a step number inside a loop body.");
+entity!(Inst, "inst", "An instruction.");
+entity!(Block, "^bb", "A block: parameters and a list of instructions.");
+
+/// The type of a value.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Ty {
+    /// A float tensor of a static shape (row-major).
+    Tensor(Vec<usize>),
+    /// A step number of a loop.
+    Index,
+}
+
+impl Ty {
+    /// The shape, for a tensor.
+    pub fn shape(&self) -> Option<&[usize]> {
+        match self {
+            Ty::Tensor(s) => Some(s),
+            Ty::Index => None,
+        }
+    }
+
+    /// The number of elements (1 for an index).
+    pub fn numel(&self) -> usize {
+        self.shape().map_or(1, |s| s.iter().product())
+    }
+}
+
+impl fmt::Display for Ty {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ty::Tensor(s) => {
+                let dims: Vec<String> = s.iter().map(|d| d.to_string()).collect();
+                write!(f, "f32[{}]", dims.join(","))
+            }
+            Ty::Index => f.write_str("index"),
+        }
+    }
+}
+
+/// Elementwise binary operations on tensors of one shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinOp {
+    /// `a + b`
+    Add,
+    /// `a - b`
+    Sub,
+    /// `a * b`
+    Mul,
+}
+
+/// The operations. Each variant's doc gives its typing rule.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// `() -> T`: a tensor of zeros of the result type (given to the builder).
+    Zeros(Vec<usize>),
+    /// `(a: [.., K], w: [K, N]) -> [.., N]`: matrix product on the last axis.
+    MatMul,
+    /// `(a: [.., N], b: [N]) -> [.., N]`: adds `b` to every row.
+    BiasAdd,
+    /// `(a: T, b: T) -> T`: elementwise.
+    Binary(BinOp),
+    /// `(a: T) -> T`: an elementwise activation (not softmax).
+    Act(Activation),
+    /// `(a: T) -> T`: `1 - a`.
+    OneMinus,
+    /// `(a: [.., N]) -> [.., N]`: softmax over the last axis.
+    Softmax,
+    /// `(a: [.., N]) -> [.., len]`: columns `start..start+len` of the last axis.
+    SliceLast {
+        /// first column
+        start: usize,
+        /// number of columns
+        len: usize,
+    },
+    /// `(a: [R, N]) -> [N]`: row `index`.
+    Row {
+        /// the row
+        index: usize,
+    },
+    /// `(x: [B, T, F], k: index) -> [B, F]`: step `k` of a sequence, or step
+    /// `T-1-k` when `reverse` (a `go_backwards` layer).
+    TimeStep {
+        /// read from the end
+        reverse: bool,
+    },
+    /// `(init: C...) -> (C..., S...)`: runs `body` for `k = 0..steps`. The body
+    /// has parameters `(k: index, carried: C...)` and ends with a `Yield` of
+    /// `(C..., s: S'...)`; each per-step `s: [B, ..]` is stacked into
+    /// `S = [B, steps, ..]` in step order.
+    Loop {
+        /// the body block
+        body: Block,
+        /// trip count
+        steps: usize,
+    },
+    /// `(C..., S'...) -> ()`: ends a loop body (see `Loop`).
+    Yield,
+}
+
+impl Op {
+    /// The mnemonic used in the textual IR.
+    pub fn mnemonic(&self) -> String {
+        match self {
+            Op::Zeros(_) => "zeros".into(),
+            Op::MatMul => "matmul".into(),
+            Op::BiasAdd => "bias_add".into(),
+            Op::Binary(BinOp::Add) => "add".into(),
+            Op::Binary(BinOp::Sub) => "sub".into(),
+            Op::Binary(BinOp::Mul) => "mul".into(),
+            Op::Act(a) => a.name().into(),
+            Op::OneMinus => "one_minus".into(),
+            Op::Softmax => "softmax".into(),
+            Op::SliceLast { start, len } => format!("slice_last[{start}..{}]", start + len),
+            Op::Row { index } => format!("row[{index}]"),
+            Op::TimeStep { reverse: false } => "time_step".into(),
+            Op::TimeStep { reverse: true } => "time_step.reverse".into(),
+            Op::Loop { steps, .. } => format!("loop[{steps}]"),
+            Op::Yield => "yield".into(),
+        }
+    }
+}
+
+/// Where a value or instruction came from in the `.model` file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// The layer (0-based), if any.
+    pub layer: Option<usize>,
+    /// The source span.
+    pub span: Span,
+}
+
+/// How a value is defined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueDef {
+    /// The `index`-th parameter of a block.
+    Param(Block, usize),
+    /// The `index`-th result of an instruction.
+    Result(Inst, usize),
+}
+
+/// A value's type and definition.
+#[derive(Clone, Debug)]
+pub struct ValueData {
+    /// Its type.
+    pub ty: Ty,
+    /// Where it is defined.
+    pub def: ValueDef,
+}
+
+/// An instruction.
+#[derive(Clone, Debug)]
+pub struct InstData {
+    /// The operation.
+    pub op: Op,
+    /// Operands.
+    pub args: Vec<Value>,
+    /// Results.
+    pub results: Vec<Value>,
+    /// Source location.
+    pub origin: Option<Origin>,
+}
+
+/// A block.
+#[derive(Clone, Debug, Default)]
+pub struct BlockData {
+    /// Parameters (function inputs for the entry block; `k` and carried values for a loop body).
+    pub params: Vec<Value>,
+    /// Instructions in order.
+    pub insts: Vec<Inst>,
+}
+
+/// What a function input is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InputRole {
+    /// The model input `x`.
+    X,
+    /// A weight: `layers.{layer}.{name}`.
+    Weight {
+        /// layer index
+        layer: usize,
+        /// `kernel`, `recurrent_kernel`, `bias`
+        name: &'static str,
+    },
+    /// The initial recurrent state of a stateful layer.
+    State {
+        /// layer index
+        layer: usize,
+        /// `h` or `c`
+        slot: &'static str,
+    },
+}
+
+/// What a function output is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutputRole {
+    /// The model output `y`.
+    Y,
+    /// The final recurrent state of a layer (every recurrent layer has it).
+    State {
+        /// layer index
+        layer: usize,
+        /// `h` or `c`
+        slot: &'static str,
+    },
+}
+
+impl fmt::Display for InputRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InputRole::X => f.write_str("x"),
+            InputRole::Weight { layer, name } => write!(f, "layers.{layer}.{name}"),
+            InputRole::State { layer, slot } => write!(f, "state layers.{layer}.{slot}"),
+        }
+    }
+}
+
+impl fmt::Display for OutputRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OutputRole::Y => f.write_str("y"),
+            OutputRole::State { layer, slot } => write!(f, "state layers.{layer}.{slot}"),
+        }
+    }
+}
+
+/// A function: the forward computation of a model for one batch size.
+#[derive(Clone, Debug)]
+pub struct Function {
+    /// Its name (the model's).
+    pub name: String,
+    /// The value arena.
+    pub values: Vec<ValueData>,
+    /// The instruction arena.
+    pub insts: Vec<InstData>,
+    /// The block arena.
+    pub blocks: Vec<BlockData>,
+    /// The entry block; its parameters are the inputs, in `input_roles` order.
+    pub entry: Block,
+    /// What each entry parameter is.
+    pub input_roles: Vec<InputRole>,
+    /// The outputs.
+    pub outputs: Vec<(OutputRole, Value)>,
+}
+
+/// An ill-typed operation, found by the builder or the verifier.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct IrError(pub String);
+
+/// The result types of `op` applied to arguments of types `args`.
+///
+/// Loops are typed by [`verify`], which can see their bodies; here a loop's
+/// result types must be supplied by the builder.
+pub fn infer(op: &Op, args: &[&Ty]) -> Result<Vec<Ty>, IrError> {
+    let err = |m: String| Err(IrError(format!("{}: {m}", op.mnemonic())));
+    let tensor = |i: usize| -> Result<&[usize], IrError> {
+        match args.get(i) {
+            Some(Ty::Tensor(s)) => Ok(s),
+            Some(Ty::Index) => Err(IrError(format!("{}: operand {i} is an index, not a tensor", op.mnemonic()))),
+            None => Err(IrError(format!("{}: missing operand {i}", op.mnemonic()))),
+        }
+    };
+    let arity = |n: usize| -> Result<(), IrError> {
+        if args.len() == n {
+            Ok(())
+        } else {
+            Err(IrError(format!("{}: expected {n} operands, found {}", op.mnemonic(), args.len())))
+        }
+    };
+    match op {
+        Op::Zeros(shape) => {
+            arity(0)?;
+            Ok(vec![Ty::Tensor(shape.clone())])
+        }
+        Op::MatMul => {
+            arity(2)?;
+            let (a, w) = (tensor(0)?, tensor(1)?);
+            match (a.split_last(), w) {
+                (Some((&k, lead)), &[k2, n]) if k == k2 => Ok(vec![Ty::Tensor([lead, &[n]].concat())]),
+                _ => err(format!("cannot multiply {:?} by {:?}", a, w)),
+            }
+        }
+        Op::BiasAdd => {
+            arity(2)?;
+            let (a, b) = (tensor(0)?, tensor(1)?);
+            match (a.last(), b) {
+                (Some(&n), &[m]) if n == m => Ok(vec![Ty::Tensor(a.to_vec())]),
+                _ => err(format!("bias {:?} does not match {:?}", b, a)),
+            }
+        }
+        Op::Binary(_) => {
+            arity(2)?;
+            let (a, b) = (tensor(0)?, tensor(1)?);
+            if a == b {
+                Ok(vec![Ty::Tensor(a.to_vec())])
+            } else {
+                err(format!("shapes differ: {:?} and {:?}", a, b))
+            }
+        }
+        Op::Act(Activation::Softmax) => err("softmax is its own op".into()),
+        Op::Act(_) | Op::OneMinus | Op::Softmax => {
+            arity(1)?;
+            let a = tensor(0)?;
+            if matches!(op, Op::Softmax) && a.is_empty() {
+                return err("softmax of a scalar".into());
+            }
+            Ok(vec![Ty::Tensor(a.to_vec())])
+        }
+        Op::SliceLast { start, len } => {
+            arity(1)?;
+            let a = tensor(0)?;
+            match a.split_last() {
+                Some((&n, lead)) if start + len <= n && *len > 0 => Ok(vec![Ty::Tensor([lead, &[*len]].concat())]),
+                _ => err(format!("columns {start}..{} out of {:?}", start + len, a)),
+            }
+        }
+        Op::Row { index } => {
+            arity(1)?;
+            match tensor(0)? {
+                &[r, n] if *index < r => Ok(vec![Ty::Tensor(vec![n])]),
+                a => err(format!("row {index} of {:?}", a)),
+            }
+        }
+        Op::TimeStep { .. } => {
+            arity(2)?;
+            let x = tensor(0)?;
+            if args[1] != &Ty::Index {
+                return err("second operand must be an index".into());
+            }
+            match x {
+                &[b, _t, f] => Ok(vec![Ty::Tensor(vec![b, f])]),
+                _ => err(format!("expects a sequence [B, T, F], found {:?}", x)),
+            }
+        }
+        Op::Loop { .. } => err("loop result types come from its body".into()),
+        Op::Yield => Ok(vec![]),
+    }
+}
+
+impl Function {
+    /// An empty function with an entry block.
+    pub fn new(name: impl Into<String>) -> Function {
+        Function {
+            name: name.into(),
+            values: Vec::new(),
+            insts: Vec::new(),
+            blocks: vec![BlockData::default()],
+            entry: Block(0),
+            input_roles: Vec::new(),
+            outputs: Vec::new(),
+        }
+    }
+
+    /// The type of a value.
+    pub fn ty(&self, v: Value) -> &Ty {
+        &self.values[v.index()].ty
+    }
+
+    /// The shape of a tensor value (empty for an index).
+    pub fn shape(&self, v: Value) -> &[usize] {
+        self.ty(v).shape().unwrap_or(&[])
+    }
+
+    /// An instruction.
+    pub fn inst(&self, i: Inst) -> &InstData {
+        &self.insts[i.index()]
+    }
+
+    /// A block.
+    pub fn block(&self, b: Block) -> &BlockData {
+        &self.blocks[b.index()]
+    }
+
+    /// A new empty block.
+    pub fn new_block(&mut self) -> Block {
+        self.blocks.push(BlockData::default());
+        Block(self.blocks.len() as u32 - 1)
+    }
+
+    /// Adds a parameter of type `ty` to `block`.
+    pub fn add_param(&mut self, block: Block, ty: Ty) -> Value {
+        let v = Value(self.values.len() as u32);
+        let index = self.blocks[block.index()].params.len();
+        self.values.push(ValueData {
+            ty,
+            def: ValueDef::Param(block, index),
+        });
+        self.blocks[block.index()].params.push(v);
+        v
+    }
+
+    /// Adds a function input.
+    pub fn add_input(&mut self, role: InputRole, shape: Vec<usize>) -> Value {
+        self.input_roles.push(role);
+        self.add_param(self.entry, Ty::Tensor(shape))
+    }
+
+    /// Appends an instruction with explicitly given result types.
+    pub fn push_typed(&mut self, block: Block, op: Op, args: Vec<Value>, tys: Vec<Ty>, origin: Option<Origin>) -> Inst {
+        let inst = Inst(self.insts.len() as u32);
+        let results = tys
+            .into_iter()
+            .enumerate()
+            .map(|(i, ty)| {
+                self.values.push(ValueData {
+                    ty,
+                    def: ValueDef::Result(inst, i),
+                });
+                Value(self.values.len() as u32 - 1)
+            })
+            .collect();
+        self.insts.push(InstData { op, args, results, origin });
+        self.blocks[block.index()].insts.push(inst);
+        inst
+    }
+
+    /// Appends an instruction whose result types follow from [`infer`]; returns its first result.
+    pub fn push(&mut self, block: Block, op: Op, args: &[Value], origin: Option<Origin>) -> Result<Option<Value>, IrError> {
+        let tys: Vec<&Ty> = args.iter().map(|&a| self.ty(a)).collect();
+        let out = infer(&op, &tys)?;
+        let inst = self.push_typed(block, op, args.to_vec(), out, origin);
+        Ok(self.insts[inst.index()].results.first().copied())
+    }
+
+    /// The instructions of `block` and, recursively, of the loop bodies inside it, in order.
+    pub fn walk(&self, block: Block, f: &mut impl FnMut(Inst)) {
+        for &i in &self.blocks[block.index()].insts {
+            f(i);
+            if let Op::Loop { body, .. } = self.insts[i.index()].op {
+                self.walk(body, f);
+            }
+        }
+    }
+}

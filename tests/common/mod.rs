@@ -1,0 +1,123 @@
+//! Shared helpers for the integration tests: the Keras fixtures (copied from
+//! the shared reference set into tests/fixtures/keras) turned into `.model`
+//! text, weights and batches.
+#![allow(dead_code)]
+
+use lstmc::model::ModelSpec;
+use lstmc::weights::Weights;
+use ndarray::{ArrayD, IxDyn};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keras")
+}
+
+pub fn fixture_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(fixtures_dir())
+        .expect("tests/fixtures/keras exists")
+        .filter_map(|e| {
+            let p = e.ok()?.path();
+            (p.extension()? == "json").then(|| p.file_stem().unwrap().to_string_lossy().into_owned())
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+pub struct Fixture {
+    pub name: String,
+    pub json: Value,
+}
+
+pub fn load(name: &str) -> Fixture {
+    let text = std::fs::read_to_string(fixtures_dir().join(format!("{name}.json"))).expect("fixture readable");
+    Fixture {
+        name: name.to_string(),
+        json: serde_json::from_str(&text).expect("fixture is JSON"),
+    }
+}
+
+pub fn array(v: &Value) -> ArrayD<f64> {
+    let shape: Vec<usize> = v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+    let data: Vec<f64> = v["data"].as_array().unwrap().iter().map(|d| d.as_f64().unwrap()).collect();
+    ArrayD::from_shape_vec(IxDyn(&shape), data).unwrap()
+}
+
+impl Fixture {
+    /// The fixture's model as `.model` text, written from its layer list.
+    pub fn model_text(&self) -> String {
+        let mut out = format!("# Keras fixture {}\nmodel {}\n", self.name, self.name);
+        let batch = self.json["batch_size"].as_u64().unwrap();
+        for (i, l) in self.json["layers"].as_array().unwrap().iter().enumerate() {
+            let mut line = format!("{} {}", l["type"].as_str().unwrap(), l["units"]);
+            if let Some(d) = l["input_dim"].as_u64() {
+                line += &format!(" input_dim={d}");
+            }
+            if let Some(t) = l["input_length"].as_u64() {
+                line += &format!(" input_length={t}");
+            }
+            if i == 0 && self.stateful() {
+                line += &format!(" batch_size={batch}");
+            }
+            for flag in ["return_sequences", "stateful", "go_backwards"] {
+                if l[flag].as_bool() == Some(true) {
+                    line += &format!(" {flag}");
+                }
+            }
+            line += &format!(" activation={}", l["activation"].as_str().unwrap());
+            if let Some(ra) = l["recurrent_activation"].as_str() {
+                if l["type"] != "SimpleRNN" {
+                    line += &format!(" recurrent_activation={ra}");
+                }
+            }
+            if l["use_bias"].as_bool() == Some(false) {
+                line += " use_bias=false";
+            }
+            if let Some(ra) = l["reset_after"].as_bool() {
+                line += &format!(" reset_after={ra}");
+            }
+            out += &line;
+            out.push('\n');
+        }
+        out
+    }
+
+    pub fn stateful(&self) -> bool {
+        self.json["layers"].as_array().unwrap().iter().any(|l| l["stateful"].as_bool() == Some(true))
+    }
+
+    pub fn spec(&self) -> ModelSpec {
+        let text = self.model_text();
+        lstmc::front::load(&format!("{}.model", self.name), text.as_bytes()).unwrap_or_else(|d| panic!("{}", d.render()))
+    }
+
+    pub fn named_weights(&self, key: &str) -> BTreeMap<String, ArrayD<f64>> {
+        self.json[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| (format!("layers.{}.{}", w["layer"], w["name"].as_str().unwrap()), array(w)))
+            .collect()
+    }
+
+    pub fn weights(&self, spec: &ModelSpec) -> Weights {
+        Weights::from_named(spec, self.named_weights("weights"), &self.name).unwrap()
+    }
+
+    pub fn batches(&self) -> &Vec<Value> {
+        self.json["batches"].as_array().unwrap()
+    }
+}
+
+/// Asserts `|a - b| <= tol * max(1, |b|)` everywhere, naming the first failure.
+pub fn assert_close(what: &str, got: &ArrayD<f64>, want: &ArrayD<f64>, tol: f64) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
+        assert!(
+            (g - w).abs() <= tol * w.abs().max(1.0),
+            "{what}: element {i}: got {g}, want {w} (tolerance {tol})"
+        );
+    }
+}
