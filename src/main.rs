@@ -1,8 +1,17 @@
-fn main() {
-    let path = std::env::args().nth(1).unwrap();
-    let bytes = std::fs::read(&path).unwrap();
-    match lstmc::front::load(&path, &bytes) {
-        Ok(m) => print!("{}", m.summary()),
-        Err(d) => eprint!("{}", d.render()),
+//! The `lstmc` command line. All work is in the library; this file parses
+//! flags, maps errors to exit codes (0 success, 1 user error, 2 internal
+//! error) and makes sure no panic trace reaches the user.
+
+mod cli;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("lstmc: internal error (a bug in lstmc, please report it): {info}");
+    }));
+    match std::panic::catch_unwind(cli::main) {
+        Ok(code) => code,
+        Err(_) => ExitCode::from(2),
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! func @seed(x: f32[1,4,1], ...) {
-//!   %4 = slice_last[0..3] %1 : f32[1,3]            # layer 0, 2:1
+//!   # layer 0, line 2:1
+//!   %4 = slice_last[0..3] %1 : f32[1,3]
 //!   %12, %13 = loop[4] (%10, %11) {
 //!   ^bb1(%14: index, %15: f32[1,3], %16: f32[1,3]):
 //!     ...
@@ -12,7 +13,7 @@
 //! }
 //! ```
 
-use super::{Block, Function, Op};
+use super::{Block, Function, Op, Origin};
 use crate::front::SourceFile;
 use std::fmt::Write;
 
@@ -24,43 +25,43 @@ pub fn print(f: &Function, source: Option<&SourceFile>) -> String {
     for (role, &v) in f.input_roles.iter().zip(&entry.params) {
         let _ = writeln!(out, "  {v}: {} = input {role}", f.ty(v));
     }
-    block(f, f.entry, 1, source, &mut out);
+    let mut last = None;
+    block(f, f.entry, 1, source, &mut last, &mut out);
     let rets: Vec<String> = f.outputs.iter().map(|(r, v)| format!("{r} = {v}")).collect();
     let _ = writeln!(out, "  return {}", rets.join(", "));
     out.push_str("}\n");
     out
 }
 
-fn block(f: &Function, b: Block, depth: usize, source: Option<&SourceFile>, out: &mut String) {
+fn block(f: &Function, b: Block, depth: usize, source: Option<&SourceFile>, last: &mut Option<Origin>, out: &mut String) {
     let pad = "  ".repeat(depth);
     for &i in &f.block(b).insts {
         let data = f.inst(i);
         let args: Vec<String> = data.args.iter().map(|a| a.to_string()).collect();
         let res: Vec<String> = data.results.iter().map(|r| r.to_string()).collect();
         let tys: Vec<String> = data.results.iter().map(|r| f.ty(*r).to_string()).collect();
-        let loc = match (data.origin, source) {
-            (Some(o), Some(s)) => {
+        // A location note when the origin changes, rather than on every line.
+        if let (Some(o), Some(s)) = (data.origin, source) {
+            if *last != Some(o) {
                 let (line, col) = s.line_col(o.span.start);
-                match o.layer {
-                    Some(l) => format!("  # layer {l}, {line}:{col}"),
-                    None => format!("  # {line}:{col}"),
-                }
+                let what = o.layer.map_or(String::new(), |l| format!("layer {l}, "));
+                let _ = writeln!(out, "{pad}# {what}line {line}:{col}");
+                *last = Some(o);
             }
-            _ => String::new(),
-        };
+        }
         let lhs = if res.is_empty() { String::new() } else { format!("{} = ", res.join(", ")) };
         match &data.op {
             Op::Loop { body, .. } => {
-                let _ = writeln!(out, "{pad}{lhs}{} ({}) {{{loc}", data.op.mnemonic(), args.join(", "));
+                let _ = writeln!(out, "{pad}{lhs}{} ({}) {{", data.op.mnemonic(), args.join(", "));
                 let params: Vec<String> = f.block(*body).params.iter().map(|p| format!("{p}: {}", f.ty(*p))).collect();
                 let _ = writeln!(out, "{pad}{body}({}):", params.join(", "));
-                block(f, *body, depth + 1, source, out);
+                block(f, *body, depth + 1, source, last, out);
                 let _ = writeln!(out, "{pad}}} : {}", tys.join(", "));
             }
             op => {
                 let ty = if tys.is_empty() { String::new() } else { format!(" : {}", tys.join(", ")) };
                 let sep = if args.is_empty() { "" } else { " " };
-                let _ = writeln!(out, "{pad}{lhs}{}{sep}{}{ty}{loc}", op.mnemonic(), args.join(", "));
+                let _ = writeln!(out, "{pad}{lhs}{}{sep}{}{ty}", op.mnemonic(), args.join(", "));
             }
         }
     }

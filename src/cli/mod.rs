@@ -1,0 +1,124 @@
+//! Subcommands of the `lstmc` binary.
+
+use clap::{Parser, Subcommand};
+use lstmc::Error;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+mod run;
+
+const EXAMPLES: &str = "\
+Examples:
+  lstmc run                                   train and play the built-in butterfly example
+  lstmc check examples/butterfly.model        parse, check, print a Keras-style summary
+  lstmc ir examples/butterfly.model           print the IR as lowered
+  lstmc run m.model --weights w.safetensors --predict x.npy --output y.npy";
+
+/// lstmc: a compiler for recurrent neural networks (Keras-style .model files to native code).
+#[derive(Parser, Debug)]
+#[command(name = "lstmc", version, about, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Parse and check a model; print a Keras-style summary.
+    Check {
+        /// The .model file.
+        model: PathBuf,
+    },
+    /// Print the IR of a model.
+    Ir {
+        /// The .model file.
+        model: PathBuf,
+        /// Batch size to build for (default: the model's, else 1).
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Steps per sample, when the model does not fix input_length.
+        #[arg(long)]
+        input_length: Option<usize>,
+        /// Leave out the `# layer, line:col` notes.
+        #[arg(long)]
+        no_locations: bool,
+    },
+    /// Compile a model, then train, evaluate and predict as its file and flags say.
+    Run(run::RunArgs),
+}
+
+/// Parses the command line and runs it; returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
+        }
+    };
+    let result = match cli.command {
+        Command::Check { model } => check(&model),
+        Command::Ir {
+            model,
+            batch_size,
+            input_length,
+            no_locations,
+        } => ir(&model, batch_size, input_length, no_locations),
+        Command::Run(args) => run::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            match &e {
+                Error::Model(d) => eprint!("{}", d.render()),
+                e => eprintln!("error: {e}"),
+            }
+            ExitCode::from(if e.is_internal() { 2 } else { 1 })
+        }
+    }
+}
+
+/// Reads and checks a `.model` file.
+pub fn load_model(path: &std::path::Path) -> Result<lstmc::model::ModelSpec, Error> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok(lstmc::front::load(&path.display().to_string(), &bytes)?)
+}
+
+fn check(model: &std::path::Path) -> Result<(), Error> {
+    let spec = load_model(model)?;
+    print!("{}", spec.summary());
+    Ok(())
+}
+
+fn ir(model: &std::path::Path, batch: Option<usize>, time: Option<usize>, no_locations: bool) -> Result<(), Error> {
+    let spec = load_model(model)?;
+    let shapes = sizes(&spec, batch, time)?;
+    let f = lstmc::ir::lower::lower(&spec, shapes)?;
+    lstmc::ir::verify::verify(&f)?;
+    print!("{}", lstmc::ir::print::print(&f, (!no_locations).then_some(&spec.source)));
+    Ok(())
+}
+
+/// The batch size and length to build for: flags, else the model's, else 1 / an error.
+pub fn sizes(spec: &lstmc::model::ModelSpec, batch: Option<usize>, time: Option<usize>) -> Result<lstmc::ir::lower::Shapes, Error> {
+    let batch = batch.or(spec.input.batch).unwrap_or(1);
+    let time = match (spec.input.sequence, spec.input.time, time) {
+        (false, _, _) => 1,
+        (true, Some(t), None) => t,
+        (true, Some(t), Some(f)) if t == f => t,
+        (true, Some(t), Some(f)) => {
+            return Err(Error::Usage(format!("--input-length {f} contradicts the model's input_length={t}")))
+        }
+        (true, None, Some(f)) => f,
+        (true, None, None) => {
+            return Err(Error::Usage(format!(
+                "model `{}` has no input_length; give --input-length T to build it",
+                spec.name
+            )))
+        }
+    };
+    if batch == 0 || time == 0 {
+        return Err(Error::Usage("batch size and input length must be at least 1".into()));
+    }
+    Ok(lstmc::ir::lower::Shapes { batch, time })
+}
