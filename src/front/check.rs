@@ -273,7 +273,7 @@ impl Checker {
                 return Some(Typed::Bool(true));
             }
             self.error(
-                Diagnostic::new(format!("option `{name}` needs a value"), o.span, format!("expected `{name}=` {}", expect_text(ty)))
+                Diagnostic::new(format!("option `{name}` needs a value"), o.span, format!("`{name}` takes {}", expect_text(ty)))
                     .help(format!("write `{name}=VALUE`")),
             );
             return None;
@@ -389,11 +389,13 @@ impl Checker {
                 LayerKind::SimpleRnn => options::RNN,
                 LayerKind::Dense => options::DENSE,
             };
+            let errors_before = self.diags.len();
             let units = self.units(st, kind);
             let opts = self.options(st, owner, kind.name());
             if i == 0 {
                 let Some(dim) = opts.int("input_dim") else {
-                    if !opts.has("input_dim") {
+                    // Said already, if the statement had errors (a misspelt or invalid input_dim).
+                    if self.diags.len() == errors_before {
                         let example = if kind.is_recurrent() {
                             "input_dim=N input_length=T"
                         } else {

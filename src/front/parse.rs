@@ -221,7 +221,12 @@ fn syntax_error(source: &SourceFile, e: pest::error::Error<Rule>) -> Diagnostic 
         format!("expected {}", join_or(&expected))
     };
     let mut diag = Diagnostic::new(format!("unexpected {found}"), Span::new(pos, pos + token_len.max(1)), label);
-    if rest.starts_with('=') {
+    let after_word = source.text[..pos].ends_with(|c: char| c.is_alphanumeric() || c == '_');
+    if rest.starts_with(['.', '/']) && after_word {
+        diag = diag.help("a path, or other text with `.` or `/`, is written in double quotes: x=\"train.npy\"");
+    } else if rest.starts_with('\\') {
+        diag = diag.help("a `\\` continues a line only as the last character of the line");
+    } else if rest.starts_with('=') {
         diag = diag.help("an option is written `name=value`, with a name before `=`");
     } else if rest.starts_with(['(', ')', ',', '[', ']']) {
         diag = diag.help("write options as `name=value` separated by spaces, not Keras's `(...)` call syntax");
