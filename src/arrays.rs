@@ -12,16 +12,26 @@ use std::path::Path;
 pub fn read(path: &Path, name: Option<&str>) -> Result<ArrayD<f64>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let what = path.display().to_string();
-    let is_npz = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npz"));
+    let is_npz = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npz"));
     let a = if is_npz {
-        let mut npz = NpzReader::new(file).map_err(|e| Error::Data(format!("{what}: not a readable .npz archive: {e}")))?;
-        let names = npz.names().map_err(|e| Error::Data(format!("{what}: {e}")))?;
+        let mut npz = NpzReader::new(file)
+            .map_err(|e| Error::Data(format!("{what}: not a readable .npz archive: {e}")))?;
+        let names = npz
+            .names()
+            .map_err(|e| Error::Data(format!("{what}: {e}")))?;
         let entry = match name {
             Some(n) => names
                 .iter()
                 .find(|e| e.as_str() == n || e.strip_suffix(".npy") == Some(n))
                 .cloned()
-                .ok_or_else(|| Error::Data(format!("{what} has no array `{n}`; it has: {}", names.join(", "))))?,
+                .ok_or_else(|| {
+                    Error::Data(format!(
+                        "{what} has no array `{n}`; it has: {}",
+                        names.join(", ")
+                    ))
+                })?,
             None if names.len() == 1 => names[0].clone(),
             None => {
                 return Err(Error::Data(format!(
@@ -35,7 +45,12 @@ pub fn read(path: &Path, name: Option<&str>) -> Result<ArrayD<f64>> {
         match f64_try {
             Ok(a) => a,
             Err(_) => {
-                let a32: ArrayD<f32> = npz.by_name(&entry).map_err(|e| Error::Data(format!("{what}[{entry}]: {}", npy_error_text(&e.to_string()))))?;
+                let a32: ArrayD<f32> = npz.by_name(&entry).map_err(|e| {
+                    Error::Data(format!(
+                        "{what}[{entry}]: {}",
+                        npy_error_text(&e.to_string())
+                    ))
+                })?;
                 a32.mapv(|v| v as f64)
             }
         }
@@ -43,7 +58,9 @@ pub fn read(path: &Path, name: Option<&str>) -> Result<ArrayD<f64>> {
         read_npy(file, &what)?
     };
     if let Some((i, v)) = a.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-        return Err(Error::Data(format!("{what}: holds {v} at flat index {i}; inputs must be finite")));
+        return Err(Error::Data(format!(
+            "{what}: holds {v} at flat index {i}; inputs must be finite"
+        )));
     }
     Ok(a)
 }
@@ -58,10 +75,16 @@ fn read_npy<R: Read + Seek>(mut r: R, what: &str) -> Result<ArrayD<f64>> {
                 Err(ReadNpyError::WrongDescriptor(d)) => Err(Error::Data(format!(
                     "{what}: arrays must be float32 or float64, found dtype {d}"
                 ))),
-                Err(e) => Err(Error::Data(format!("{what}: {}", npy_error_text(&e.to_string())))),
+                Err(e) => Err(Error::Data(format!(
+                    "{what}: {}",
+                    npy_error_text(&e.to_string())
+                ))),
             }
         }
-        Err(e) => Err(Error::Data(format!("{what}: {}", npy_error_text(&e.to_string())))),
+        Err(e) => Err(Error::Data(format!(
+            "{what}: {}",
+            npy_error_text(&e.to_string())
+        ))),
     }
 }
 

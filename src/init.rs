@@ -54,11 +54,17 @@ fn truncated_normal(rng: &mut Pcg64Mcg, stddev: f64) -> f64 {
 pub fn draw(init: Initializer, shape: &[usize], rng: &mut Pcg64Mcg) -> ArrayD<f64> {
     let n: usize = shape.iter().product();
     let (fan_in, fan_out) = fans(shape);
-    let uniform = |rng: &mut Pcg64Mcg, limit: f64| (0..n).map(|_| rng.random_range(-limit..limit)).collect::<Vec<f64>>();
+    let uniform = |rng: &mut Pcg64Mcg, limit: f64| {
+        (0..n)
+            .map(|_| rng.random_range(-limit..limit))
+            .collect::<Vec<f64>>()
+    };
     // Keras divides by the stddev of a unit normal truncated at ±2.
     let trunc = |rng: &mut Pcg64Mcg, var: f64| {
         let sd = var.sqrt() / 0.879_625_661_034_239_8;
-        (0..n).map(|_| truncated_normal(rng, sd)).collect::<Vec<f64>>()
+        (0..n)
+            .map(|_| truncated_normal(rng, sd))
+            .collect::<Vec<f64>>()
     };
     let data = match init {
         Initializer::Zeros => vec![0.0; n],
@@ -83,7 +89,9 @@ fn orthogonal(shape: &[usize], rng: &mut Pcg64Mcg) -> ArrayD<f64> {
     // Columns of an m×n normal matrix, orthonormalized by modified Gram–Schmidt
     // (twice, for stability). MGS yields R with a positive diagonal, which is
     // exactly Q·sign(diag R) of any other QR.
-    let mut q: Vec<Vec<f64>> = (0..n).map(|_| (0..m).map(|_| normal(rng)).collect()).collect();
+    let mut q: Vec<Vec<f64>> = (0..n)
+        .map(|_| (0..m).map(|_| normal(rng)).collect())
+        .collect();
     for j in 0..n {
         for _ in 0..2 {
             for i in 0..j {
@@ -94,16 +102,22 @@ fn orthogonal(shape: &[usize], rng: &mut Pcg64Mcg) -> ArrayD<f64> {
                 }
             }
         }
-        let norm = q[j].iter().map(|x| x * x).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
+        let norm = q[j]
+            .iter()
+            .map(|x| x * x)
+            .sum::<f64>()
+            .sqrt()
+            .max(f64::MIN_POSITIVE);
         q[j].iter_mut().for_each(|x| *x /= norm);
     }
     // q[j][i] is Q[i, j] (m×n). The result is Q (rows ≥ cols) or Qᵀ.
-    let mut out = Vec::with_capacity(rows * cols);
-    for r in 0..rows {
-        for c in 0..cols {
-            out.push(if rows >= cols { q[c][r] } else { q[r][c] });
-        }
-    }
+    let out: Vec<f64> = if rows >= cols {
+        (0..rows)
+            .flat_map(|r| q.iter().map(move |col| col[r]))
+            .collect()
+    } else {
+        q.into_iter().flatten().collect()
+    };
     ArrayD::from_shape_vec(IxDyn(shape), out).expect("length matches shape")
 }
 

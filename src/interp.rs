@@ -22,17 +22,28 @@ enum Slot {
 pub fn run(f: &Function, inputs: &[ArrayD<f64>]) -> Result<Vec<ArrayD<f64>>, InterpError> {
     let params = &f.block(f.entry).params;
     if inputs.len() != params.len() {
-        return Err(InterpError(format!("expected {} inputs, got {}", params.len(), inputs.len())));
+        return Err(InterpError(format!(
+            "expected {} inputs, got {}",
+            params.len(),
+            inputs.len()
+        )));
     }
     let mut env: Vec<Option<Slot>> = vec![None; f.values.len()];
     for ((&p, x), role) in params.iter().zip(inputs).zip(&f.input_roles) {
         if x.shape() != f.shape(p) {
-            return Err(InterpError(format!("input {role} has shape {:?}, expected {:?}", x.shape(), f.shape(p))));
+            return Err(InterpError(format!(
+                "input {role} has shape {:?}, expected {:?}",
+                x.shape(),
+                f.shape(p)
+            )));
         }
         env[p.index()] = Some(Slot::Tensor(x.clone()));
     }
     exec(f, f.entry, &mut env)?;
-    f.outputs.iter().map(|(_, v)| tensor(&env, *v).cloned()).collect()
+    f.outputs
+        .iter()
+        .map(|(_, v)| tensor(&env, *v).cloned())
+        .collect()
 }
 
 fn tensor(env: &[Option<Slot>], v: Value) -> Result<&ArrayD<f64>, InterpError> {
@@ -43,7 +54,11 @@ fn tensor(env: &[Option<Slot>], v: Value) -> Result<&ArrayD<f64>, InterpError> {
 }
 
 /// Runs a block; returns the operands of its `yield`, if it ends with one.
-fn exec(f: &Function, b: Block, env: &mut Vec<Option<Slot>>) -> Result<Vec<ArrayD<f64>>, InterpError> {
+fn exec(
+    f: &Function,
+    b: Block,
+    env: &mut Vec<Option<Slot>>,
+) -> Result<Vec<ArrayD<f64>>, InterpError> {
     for &i in &f.block(b).insts {
         let inst = f.inst(i);
         let arg = |env: &[Option<Slot>], k: usize| tensor(env, inst.args[k]).cloned();
@@ -53,8 +68,13 @@ fn exec(f: &Function, b: Block, env: &mut Vec<Option<Slot>>) -> Result<Vec<Array
             }
             Op::Loop { body, steps } => {
                 let body_params = f.block(*body).params.clone();
-                let mut carried: Vec<ArrayD<f64>> = inst.args.iter().map(|&a| tensor(env, a).cloned()).collect::<Result<_, _>>()?;
-                let mut stacked: Vec<Vec<ArrayD<f64>>> = vec![Vec::new(); inst.results.len() - carried.len()];
+                let mut carried: Vec<ArrayD<f64>> = inst
+                    .args
+                    .iter()
+                    .map(|&a| tensor(env, a).cloned())
+                    .collect::<Result<_, _>>()?;
+                let mut stacked: Vec<Vec<ArrayD<f64>>> =
+                    vec![Vec::new(); inst.results.len() - carried.len()];
                 for k in 0..*steps {
                     env[body_params[0].index()] = Some(Slot::Index(k));
                     for (p, c) in body_params[1..].iter().zip(&carried) {
@@ -72,7 +92,8 @@ fn exec(f: &Function, b: Block, env: &mut Vec<Option<Slot>>) -> Result<Vec<Array
                 }
                 for (&r, s) in inst.results[inst.args.len()..].iter().zip(stacked) {
                     let views: Vec<_> = s.iter().map(|a| a.view()).collect();
-                    let t = ndarray::stack(Axis(1), &views).map_err(|e| InterpError(e.to_string()))?;
+                    let t =
+                        ndarray::stack(Axis(1), &views).map_err(|e| InterpError(e.to_string()))?;
                     env[r.index()] = Some(Slot::Tensor(t));
                 }
                 continue;
@@ -110,7 +131,11 @@ fn exec(f: &Function, b: Block, env: &mut Vec<Option<Slot>>) -> Result<Vec<Array
         };
         let r = inst.results[0];
         if out.shape() != f.shape(r) {
-            return Err(InterpError(format!("{i} produced {:?}, IR says {:?}", out.shape(), f.shape(r))));
+            return Err(InterpError(format!(
+                "{i} produced {:?}, IR says {:?}",
+                out.shape(),
+                f.shape(r)
+            )));
         }
         env[r.index()] = Some(Slot::Tensor(out));
     }
@@ -137,12 +162,16 @@ fn matmul(a: &ArrayD<f64>, w: &ArrayD<f64>) -> Result<ArrayD<f64>, InterpError> 
         .into_owned()
         .into_shape_with_order((m, k))
         .map_err(|e| InterpError(e.to_string()))?;
-    let w2 = w.view().into_dimensionality::<ndarray::Ix2>().map_err(|e| InterpError(e.to_string()))?;
+    let w2 = w
+        .view()
+        .into_dimensionality::<ndarray::Ix2>()
+        .map_err(|e| InterpError(e.to_string()))?;
     let n = w2.shape()[1];
     let out = a2.dot(&w2);
     let mut shape = lead;
     shape.push(n);
-    out.into_shape_with_order(IxDyn(&shape)).map_err(|e| InterpError(e.to_string()))
+    out.into_shape_with_order(IxDyn(&shape))
+        .map_err(|e| InterpError(e.to_string()))
 }
 
 fn softmax(mut a: ArrayD<f64>) -> ArrayD<f64> {

@@ -4,13 +4,13 @@
 //! checked by the [`front`] end into a [`model::ModelSpec`], lowered into the
 //! [`ir`], and run by the [`interp`] (the reference oracle).
 
-pub mod front;
-pub mod model;
-pub mod ir;
-pub mod interp;
 pub mod arrays;
 pub mod error;
+pub mod front;
 pub mod init;
+pub mod interp;
+pub mod ir;
+pub mod model;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -84,7 +84,14 @@ pub enum Activation {
 
 impl Activation {
     /// Every activation's name, in the order of the spec.
-    pub const NAMES: [&'static str; 6] = ["linear", "tanh", "sigmoid", "hard_sigmoid", "relu", "softmax"];
+    pub const NAMES: [&'static str; 6] = [
+        "linear",
+        "tanh",
+        "sigmoid",
+        "hard_sigmoid",
+        "relu",
+        "softmax",
+    ];
 
     /// The name as written.
     pub fn name(self) -> &'static str {
@@ -236,7 +243,10 @@ impl LayerSpec {
             } else {
                 vec![g]
             };
-            w.push(WeightSpec { name: "bias", shape });
+            w.push(WeightSpec {
+                name: "bias",
+                shape,
+            });
         }
         w
     }
@@ -545,8 +555,16 @@ impl ModelSpec {
         }
         s += &line('└', '┴', '┘', '─');
         let total = self.param_count();
-        s += &format!(" Total params: {} ({})\n", group_thousands(total), human_bytes(total * 4));
-        s += &format!(" Trainable params: {} ({})\n", group_thousands(total), human_bytes(total * 4));
+        s += &format!(
+            " Total params: {} ({})\n",
+            group_thousands(total),
+            human_bytes(total * 4)
+        );
+        s += &format!(
+            " Trainable params: {} ({})\n",
+            group_thousands(total),
+            human_bytes(total * 4)
+        );
         s += " Non-trainable params: 0 (0.00 B)\n";
         s
     }
@@ -557,7 +575,7 @@ pub fn group_thousands(n: u128) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -76,9 +76,16 @@ pub fn batch_shapes(spec: &ModelSpec, shape: &[usize]) -> Result<Shapes> {
     } else {
         format!("(batch, {f})")
     };
-    let bad = || Error::Usage(format!("model `{}` takes inputs shaped {want}; got {:?}", spec.name, shape));
+    let bad = || {
+        Error::Usage(format!(
+            "model `{}` takes inputs shaped {want}; got {:?}",
+            spec.name, shape
+        ))
+    };
     let shapes = match (spec.input.sequence, shape) {
-        (true, &[b, t, ff]) if ff == f && spec.input.time.is_none_or(|tt| tt == t) && t > 0 => Shapes { batch: b, time: t },
+        (true, &[b, t, ff]) if ff == f && spec.input.time.is_none_or(|tt| tt == t) && t > 0 => {
+            Shapes { batch: b, time: t }
+        }
         (false, &[b, ff]) if ff == f => Shapes { batch: b, time: 1 },
         _ => return Err(bad()),
     };
@@ -138,11 +145,11 @@ impl Reference {
         for role in &f.input_roles {
             inputs.push(match role {
                 InputRole::X => x.clone(),
-                InputRole::Weight { layer, name } => self
-                    .weights
-                    .get(*layer, name)
-                    .cloned()
-                    .ok_or_else(|| Error::Internal(format!("no weight layers.{layer}.{name}")))?,
+                InputRole::Weight { layer, name } => {
+                    self.weights.get(*layer, name).cloned().ok_or_else(|| {
+                        Error::Internal(format!("no weight layers.{layer}.{name}"))
+                    })?
+                }
                 InputRole::State { layer, slot } => self.states.values[&(*layer, *slot)].clone(),
             });
         }
@@ -177,8 +184,15 @@ impl Reference {
 
 /// Splits `x` into consecutive batches of `batch_size` (a smaller last one
 /// unless the model is stateful, where a remainder is an error).
-pub fn split_batches(spec: &ModelSpec, x: &ArrayD<f64>, batch_size: usize) -> Result<Vec<ArrayD<f64>>> {
-    let n = *x.shape().first().ok_or_else(|| Error::Usage("input has no batch axis".into()))?;
+pub fn split_batches(
+    spec: &ModelSpec,
+    x: &ArrayD<f64>,
+    batch_size: usize,
+) -> Result<Vec<ArrayD<f64>>> {
+    let n = *x
+        .shape()
+        .first()
+        .ok_or_else(|| Error::Usage("input has no batch axis".into()))?;
     if batch_size == 0 {
         return Err(Error::Usage("batch size must be at least 1".into()));
     }
@@ -193,7 +207,10 @@ pub fn split_batches(spec: &ModelSpec, x: &ArrayD<f64>, batch_size: usize) -> Re
     }
     Ok((0..n)
         .step_by(batch_size)
-        .map(|s| x.slice_axis(Axis(0), (s..(s + batch_size).min(n)).into()).to_owned())
+        .map(|s| {
+            x.slice_axis(Axis(0), (s..(s + batch_size).min(n)).into())
+                .to_owned()
+        })
         .collect())
 }
 

@@ -28,7 +28,11 @@ impl Weights {
     pub fn init(spec: &ModelSpec, seed: u64) -> Weights {
         let mut tensors = Vec::new();
         for (i, layer) in spec.layers.iter().enumerate() {
-            for (w, t) in layer.weights().iter().zip(crate::init::layer_weights(layer, i, seed)) {
+            for (w, t) in layer
+                .weights()
+                .iter()
+                .zip(crate::init::layer_weights(layer, i, seed))
+            {
                 tensors.push((weight_name(i, w.name), t));
             }
         }
@@ -36,7 +40,11 @@ impl Weights {
     }
 
     /// Checks named tensors against the model: none missing, none extra, each of Keras's shape.
-    pub fn from_named(spec: &ModelSpec, mut named: BTreeMap<String, ArrayD<f64>>, origin: &str) -> Result<Weights> {
+    pub fn from_named(
+        spec: &ModelSpec,
+        mut named: BTreeMap<String, ArrayD<f64>>,
+        origin: &str,
+    ) -> Result<Weights> {
         let mut tensors = Vec::new();
         let mut problems = Vec::new();
         for (i, layer) in spec.layers.iter().enumerate() {
@@ -61,12 +69,18 @@ impl Weights {
             }
         }
         for extra in named.keys() {
-            problems.push(format!("unexpected tensor `{extra}`: the model has no such weight"));
+            problems.push(format!(
+                "unexpected tensor `{extra}`: the model has no such weight"
+            ));
         }
         if problems.is_empty() {
             Ok(Weights { tensors })
         } else {
-            Err(Error::Weights(format!("{origin} does not fit model `{}`:\n  {}", spec.name, problems.join("\n  "))))
+            Err(Error::Weights(format!(
+                "{origin} does not fit model `{}`:\n  {}",
+                spec.name,
+                problems.join("\n  ")
+            )))
         }
     }
 
@@ -84,13 +98,17 @@ impl Weights {
 
     /// Parses safetensors bytes.
     pub fn from_safetensors(spec: &ModelSpec, bytes: &[u8], origin: &str) -> Result<Weights> {
-        let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| Error::Weights(format!("{origin} is not a valid safetensors file: {e}")))?;
+        let st = SafeTensors::deserialize(bytes).map_err(|e| {
+            Error::Weights(format!("{origin} is not a valid safetensors file: {e}"))
+        })?;
         let mut named = BTreeMap::new();
         for (name, view) in st.tensors() {
             let data = view.data();
             let values: Vec<f64> = match view.dtype() {
-                Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect(),
+                Dtype::F32 => data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+                    .collect(),
                 Dtype::F64 => data
                     .chunks_exact(8)
                     .map(|c| f64::from_le_bytes(c.try_into().expect("chunk of 8")))
@@ -132,7 +150,8 @@ impl Weights {
                     .map_err(|e| Error::Internal(format!("safetensors view of {n}: {e}")))
             })
             .collect::<Result<_>>()?;
-        safetensors::serialize(views, None).map_err(|e| Error::Internal(format!("safetensors: {e}")))
+        safetensors::serialize(views, None)
+            .map_err(|e| Error::Internal(format!("safetensors: {e}")))
     }
 
     /// Writes the weights to `path` atomically.
@@ -154,7 +173,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .tempfile_in(dir)
         .map_err(|e| Error::io(dir, e))?;
     tmp.write_all(bytes).map_err(|e| Error::io(tmp.path(), e))?;
-    tmp.as_file().sync_all().map_err(|e| Error::io(tmp.path(), e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| Error::io(tmp.path(), e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();

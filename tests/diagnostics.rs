@@ -29,12 +29,16 @@ fn display_name(p: &Path) -> String {
 fn every_malformed_model_renders_its_expected_message() {
     let bless = std::env::var_os("LSTMC_BLESS").is_some();
     let cases = cases();
-    assert!(cases.len() >= 40, "at least 40 malformed models, found {}", cases.len());
+    assert!(
+        cases.len() >= 40,
+        "at least 40 malformed models, found {}",
+        cases.len()
+    );
     let mut failures = Vec::new();
     for case in &cases {
         let bytes = std::fs::read(case).unwrap();
         let got = match lstmc::front::load(&display_name(case), &bytes) {
-            Ok(_) => format!("(loaded without error)\n"),
+            Ok(_) => "(loaded without error)\n".to_string(),
             Err(d) => d.render(),
         };
         let expected = case.with_extension("err");
@@ -44,7 +48,10 @@ fn every_malformed_model_renders_its_expected_message() {
         }
         let want = std::fs::read_to_string(&expected).unwrap_or_default();
         if got != want {
-            failures.push(format!("{}\n--- expected\n{want}--- got\n{got}", case.display()));
+            failures.push(format!(
+                "{}\n--- expected\n{want}--- got\n{got}",
+                case.display()
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -59,8 +66,17 @@ fn lstmc_check_exits_1_with_the_message_on_every_malformed_model() {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{}: exit code; stderr:\n{stderr}", case.display());
-        assert!(out.stdout.is_empty(), "{}: nothing on stdout", case.display());
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}: exit code; stderr:\n{stderr}",
+            case.display()
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "{}: nothing on stdout",
+            case.display()
+        );
         let want = std::fs::read_to_string(case.with_extension("err")).unwrap();
         assert_eq!(stderr, want, "{}", case.display());
         assert!(!stderr.contains("panicked"), "{}", case.display());

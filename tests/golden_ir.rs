@@ -42,7 +42,10 @@ fn printed_ir_matches_golden_files() {
         }
         let want = std::fs::read_to_string(&expected_path).unwrap_or_default();
         if got != want {
-            failures.push(format!("{}:\n--- expected\n{want}\n--- got\n{got}", expected_path.display()));
+            failures.push(format!(
+                "{}:\n--- expected\n{want}\n--- got\n{got}",
+                expected_path.display()
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -53,7 +53,11 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     let result = match cli.command {
@@ -90,24 +94,38 @@ fn check(model: &std::path::Path) -> Result<(), Error> {
     Ok(())
 }
 
-fn ir(model: &std::path::Path, batch: Option<usize>, time: Option<usize>, no_locations: bool) -> Result<(), Error> {
+fn ir(
+    model: &std::path::Path,
+    batch: Option<usize>,
+    time: Option<usize>,
+    no_locations: bool,
+) -> Result<(), Error> {
     let spec = load_model(model)?;
     let shapes = sizes(&spec, batch, time)?;
     let f = lstmc::ir::lower::lower(&spec, shapes)?;
     lstmc::ir::verify::verify(&f)?;
-    print!("{}", lstmc::ir::print::print(&f, (!no_locations).then_some(&spec.source)));
+    print!(
+        "{}",
+        lstmc::ir::print::print(&f, (!no_locations).then_some(&spec.source))
+    );
     Ok(())
 }
 
 /// The batch size and length to build for: flags, else the model's, else 1 / an error.
-pub fn sizes(spec: &lstmc::model::ModelSpec, batch: Option<usize>, time: Option<usize>) -> Result<lstmc::ir::lower::Shapes, Error> {
+pub fn sizes(
+    spec: &lstmc::model::ModelSpec,
+    batch: Option<usize>,
+    time: Option<usize>,
+) -> Result<lstmc::ir::lower::Shapes, Error> {
     let batch = batch.or(spec.input.batch).unwrap_or(1);
     let time = match (spec.input.sequence, spec.input.time, time) {
         (false, _, _) => 1,
         (true, Some(t), None) => t,
         (true, Some(t), Some(f)) if t == f => t,
         (true, Some(t), Some(f)) => {
-            return Err(Error::Usage(format!("--input-length {f} contradicts the model's input_length={t}")))
+            return Err(Error::Usage(format!(
+                "--input-length {f} contradicts the model's input_length={t}"
+            )))
         }
         (true, None, Some(f)) => f,
         (true, None, None) => {
@@ -118,7 +136,9 @@ pub fn sizes(spec: &lstmc::model::ModelSpec, batch: Option<usize>, time: Option<
         }
     };
     if batch == 0 || time == 0 {
-        return Err(Error::Usage("batch size and input length must be at least 1".into()));
+        return Err(Error::Usage(
+            "batch size and input length must be at least 1".into(),
+        ));
     }
     Ok(lstmc::ir::lower::Shapes { batch, time })
 }

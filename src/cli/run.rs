@@ -46,7 +46,9 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
         None => Weights::init(&spec, args.seed),
     };
     let Some(predict) = &args.predict else {
-        return Err(Error::Usage("nothing to do: give --predict FILE (training is not built yet)".into()));
+        return Err(Error::Usage(
+            "nothing to do: give --predict FILE (training is not built yet)".into(),
+        ));
     };
     let x = lstmc::arrays::read(predict, Some("x"))?;
     let batch = args.batch_size.or(spec.input.batch).unwrap_or(32);
@@ -61,7 +63,10 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
         }
         None if args.json => {
             let rows: Vec<f64> = y.iter().copied().collect();
-            println!("{}", serde_json::json!({"predictions": {"shape": y.shape(), "data": rows}}));
+            println!(
+                "{}",
+                serde_json::json!({"predictions": {"shape": y.shape(), "data": rows}})
+            );
         }
         None => println!("{y:.6}"),
     }

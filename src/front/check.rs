@@ -13,7 +13,16 @@ pub const MAX_DIM: i64 = 1 << 20;
 /// The most parameters a model may have (4 GiB of float32).
 pub const MAX_PARAMS: u128 = 1 << 30;
 
-const HEADS: [&str; 8] = ["LSTM", "GRU", "SimpleRNN", "Dense", "model", "compile", "fit", "data"];
+const HEADS: [&str; 8] = [
+    "LSTM",
+    "GRU",
+    "SimpleRNN",
+    "Dense",
+    "model",
+    "compile",
+    "fit",
+    "data",
+];
 
 /// Checks a parsed file.
 pub fn check(source: &SourceFile, ast: &Ast) -> Result<ModelSpec, Vec<Diagnostic>> {
@@ -98,7 +107,10 @@ impl Checker {
                 Head::Fit => "fit",
                 Head::Data => "data",
                 Head::Layer(k) => {
-                    layers.push((st, LayerKind::from_name(k).expect("grammar admits only known kinds")));
+                    layers.push((
+                        st,
+                        LayerKind::from_name(k).expect("grammar admits only known kinds"),
+                    ));
                     continue;
                 }
                 Head::Unknown(word) => {
@@ -118,8 +130,12 @@ impl Checker {
             if key == "model" {
                 if idx != 0 {
                     self.error(
-                        Diagnostic::new("`model` must be the first statement", st.head_span, "not first")
-                            .help("move `model NAME` to the top of the file"),
+                        Diagnostic::new(
+                            "`model` must be the first statement",
+                            st.head_span,
+                            "not first",
+                        )
+                        .help("move `model NAME` to the top of the file"),
                     );
                 }
                 name = self.model_name(st);
@@ -131,8 +147,12 @@ impl Checker {
         let data = singles.get("data").and_then(|st| self.data(st));
         if let (Some(f), None) = (singles.get("fit"), singles.get("compile")) {
             self.error(
-                Diagnostic::new("`fit` needs a `compile` statement", f.head_span, "training without a loss and optimizer")
-                    .help("add a line such as `compile loss=mse optimizer=adam`"),
+                Diagnostic::new(
+                    "`fit` needs a `compile` statement",
+                    f.head_span,
+                    "training without a loss and optimizer",
+                )
+                .help("add a line such as `compile loss=mse optimizer=adam`"),
             );
         }
 
@@ -140,8 +160,12 @@ impl Checker {
             if self.diags.is_empty() {
                 let end = source.text.len();
                 self.error(
-                    Diagnostic::new("the model has no layers", Span::new(end, end), "expected at least one layer")
-                        .help("add a layer such as `LSTM 32 input_dim=1 input_length=4`"),
+                    Diagnostic::new(
+                        "the model has no layers",
+                        Span::new(end, end),
+                        "expected at least one layer",
+                    )
+                    .help("add a layer such as `LSTM 32 input_dim=1 input_length=4`"),
                 );
             }
             return None;
@@ -161,7 +185,10 @@ impl Checker {
                     layers.last().map_or(Span::default(), |(st, _)| st.span),
                     "too large",
                 )
-                .note(format!("lstmc accepts at most {} parameters", group_thousands(MAX_PARAMS))),
+                .note(format!(
+                    "lstmc accepts at most {} parameters",
+                    group_thousands(MAX_PARAMS)
+                )),
             );
         }
         Some(ModelSpec {
@@ -193,12 +220,17 @@ impl Checker {
         match st.args.as_slice() {
             [Arg::Option(o)] if o.value.is_none() => Some(o.name.clone()),
             [Arg::Positional(Value {
-                kind: ValueKind::Str(s), ..
+                kind: ValueKind::Str(s),
+                ..
             })] if !s.is_empty() => Some(s.clone()),
             [] => {
                 self.error(
-                    Diagnostic::new("`model` needs a name", st.head_span, "expected a name after `model`")
-                        .help("write `model NAME`, for example `model butterfly`"),
+                    Diagnostic::new(
+                        "`model` needs a name",
+                        st.head_span,
+                        "expected a name after `model`",
+                    )
+                    .help("write `model NAME`, for example `model butterfly`"),
                 );
                 None
             }
@@ -211,8 +243,12 @@ impl Checker {
             }
             [other] => {
                 self.error(
-                    Diagnostic::new("`model` needs a name", arg_span(other), "expected a name such as `butterfly`")
-                        .help("write `model NAME`, for example `model butterfly`"),
+                    Diagnostic::new(
+                        "`model` needs a name",
+                        arg_span(other),
+                        "expected a name such as `butterfly`",
+                    )
+                    .help("write `model NAME`, for example `model butterfly`"),
                 );
                 None
             }
@@ -247,15 +283,23 @@ impl Checker {
                         o.name_span,
                         format!("not allowed on {what}"),
                     )
-                    .note(format!("`{}` is an option of {}", o.name, describe_owners(spec.owners))),
+                    .note(format!(
+                        "`{}` is an option of {}",
+                        o.name,
+                        describe_owners(spec.owners)
+                    )),
                 );
                 continue;
             }
             if let Some((first, _)) = given.get(o.name.as_str()) {
                 let _ = first;
                 self.error(
-                    Diagnostic::new(format!("option `{}` given twice", o.name), o.span, "second time here")
-                        .help("keep one of them"),
+                    Diagnostic::new(
+                        format!("option `{}` given twice", o.name),
+                        o.span,
+                        "second time here",
+                    )
+                    .help("keep one of them"),
                 );
                 continue;
             }
@@ -273,8 +317,12 @@ impl Checker {
                 return Some(Typed::Bool(true));
             }
             self.error(
-                Diagnostic::new(format!("option `{name}` needs a value"), o.span, format!("`{name}` takes {}", expect_text(ty)))
-                    .help(format!("write `{name}=VALUE`")),
+                Diagnostic::new(
+                    format!("option `{name}` needs a value"),
+                    o.span,
+                    format!("`{name}` takes {}", expect_text(ty)),
+                )
+                .help(format!("write `{name}=VALUE`")),
             );
             return None;
         };
@@ -296,7 +344,10 @@ impl Checker {
                 ValueKind::Int(i) => {
                     let min = if ty == OptType::Count { 1 } else { 0 };
                     if i < min {
-                        return bad(self, format!("{} is {}", i, if i == 0 { "zero" } else { "negative" }));
+                        return bad(
+                            self,
+                            format!("{} is {}", i, if i == 0 { "zero" } else { "negative" }),
+                        );
                     }
                     if ty == OptType::Count && i > MAX_DIM {
                         self.error(too_large(name, i, v.span));
@@ -361,8 +412,12 @@ impl Checker {
                 ValueKind::Str(_) => bad(self, "the path is empty".to_string()),
                 ValueKind::Ident(s) => {
                     self.error(
-                        Diagnostic::new(format!("`{name}` takes a quoted path"), v.span, "expected a \"string\"")
-                            .help(format!("write `{name}=\"{s}\"`")),
+                        Diagnostic::new(
+                            format!("`{name}` takes a quoted path"),
+                            v.span,
+                            "expected a \"string\"",
+                        )
+                        .help(format!("write `{name}=\"{s}\"`")),
                     );
                     None
                 }
@@ -477,13 +532,19 @@ impl Checker {
             };
             if kind.is_recurrent() && activation == Activation::Softmax {
                 self.error(
-                    Diagnostic::new("`softmax` is not an activation for recurrent layers", opts.span("activation")?, "Dense only")
-                        .help("put a `Dense N activation=softmax` layer after this one"),
+                    Diagnostic::new(
+                        "`softmax` is not an activation for recurrent layers",
+                        opts.span("activation")?,
+                        "Dense only",
+                    )
+                    .help("put a `Dense N activation=softmax` layer after this one"),
                 );
             }
             let recurrent_activation = opts
                 .name("recurrent_activation")
-                .map_or(Activation::Sigmoid, |a| Activation::from_name(a).expect("table lists activations"));
+                .map_or(Activation::Sigmoid, |a| {
+                    Activation::from_name(a).expect("table lists activations")
+                });
             if recurrent_activation == Activation::Softmax {
                 self.error(Diagnostic::new(
                     "`softmax` is not a recurrent activation",
@@ -491,7 +552,11 @@ impl Checker {
                     "expected sigmoid, hard_sigmoid, tanh, relu or linear",
                 ));
             }
-            let init = |n: &str, d: Initializer| opts.name(n).map_or(d, |s| Initializer::from_name(s).expect("table lists initializers"));
+            let init = |n: &str, d: Initializer| {
+                opts.name(n).map_or(d, |s| {
+                    Initializer::from_name(s).expect("table lists initializers")
+                })
+            };
             let n = counts.entry(kind).or_insert(0);
             let name = if *n == 0 {
                 kind.keras_stem().to_string()
@@ -546,24 +611,39 @@ impl Checker {
                     st.head_span,
                     "expected units after the layer kind",
                 )
-                .help(format!("write `{} 32 ...`: the units come first", kind.name())),
+                .help(format!(
+                    "write `{} 32 ...`: the units come first",
+                    kind.name()
+                )),
             );
             return None;
         };
         if let Some((_, extra)) = positionals.next() {
             self.error(
-                Diagnostic::new(format!("{} takes one positional value, its units", kind.name()), extra.span, "unexpected value")
-                    .help("write other settings as `name=value`"),
+                Diagnostic::new(
+                    format!("{} takes one positional value, its units", kind.name()),
+                    extra.span,
+                    "unexpected value",
+                )
+                .help("write other settings as `name=value`"),
             );
         }
         if pos != 0 {
             self.error(
-                Diagnostic::new("the units must come right after the layer kind", v.span, "after options")
-                    .help(format!("write `{} {} ...`", kind.name(), v.span_text_hint())),
+                Diagnostic::new(
+                    "the units must come right after the layer kind",
+                    v.span,
+                    "after options",
+                )
+                .help(format!(
+                    "write `{} {} ...`",
+                    kind.name(),
+                    v.span_text_hint()
+                )),
             );
         }
         match v.kind {
-            ValueKind::Int(i) if i >= 1 && i <= MAX_DIM => Some(i as usize),
+            ValueKind::Int(i) if (1..=MAX_DIM).contains(&i) => Some(i as usize),
             ValueKind::Int(i) if i > MAX_DIM => {
                 self.error(too_large("units", i, v.span));
                 None
@@ -578,7 +658,11 @@ impl Checker {
             }
             _ => {
                 self.error(Diagnostic::new(
-                    format!("{} units must be a whole number, found {}", kind.name(), v.kind.describe()),
+                    format!(
+                        "{} units must be a whole number, found {}",
+                        kind.name(),
+                        v.kind.describe()
+                    ),
                     v.span,
                     "expected a whole number >= 1",
                 ));
@@ -591,8 +675,12 @@ impl Checker {
         for a in &st.args {
             if let Arg::Positional(v) = a {
                 self.error(
-                    Diagnostic::new(format!("`{what}` takes only options"), v.span, "unexpected value")
-                        .help("write settings as `name=value`"),
+                    Diagnostic::new(
+                        format!("`{what}` takes only options"),
+                        v.span,
+                        "unexpected value",
+                    )
+                    .help("write settings as `name=value`"),
                 );
             }
         }
@@ -617,15 +705,26 @@ impl Checker {
         for hp in ["momentum", "nesterov", "beta_1", "beta_2", "epsilon", "rho"] {
             if let Some(span) = opts.span(hp) {
                 if !allowed.contains(&hp) {
-                    let owners: Vec<&str> = [("sgd", "momentum nesterov"), ("adam", "beta_1 beta_2 epsilon"), ("rmsprop", "rho momentum epsilon")]
-                        .iter()
-                        .filter(|(_, hps)| hps.split(' ').any(|h| h == hp))
-                        .map(|&(o, _)| o)
-                        .collect();
+                    let owners: Vec<&str> = [
+                        ("sgd", "momentum nesterov"),
+                        ("adam", "beta_1 beta_2 epsilon"),
+                        ("rmsprop", "rho momentum epsilon"),
+                    ]
+                    .iter()
+                    .filter(|(_, hps)| hps.split(' ').any(|h| h == hp))
+                    .map(|&(o, _)| o)
+                    .collect();
                     self.error(
-                        Diagnostic::new(format!("`{hp}` is not a setting of the {opt_name} optimizer"), span, "not used by this optimizer")
-                            .note(format!("`{hp}` belongs to {}", owners.join(" and ")))
-                            .help(format!("{opt_name} takes: learning_rate, {}", allowed.join(", "))),
+                        Diagnostic::new(
+                            format!("`{hp}` is not a setting of the {opt_name} optimizer"),
+                            span,
+                            "not used by this optimizer",
+                        )
+                        .note(format!("`{hp}` belongs to {}", owners.join(" and ")))
+                        .help(format!(
+                            "{opt_name} takes: learning_rate, {}",
+                            allowed.join(", ")
+                        )),
                     );
                 }
             }
@@ -685,11 +784,17 @@ impl Checker {
     fn data(&mut self, st: &Statement) -> Option<DataSpec> {
         self.no_positionals(st, "data");
         let opts = self.options(st, options::DATA, "`data`");
-        let sources: Vec<&str> = ["builtin", "x", "csv"].into_iter().filter(|s| opts.has(s)).collect();
+        let sources: Vec<&str> = ["builtin", "x", "csv"]
+            .into_iter()
+            .filter(|s| opts.has(s))
+            .collect();
         if sources.len() > 1 {
             self.error(
                 Diagnostic::new(
-                    format!("`data` names two sources: `{}` and `{}`", sources[0], sources[1]),
+                    format!(
+                        "`data` names two sources: `{}` and `{}`",
+                        sources[0], sources[1]
+                    ),
                     opts.span(sources[1])?,
                     "second source",
                 )
@@ -748,7 +853,8 @@ impl Checker {
             None => {
                 if let Some(span) = opts.span("y") {
                     self.error(
-                        Diagnostic::new("`y=` without `x=`", span, "targets without inputs").help("add x=\"inputs.npy\""),
+                        Diagnostic::new("`y=` without `x=`", span, "targets without inputs")
+                            .help("add x=\"inputs.npy\""),
                     );
                     return None;
                 }
@@ -759,8 +865,12 @@ impl Checker {
                     }
                 } else {
                     self.error(
-                        Diagnostic::new("`data` names no source", st.head_span, "expected builtin=, x= or csv=")
-                            .help("for example `data builtin=butterfly window=4 features=1`"),
+                        Diagnostic::new(
+                            "`data` names no source",
+                            st.head_span,
+                            "expected builtin=, x= or csv=",
+                        )
+                        .help("for example `data builtin=butterfly window=4 features=1`"),
                     );
                     return None;
                 }

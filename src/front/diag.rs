@@ -64,7 +64,9 @@ impl Diagnostic {
         let end = self.span.end.clamp(start, source.text.len());
         let cs = CsDiagnostic::error()
             .with_message(&self.message)
-            .with_labels(vec![Label::primary((), start..end).with_message(&self.label)])
+            .with_labels(vec![
+                Label::primary((), start..end).with_message(&self.label)
+            ])
             .with_notes(self.notes.clone());
         let config = Config {
             chars: Chars::ascii(),
@@ -75,7 +77,10 @@ impl Diagnostic {
             // Rendering can only fail on a span outside the text, excluded above.
             Err(_) => {
                 let (line, col) = source.line_col(start);
-                format!("error: {}\n  --> {}:{}:{}\n", self.message, source.name, line, col)
+                format!(
+                    "error: {}\n  --> {}:{}:{}\n",
+                    self.message, source.name, line, col
+                )
             }
         }
     }
@@ -99,7 +104,11 @@ pub struct Diagnostics {
 impl Diagnostics {
     /// Renders every diagnostic, one after another.
     pub fn render(&self) -> String {
-        self.items.iter().map(|d| d.render(&self.source)).collect::<Vec<_>>().join("\n")
+        self.items
+            .iter()
+            .map(|d| d.render(&self.source))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -116,13 +125,21 @@ pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
     let lower = word.to_ascii_lowercase();
     candidates
         .into_iter()
-        .map(|c| (strsim::damerau_levenshtein(&lower, &c.to_ascii_lowercase()), c))
+        .map(|c| {
+            (
+                strsim::damerau_levenshtein(&lower, &c.to_ascii_lowercase()),
+                c,
+            )
+        })
         .filter(|&(d, c)| d <= (c.len().max(word.len()) / 3).max(2))
         .min_by_key(|&(d, _)| d)
         .map(|(_, c)| c)
 }
 
 /// `help: did you mean ...?` for a misspelt name, if some candidate is close.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     closest(word, candidates).map(|c| format!("did you mean `{c}`?"))
 }

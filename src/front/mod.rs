@@ -17,10 +17,7 @@ use crate::model::ModelSpec;
 
 /// Parses and checks `.model` source bytes.
 pub fn load(name: &str, bytes: &[u8]) -> Result<ModelSpec, Diagnostics> {
-    let source = match parse::decode(name, bytes) {
-        Ok(s) => s,
-        Err((source, d)) => return Err(Diagnostics { source, items: vec![d] }),
-    };
+    let source = parse::decode(name, bytes)?;
     let ast = match parse::parse(&source) {
         Ok(ast) => ast,
         Err(items) => return Err(Diagnostics { source, items }),

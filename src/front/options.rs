@@ -78,14 +78,34 @@ pub const OPTIONS: &[OptSpec] = &[
     opt("return_sequences", OptType::Bool, RECURRENT),
     opt("stateful", OptType::Bool, RECURRENT),
     opt("go_backwards", OptType::Bool, RECURRENT),
-    opt("activation", OptType::OneOf(&Activation::NAMES), RECURRENT | DENSE),
-    opt("recurrent_activation", OptType::OneOf(&Activation::NAMES), LSTM | GRU),
+    opt(
+        "activation",
+        OptType::OneOf(&Activation::NAMES),
+        RECURRENT | DENSE,
+    ),
+    opt(
+        "recurrent_activation",
+        OptType::OneOf(&Activation::NAMES),
+        LSTM | GRU,
+    ),
     opt("use_bias", OptType::Bool, RECURRENT | DENSE),
     opt("unit_forget_bias", OptType::Bool, LSTM),
     opt("reset_after", OptType::Bool, GRU),
-    opt("kernel_initializer", OptType::OneOf(&Initializer::NAMES), RECURRENT | DENSE),
-    opt("recurrent_initializer", OptType::OneOf(&Initializer::NAMES), RECURRENT),
-    opt("bias_initializer", OptType::OneOf(&Initializer::NAMES), RECURRENT | DENSE),
+    opt(
+        "kernel_initializer",
+        OptType::OneOf(&Initializer::NAMES),
+        RECURRENT | DENSE,
+    ),
+    opt(
+        "recurrent_initializer",
+        OptType::OneOf(&Initializer::NAMES),
+        RECURRENT,
+    ),
+    opt(
+        "bias_initializer",
+        OptType::OneOf(&Initializer::NAMES),
+        RECURRENT | DENSE,
+    ),
     opt("dropout", OptType::Fraction, RECURRENT),
     opt("recurrent_dropout", OptType::Fraction, RECURRENT),
     opt("loss", OptType::OneOf(&Loss::NAMES), COMPILE),
@@ -120,7 +140,10 @@ pub fn lookup(name: &str) -> Option<&'static OptSpec> {
 
 /// The names of the options a statement takes.
 pub fn names_for(owner: Owners) -> impl Iterator<Item = &'static str> {
-    OPTIONS.iter().filter(move |o| o.owners & owner != 0).map(|o| o.name)
+    OPTIONS
+        .iter()
+        .filter(move |o| o.owners & owner != 0)
+        .map(|o| o.name)
 }
 
 /// "LSTM, GRU and SimpleRNN": who takes an option, for messages.

@@ -5,7 +5,7 @@
 //! loosely by the grammar and reported here with a precise message.
 
 use super::ast::{Arg, Ast, Head, OptionArg, Statement, Value, ValueKind};
-use super::diag::Diagnostic;
+use super::diag::{Diagnostic, Diagnostics};
 use super::source::{SourceFile, Span};
 use pest::error::{ErrorVariant, InputLocation};
 use pest::iterators::Pair;
@@ -17,12 +17,16 @@ struct ModelParser;
 
 /// Makes a [`SourceFile`] from raw bytes; invalid UTF-8 is an error located
 /// at the first bad byte (the source keeps a lossy copy so the line can be shown).
-pub fn decode(name: &str, bytes: &[u8]) -> Result<SourceFile, (SourceFile, Diagnostic)> {
+pub fn decode(name: &str, bytes: &[u8]) -> Result<SourceFile, Diagnostics> {
     match std::str::from_utf8(bytes) {
         Ok(text) => Ok(SourceFile::new(name, text)),
         Err(e) => {
             let at = e.valid_up_to();
-            let bad = &bytes[at..at + e.error_len().unwrap_or(bytes.len() - at).max(1).min(bytes.len() - at)];
+            let bad = &bytes[at..at
+                + e.error_len()
+                    .unwrap_or(bytes.len() - at)
+                    .max(1)
+                    .min(bytes.len() - at)];
             let hex: Vec<String> = bad.iter().map(|b| format!("0x{b:02x}")).collect();
             let source = SourceFile::new(name, String::from_utf8_lossy(bytes).into_owned());
             // U+FFFD takes 3 bytes in the lossy copy: point at it.
@@ -32,14 +36,18 @@ pub fn decode(name: &str, bytes: &[u8]) -> Result<SourceFile, (SourceFile, Diagn
                 "invalid UTF-8",
             )
             .help("save the file as UTF-8 text");
-            Err((source, diag))
+            Err(Diagnostics {
+                source,
+                items: vec![diag],
+            })
         }
     }
 }
 
 /// Parses a source file into its syntax tree, or the syntax errors found.
 pub fn parse(source: &SourceFile) -> Result<Ast, Vec<Diagnostic>> {
-    let pairs = ModelParser::parse(Rule::file, &source.text).map_err(|e| vec![syntax_error(source, e)])?;
+    let pairs =
+        ModelParser::parse(Rule::file, &source.text).map_err(|e| vec![syntax_error(source, e)])?;
     let mut diags = Vec::new();
     let mut ast = Ast::default();
     for file in pairs {
@@ -58,7 +66,10 @@ pub fn parse(source: &SourceFile) -> Result<Ast, Vec<Diagnostic>> {
 
 fn statement(pair: Pair<'_, Rule>, diags: &mut Vec<Diagnostic>) -> Statement {
     let span = Span::from(pair.as_span());
-    let inner = pair.into_inner().next().expect("statement has one alternative");
+    let inner = pair
+        .into_inner()
+        .next()
+        .expect("statement has one alternative");
     let mut parts = inner.into_inner();
     let head_pair = parts.next().expect("statement starts with its head");
     let head_span = Span::from(head_pair.as_span());
@@ -72,7 +83,12 @@ fn statement(pair: Pair<'_, Rule>, diags: &mut Vec<Diagnostic>) -> Statement {
         _ => Head::Unknown(word),
     };
     let args = parts.filter_map(|p| arg(p, diags)).collect();
-    Statement { head, head_span, args, span }
+    Statement {
+        head,
+        head_span,
+        args,
+        span,
+    }
 }
 
 fn arg(pair: Pair<'_, Rule>, diags: &mut Vec<Diagnostic>) -> Option<Arg> {
@@ -92,7 +108,13 @@ fn arg(pair: Pair<'_, Rule>, diags: &mut Vec<Diagnostic>) -> Option<Arg> {
                 Some(v) => Some(value(v.into_inner().next()?, diags)?),
                 None => None,
             };
-            Some(Arg::Option(OptionArg { name, known, name_span, value, span }))
+            Some(Arg::Option(OptionArg {
+                name,
+                known,
+                name_span,
+                value,
+                span,
+            }))
         }
         _ => None,
     }
@@ -108,8 +130,12 @@ fn value(pair: Pair<'_, Rule>, diags: &mut Vec<Diagnostic>) -> Option<Value> {
         Rule::string => ValueKind::Str(unescape(text, span.start, diags)?),
         Rule::unterminated_string => {
             diags.push(
-                Diagnostic::new("unterminated string", span, "this string has no closing `\"`")
-                    .help("close the string with `\"` on the same line"),
+                Diagnostic::new(
+                    "unterminated string",
+                    span,
+                    "this string has no closing `\"`",
+                )
+                .help("close the string with `\"` on the same line"),
             );
             return None;
         }
@@ -211,25 +237,42 @@ fn syntax_error(source: &SourceFile, e: pest::error::Error<Rule>) -> Diagnostic 
             }
         }
     }
-    let rank = |e: &&str| ["a statement", "an option", "a value", "a string", "the end of the line", "the end of the file"]
+    let rank = |e: &&str| {
+        [
+            "a statement",
+            "an option",
+            "a value",
+            "a string",
+            "the end of the line",
+            "the end of the file",
+        ]
         .iter()
-        .position(|x| x == e);
+        .position(|x| x == e)
+    };
     expected.sort_by_key(rank);
     let label = if expected.is_empty() {
         "unexpected here".to_string()
     } else {
         format!("expected {}", join_or(&expected))
     };
-    let mut diag = Diagnostic::new(format!("unexpected {found}"), Span::new(pos, pos + token_len.max(1)), label);
+    let mut diag = Diagnostic::new(
+        format!("unexpected {found}"),
+        Span::new(pos, pos + token_len.max(1)),
+        label,
+    );
     let after_word = source.text[..pos].ends_with(|c: char| c.is_alphanumeric() || c == '_');
     if rest.starts_with(['.', '/']) && after_word {
-        diag = diag.help("a path, or other text with `.` or `/`, is written in double quotes: x=\"train.npy\"");
+        diag = diag.help(
+            "a path, or other text with `.` or `/`, is written in double quotes: x=\"train.npy\"",
+        );
     } else if rest.starts_with('\\') {
         diag = diag.help("a `\\` continues a line only as the last character of the line");
     } else if rest.starts_with('=') {
         diag = diag.help("an option is written `name=value`, with a name before `=`");
     } else if rest.starts_with(['(', ')', ',', '[', ']']) {
-        diag = diag.help("write options as `name=value` separated by spaces, not Keras's `(...)` call syntax");
+        diag = diag.help(
+            "write options as `name=value` separated by spaces, not Keras's `(...)` call syntax",
+        );
     }
     diag
 }

@@ -40,7 +40,15 @@ pub fn lower(spec: &ModelSpec, shapes: Shapes) -> Result<Function, IrError> {
         let ws: Vec<Value> = layer
             .weights()
             .into_iter()
-            .map(|w| f.add_input(InputRole::Weight { layer: i, name: w.name }, w.shape))
+            .map(|w| {
+                f.add_input(
+                    InputRole::Weight {
+                        layer: i,
+                        name: w.name,
+                    },
+                    w.shape,
+                )
+            })
             .collect();
         weights.push(ws);
     }
@@ -50,9 +58,12 @@ pub fn lower(spec: &ModelSpec, shapes: Shapes) -> Result<Function, IrError> {
             .state_names()
             .iter()
             .map(|&slot| {
-                layer
-                    .stateful
-                    .then(|| f.add_input(InputRole::State { layer: i, slot }, vec![shapes.batch, layer.units]))
+                layer.stateful.then(|| {
+                    f.add_input(
+                        InputRole::State { layer: i, slot },
+                        vec![shapes.batch, layer.units],
+                    )
+                })
             })
             .collect();
         states.push(s);
@@ -154,7 +165,10 @@ impl Builder<'_> {
         let mut bh = Vec::new();
         let gru_two_biases = l.kind == LayerKind::Gru && l.reset_after;
         let (bias_x, bias_h) = match bias {
-            Some(b) if gru_two_biases => (Some(self.op(Op::Row { index: 0 }, &[b])?), Some(self.op(Op::Row { index: 1 }, &[b])?)),
+            Some(b) if gru_two_biases => (
+                Some(self.op(Op::Row { index: 0 }, &[b])?),
+                Some(self.op(Op::Row { index: 1 }, &[b])?),
+            ),
             b => (b, None),
         };
         for g in 0..gates {
@@ -179,7 +193,12 @@ impl Builder<'_> {
             .collect();
         let outer = self.block;
         self.block = body;
-        let xt = self.op(Op::TimeStep { reverse: l.go_backwards }, &[x, k])?;
+        let xt = self.op(
+            Op::TimeStep {
+                reverse: l.go_backwards,
+            },
+            &[x, k],
+        )?;
         let h = carried[0];
         let (ra, act) = (l.recurrent_activation, l.activation);
         let next: Vec<Value> = match l.kind {
@@ -256,16 +275,30 @@ impl Builder<'_> {
         if l.return_sequences {
             yielded.push(next[0]);
         }
-        self.f.push_typed(body, Op::Yield, yielded, vec![], self.origin);
+        self.f
+            .push_typed(body, Op::Yield, yielded, vec![], self.origin);
         self.block = outer;
         let mut tys: Vec<Ty> = carried.iter().map(|&c| self.f.ty(c).clone()).collect();
         if l.return_sequences {
             tys.push(Ty::Tensor(vec![shapes.batch, shapes.time, u]));
         }
-        let inst = self.f.push_typed(outer, Op::Loop { body, steps: shapes.time }, carried_init, tys, self.origin);
+        let inst = self.f.push_typed(
+            outer,
+            Op::Loop {
+                body,
+                steps: shapes.time,
+            },
+            carried_init,
+            tys,
+            self.origin,
+        );
         let results = self.f.inst(inst).results.clone();
         let finals = results[..carried.len()].to_vec();
-        let out = if l.return_sequences { results[carried.len()] } else { finals[0] };
+        let out = if l.return_sequences {
+            results[carried.len()]
+        } else {
+            finals[0]
+        };
         Ok((out, finals))
     }
 }

@@ -39,9 +39,17 @@ macro_rules! entity {
     };
 }
 
-entity!(Value, "%", "An SSA value: a tensor, or a step number inside a loop body.");
+entity!(
+    Value,
+    "%",
+    "An SSA value: a tensor, or a step number inside a loop body."
+);
 entity!(Inst, "inst", "An instruction.");
-entity!(Block, "^bb", "A block: parameters and a list of instructions.");
+entity!(
+    Block,
+    "^bb",
+    "A block: parameters and a list of instructions."
+);
 
 /// The type of a value.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -298,7 +306,10 @@ pub fn infer(op: &Op, args: &[&Ty]) -> Result<Vec<Ty>, IrError> {
     let tensor = |i: usize| -> Result<&[usize], IrError> {
         match args.get(i) {
             Some(Ty::Tensor(s)) => Ok(s),
-            Some(Ty::Index) => Err(IrError(format!("{}: operand {i} is an index, not a tensor", op.mnemonic()))),
+            Some(Ty::Index) => Err(IrError(format!(
+                "{}: operand {i} is an index, not a tensor",
+                op.mnemonic()
+            ))),
             None => Err(IrError(format!("{}: missing operand {i}", op.mnemonic()))),
         }
     };
@@ -306,7 +317,11 @@ pub fn infer(op: &Op, args: &[&Ty]) -> Result<Vec<Ty>, IrError> {
         if args.len() == n {
             Ok(())
         } else {
-            Err(IrError(format!("{}: expected {n} operands, found {}", op.mnemonic(), args.len())))
+            Err(IrError(format!(
+                "{}: expected {n} operands, found {}",
+                op.mnemonic(),
+                args.len()
+            )))
         }
     };
     match op {
@@ -318,7 +333,9 @@ pub fn infer(op: &Op, args: &[&Ty]) -> Result<Vec<Ty>, IrError> {
             arity(2)?;
             let (a, w) = (tensor(0)?, tensor(1)?);
             match (a.split_last(), w) {
-                (Some((&k, lead)), &[k2, n]) if k == k2 => Ok(vec![Ty::Tensor([lead, &[n]].concat())]),
+                (Some((&k, lead)), &[k2, n]) if k == k2 => {
+                    Ok(vec![Ty::Tensor([lead, &[n]].concat())])
+                }
                 _ => err(format!("cannot multiply {:?} by {:?}", a, w)),
             }
         }
@@ -352,7 +369,9 @@ pub fn infer(op: &Op, args: &[&Ty]) -> Result<Vec<Ty>, IrError> {
             arity(1)?;
             let a = tensor(0)?;
             match a.split_last() {
-                Some((&n, lead)) if start + len <= n && *len > 0 => Ok(vec![Ty::Tensor([lead, &[*len]].concat())]),
+                Some((&n, lead)) if start + len <= n && *len > 0 => {
+                    Ok(vec![Ty::Tensor([lead, &[*len]].concat())])
+                }
                 _ => err(format!("columns {start}..{} out of {:?}", start + len, a)),
             }
         }
@@ -438,7 +457,14 @@ impl Function {
     }
 
     /// Appends an instruction with explicitly given result types.
-    pub fn push_typed(&mut self, block: Block, op: Op, args: Vec<Value>, tys: Vec<Ty>, origin: Option<Origin>) -> Inst {
+    pub fn push_typed(
+        &mut self,
+        block: Block,
+        op: Op,
+        args: Vec<Value>,
+        tys: Vec<Ty>,
+        origin: Option<Origin>,
+    ) -> Inst {
         let inst = Inst(self.insts.len() as u32);
         let results = tys
             .into_iter()
@@ -451,13 +477,24 @@ impl Function {
                 Value(self.values.len() as u32 - 1)
             })
             .collect();
-        self.insts.push(InstData { op, args, results, origin });
+        self.insts.push(InstData {
+            op,
+            args,
+            results,
+            origin,
+        });
         self.blocks[block.index()].insts.push(inst);
         inst
     }
 
     /// Appends an instruction whose result types follow from [`infer`]; returns its first result.
-    pub fn push(&mut self, block: Block, op: Op, args: &[Value], origin: Option<Origin>) -> Result<Option<Value>, IrError> {
+    pub fn push(
+        &mut self,
+        block: Block,
+        op: Op,
+        args: &[Value],
+        origin: Option<Origin>,
+    ) -> Result<Option<Value>, IrError> {
         let tys: Vec<&Ty> = args.iter().map(|&a| self.ty(a)).collect();
         let out = infer(&op, &tys)?;
         let inst = self.push_typed(block, op, args.to_vec(), out, origin);

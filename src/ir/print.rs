@@ -27,13 +27,24 @@ pub fn print(f: &Function, source: Option<&SourceFile>) -> String {
     }
     let mut last = None;
     block(f, f.entry, 1, source, &mut last, &mut out);
-    let rets: Vec<String> = f.outputs.iter().map(|(r, v)| format!("{r} = {v}")).collect();
+    let rets: Vec<String> = f
+        .outputs
+        .iter()
+        .map(|(r, v)| format!("{r} = {v}"))
+        .collect();
     let _ = writeln!(out, "  return {}", rets.join(", "));
     out.push_str("}\n");
     out
 }
 
-fn block(f: &Function, b: Block, depth: usize, source: Option<&SourceFile>, last: &mut Option<Origin>, out: &mut String) {
+fn block(
+    f: &Function,
+    b: Block,
+    depth: usize,
+    source: Option<&SourceFile>,
+    last: &mut Option<Origin>,
+    out: &mut String,
+) {
     let pad = "  ".repeat(depth);
     for &i in &f.block(b).insts {
         let data = f.inst(i);
@@ -49,19 +60,42 @@ fn block(f: &Function, b: Block, depth: usize, source: Option<&SourceFile>, last
                 *last = Some(o);
             }
         }
-        let lhs = if res.is_empty() { String::new() } else { format!("{} = ", res.join(", ")) };
+        let lhs = if res.is_empty() {
+            String::new()
+        } else {
+            format!("{} = ", res.join(", "))
+        };
         match &data.op {
             Op::Loop { body, .. } => {
-                let _ = writeln!(out, "{pad}{lhs}{} ({}) {{", data.op.mnemonic(), args.join(", "));
-                let params: Vec<String> = f.block(*body).params.iter().map(|p| format!("{p}: {}", f.ty(*p))).collect();
+                let _ = writeln!(
+                    out,
+                    "{pad}{lhs}{} ({}) {{",
+                    data.op.mnemonic(),
+                    args.join(", ")
+                );
+                let params: Vec<String> = f
+                    .block(*body)
+                    .params
+                    .iter()
+                    .map(|p| format!("{p}: {}", f.ty(*p)))
+                    .collect();
                 let _ = writeln!(out, "{pad}{body}({}):", params.join(", "));
                 block(f, *body, depth + 1, source, last, out);
                 let _ = writeln!(out, "{pad}}} : {}", tys.join(", "));
             }
             op => {
-                let ty = if tys.is_empty() { String::new() } else { format!(" : {}", tys.join(", ")) };
+                let ty = if tys.is_empty() {
+                    String::new()
+                } else {
+                    format!(" : {}", tys.join(", "))
+                };
                 let sep = if args.is_empty() { "" } else { " " };
-                let _ = writeln!(out, "{pad}{lhs}{}{sep}{}{ty}", op.mnemonic(), args.join(", "));
+                let _ = writeln!(
+                    out,
+                    "{pad}{lhs}{}{sep}{}{ty}",
+                    op.mnemonic(),
+                    args.join(", ")
+                );
             }
         }
     }

@@ -20,12 +20,16 @@ pub fn verify(f: &Function) -> Result<(), IrError> {
         seen_blocks: HashSet::new(),
     };
     if f.block(f.entry).params.len() != f.input_roles.len() {
-        return Err(IrError("entry parameters and input roles differ in number".into()));
+        return Err(IrError(
+            "entry parameters and input roles differ in number".into(),
+        ));
     }
     v.block(f.entry, None)?;
     for (role, out) in &f.outputs {
         if !v.visible.contains(out) {
-            return Err(IrError(format!("output {role} = {out} is not defined in the entry block")));
+            return Err(IrError(format!(
+                "output {role} = {out} is not defined in the entry block"
+            )));
         }
         if f.ty(*out) == &Ty::Index {
             return Err(IrError(format!("output {role} is an index")));
@@ -49,7 +53,9 @@ impl Verifier<'_> {
         let data = self.f.block(b);
         for (i, &p) in data.params.iter().enumerate() {
             if self.f.values[p.index()].def != ValueDef::Param(b, i) {
-                return Err(IrError(format!("{p} is listed as parameter {i} of {b} but defined elsewhere")));
+                return Err(IrError(format!(
+                    "{p} is listed as parameter {i} of {b} but defined elsewhere"
+                )));
             }
             self.visible.insert(p);
         }
@@ -58,7 +64,10 @@ impl Verifier<'_> {
             let inst = self.f.inst(i);
             for a in &inst.args {
                 if !self.visible.contains(a) {
-                    return Err(IrError(format!("{i} ({}) uses {a} where it is not defined", inst.op.mnemonic())));
+                    return Err(IrError(format!(
+                        "{i} ({}) uses {a} where it is not defined",
+                        inst.op.mnemonic()
+                    )));
                 }
             }
             let arg_tys: Vec<&Ty> = inst.args.iter().map(|&a| self.f.ty(a)).collect();
@@ -78,11 +87,18 @@ impl Verifier<'_> {
             };
             let got: Vec<Ty> = inst.results.iter().map(|&r| self.f.ty(r).clone()).collect();
             if got != expected {
-                return Err(IrError(format!("{i} ({}): results typed {:?}, expected {:?}", inst.op.mnemonic(), got, expected)));
+                return Err(IrError(format!(
+                    "{i} ({}): results typed {:?}, expected {:?}",
+                    inst.op.mnemonic(),
+                    got,
+                    expected
+                )));
             }
             for (k, &r) in inst.results.iter().enumerate() {
                 if self.f.values[r.index()].def != ValueDef::Result(i, k) {
-                    return Err(IrError(format!("{r} is listed as result {k} of {i} but defined elsewhere")));
+                    return Err(IrError(format!(
+                        "{r} is listed as result {k} of {i} but defined elsewhere"
+                    )));
                 }
                 if !self.visible.insert(r) {
                     return Err(IrError(format!("{r} is defined twice")));
@@ -90,7 +106,12 @@ impl Verifier<'_> {
                 defined_here.push(r);
             }
         }
-        if loop_inst.is_some() && !matches!(data.insts.last().map(|&i| &self.f.inst(i).op), Some(Op::Yield)) {
+        if loop_inst.is_some()
+            && !matches!(
+                data.insts.last().map(|&i| &self.f.inst(i).op),
+                Some(Op::Yield)
+            )
+        {
             return Err(IrError(format!("loop body {b} does not end with yield")));
         }
         // Leaving a loop body: its values are not visible outside.
@@ -116,7 +137,11 @@ impl Verifier<'_> {
         }
         for (k, (&a, &p)) in inst.args.iter().zip(&params[1..]).enumerate() {
             if f.ty(a) != f.ty(p) {
-                return err(format!("carried value {k} typed {} outside, {} in the body", f.ty(a), f.ty(p)));
+                return err(format!(
+                    "carried value {k} typed {} outside, {} in the body",
+                    f.ty(a),
+                    f.ty(p)
+                ));
             }
         }
         let Some(&last) = f.block(body).insts.last() else {
@@ -127,7 +152,9 @@ impl Verifier<'_> {
             return err("yield and loop results differ in number".into());
         }
         for k in 0..n {
-            if f.ty(y.args[k]) != f.ty(params[k + 1]) || f.ty(inst.results[k]) != f.ty(params[k + 1]) {
+            if f.ty(y.args[k]) != f.ty(params[k + 1])
+                || f.ty(inst.results[k]) != f.ty(params[k + 1])
+            {
                 return err(format!("carried value {k} changes type"));
             }
         }
@@ -139,7 +166,10 @@ impl Verifier<'_> {
                 None => return err("stacked value must have a batch axis".into()),
             };
             if stacked != want.as_slice() {
-                return err(format!("stacked result {k} is {:?}, expected {:?}", stacked, want));
+                return err(format!(
+                    "stacked result {k} is {:?}, expected {:?}",
+                    stacked, want
+                ));
             }
         }
         Ok(())

@@ -19,7 +19,8 @@ pub fn fixture_names() -> Vec<String> {
         .expect("tests/fixtures/keras exists")
         .filter_map(|e| {
             let p = e.ok()?.path();
-            (p.extension()? == "json").then(|| p.file_stem().unwrap().to_string_lossy().into_owned())
+            (p.extension()? == "json")
+                .then(|| p.file_stem().unwrap().to_string_lossy().into_owned())
         })
         .collect();
     names.sort();
@@ -32,7 +33,8 @@ pub struct Fixture {
 }
 
 pub fn load(name: &str) -> Fixture {
-    let text = std::fs::read_to_string(fixtures_dir().join(format!("{name}.json"))).expect("fixture readable");
+    let text = std::fs::read_to_string(fixtures_dir().join(format!("{name}.json")))
+        .expect("fixture readable");
     Fixture {
         name: name.to_string(),
         json: serde_json::from_str(&text).expect("fixture is JSON"),
@@ -40,8 +42,18 @@ pub fn load(name: &str) -> Fixture {
 }
 
 pub fn array(v: &Value) -> ArrayD<f64> {
-    let shape: Vec<usize> = v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
-    let data: Vec<f64> = v["data"].as_array().unwrap().iter().map(|d| d.as_f64().unwrap()).collect();
+    let shape: Vec<usize> = v["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_u64().unwrap() as usize)
+        .collect();
+    let data: Vec<f64> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_f64().unwrap())
+        .collect();
     ArrayD::from_shape_vec(IxDyn(&shape), data).unwrap()
 }
 
@@ -85,12 +97,17 @@ impl Fixture {
     }
 
     pub fn stateful(&self) -> bool {
-        self.json["layers"].as_array().unwrap().iter().any(|l| l["stateful"].as_bool() == Some(true))
+        self.json["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["stateful"].as_bool() == Some(true))
     }
 
     pub fn spec(&self) -> ModelSpec {
         let text = self.model_text();
-        lstmc::front::load(&format!("{}.model", self.name), text.as_bytes()).unwrap_or_else(|d| panic!("{}", d.render()))
+        lstmc::front::load(&format!("{}.model", self.name), text.as_bytes())
+            .unwrap_or_else(|d| panic!("{}", d.render()))
     }
 
     pub fn named_weights(&self, key: &str) -> BTreeMap<String, ArrayD<f64>> {
@@ -98,7 +115,12 @@ impl Fixture {
             .as_array()
             .unwrap()
             .iter()
-            .map(|w| (format!("layers.{}.{}", w["layer"], w["name"].as_str().unwrap()), array(w)))
+            .map(|w| {
+                (
+                    format!("layers.{}.{}", w["layer"], w["name"].as_str().unwrap()),
+                    array(w),
+                )
+            })
             .collect()
     }
 
