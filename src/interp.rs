@@ -2,7 +2,7 @@
 //! the JIT and for gradient checks. It runs any function the verifier
 //! accepts, optimized or not.
 
-use crate::ir::{BinOp, Block, Function, Op, Value};
+use crate::ir::{BinOp, Block, FNode, Function, FusedKernel, Op, Value};
 use crate::model::Activation;
 use ndarray::{Array2, ArrayD, Axis, IxDyn};
 
@@ -66,15 +66,15 @@ fn exec(
             Op::Yield => {
                 return inst.args.iter().map(|&a| tensor(env, a).cloned()).collect();
             }
-            Op::Loop { body, steps } => {
+            Op::Loop { body, steps, .. } => {
                 let body_params = f.block(*body).params.clone();
                 let mut carried: Vec<ArrayD<f64>> = inst
                     .args
                     .iter()
                     .map(|&a| tensor(env, a).cloned())
                     .collect::<Result<_, _>>()?;
-                let mut stacked: Vec<Vec<ArrayD<f64>>> =
-                    vec![Vec::new(); inst.results.len() - carried.len()];
+                let n_stacked = inst.results.len() - carried.len();
+                let mut stacked: Vec<Vec<ArrayD<f64>>> = vec![Vec::new(); n_stacked];
                 for k in 0..*steps {
                     env[body_params[0].index()] = Some(Slot::Index(k));
                     for (p, c) in body_params[1..].iter().zip(&carried) {
@@ -83,8 +83,9 @@ fn exec(
                     let mut y = exec(f, *body, env)?;
                     let per_step = y.split_off(carried.len());
                     carried = y;
-                    for (s, v) in stacked.iter_mut().zip(per_step) {
-                        s.push(v);
+                    // Groups of one value per stacked result, in time order.
+                    for (i, v) in per_step.into_iter().enumerate() {
+                        stacked[i % n_stacked].push(v);
                     }
                 }
                 for (&r, c) in inst.results.iter().zip(carried) {
@@ -118,15 +119,41 @@ fn exec(
                 a.slice_axis(last, (*start..start + len).into()).to_owned()
             }
             Op::Row { index } => arg(env, 0)?.index_axis(Axis(0), *index).to_owned(),
-            Op::TimeStep { reverse } => {
+            Op::TimeStep {
+                reverse,
+                stride,
+                offset,
+            } => {
                 let x = arg(env, 0)?;
-                let k = match env[inst.args[1].index()] {
-                    Some(Slot::Index(k)) => k,
+                let k = match inst.args.get(1).map(|a| &env[a.index()]) {
+                    Some(Some(Slot::Index(k))) => *k,
+                    None => 0,
                     _ => return Err(InterpError("time_step without a step number".into())),
                 };
                 let t = x.shape()[1];
-                let step = if *reverse { t - 1 - k } else { k };
+                let step = k * stride + offset;
+                if step >= t {
+                    return Err(InterpError(format!("time step {step} of {t}")));
+                }
+                let step = if *reverse { t - 1 - step } else { step };
                 x.index_axis(Axis(1), step).to_owned()
+            }
+            Op::Stack => {
+                let parts: Vec<ArrayD<f64>> = (0..inst.args.len())
+                    .map(|i| arg(env, i))
+                    .collect::<Result<_, _>>()?;
+                let views: Vec<_> = parts.iter().map(|a| a.view()).collect();
+                ndarray::stack(Axis(1), &views).map_err(|e| InterpError(e.to_string()))?
+            }
+            Op::Fused(kernel) => {
+                let ins: Vec<ArrayD<f64>> = (0..inst.args.len())
+                    .map(|i| arg(env, i))
+                    .collect::<Result<_, _>>()?;
+                let outs = fused(kernel, &ins, f.shape(inst.results[0]));
+                for (&r, o) in inst.results.iter().zip(outs) {
+                    env[r.index()] = Some(Slot::Tensor(o));
+                }
+                continue;
             }
         };
         let r = inst.results[0];
@@ -140,6 +167,37 @@ fn exec(
         env[r.index()] = Some(Slot::Tensor(out));
     }
     Ok(Vec::new())
+}
+
+/// Evaluates an elementwise kernel; broadcast inputs are rows repeated over the leading axes.
+fn fused(k: &FusedKernel, ins: &[ArrayD<f64>], shape: &[usize]) -> Vec<ArrayD<f64>> {
+    let total: usize = shape.iter().product();
+    let n = *shape.last().unwrap_or(&1);
+    let flat: Vec<&[f64]> = ins
+        .iter()
+        .map(|a| a.as_slice().expect("interpreter arrays are contiguous"))
+        .collect();
+    let mut outs = vec![vec![0.0; total]; k.outputs.len()];
+    let mut t = vec![0.0; k.nodes.len()];
+    for e in 0..total {
+        for (i, node) in k.nodes.iter().enumerate() {
+            t[i] = match *node {
+                FNode::Input(j) if k.broadcast[j] => flat[j][e % n],
+                FNode::Input(j) => flat[j][e],
+                FNode::Bin(BinOp::Add, a, b) => t[a] + t[b],
+                FNode::Bin(BinOp::Sub, a, b) => t[a] - t[b],
+                FNode::Bin(BinOp::Mul, a, b) => t[a] * t[b],
+                FNode::Act(act, x) => activate(act, t[x]),
+                FNode::OneMinus(x) => 1.0 - t[x],
+            };
+        }
+        for (o, &node) in outs.iter_mut().zip(&k.outputs) {
+            o[e] = t[node];
+        }
+    }
+    outs.into_iter()
+        .map(|o| ArrayD::from_shape_vec(IxDyn(shape), o).expect("length matches shape"))
+        .collect()
 }
 
 /// An activation in f64, with Keras 3's formulas.

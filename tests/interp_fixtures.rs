@@ -49,7 +49,11 @@ fn all_keras_fixtures_match_to_1e9() {
 
 #[test]
 fn stateful_reset_restarts_from_zero_states() {
-    for name in ["seed_lstm3_stateful", "lstm_stateful_batch2", "gru_stateful"] {
+    for name in [
+        "seed_lstm3_stateful",
+        "lstm_stateful_batch2",
+        "gru_stateful",
+    ] {
         let fx = load(name);
         let spec = fx.spec();
         let weights = fx.weights(&spec);
@@ -59,10 +63,20 @@ fn stateful_reset_restarts_from_zero_states() {
         r.predict_batch(&array(&b0["x"])).unwrap();
         // Carried: batch 1 after batch 0 gives Keras's second output...
         let carried = r.predict_batch(&array(&b1["x"])).unwrap();
-        assert_close(&format!("{name} carried"), &carried.y, &array(&b1["y"]), 1e-9);
+        assert_close(
+            &format!("{name} carried"),
+            &carried.y,
+            &array(&b1["y"]),
+            1e-9,
+        );
         // ...and after a reset, batch 0 gives the first output again.
         r.reset_states();
         let again = r.predict_batch(&array(&b0["x"])).unwrap();
-        assert_close(&format!("{name} after reset"), &again.y, &array(&b0["y"]), 1e-9);
+        assert_close(
+            &format!("{name} after reset"),
+            &again.y,
+            &array(&b0["y"]),
+            1e-9,
+        );
     }
 }

@@ -196,6 +196,8 @@ impl Builder<'_> {
         let xt = self.op(
             Op::TimeStep {
                 reverse: l.go_backwards,
+                stride: 1,
+                offset: 0,
             },
             &[x, k],
         )?;
@@ -287,6 +289,7 @@ impl Builder<'_> {
             Op::Loop {
                 body,
                 steps: shapes.time,
+                per_iter: 1,
             },
             carried_init,
             tys,

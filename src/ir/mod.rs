@@ -127,21 +127,33 @@ pub enum Op {
         /// the row
         index: usize,
     },
-    /// `(x: [B, T, F], k: index) -> [B, F]`: step `k` of a sequence, or step
-    /// `T-1-k` when `reverse` (a `go_backwards` layer).
+    /// `(x: [B, T, F], k: index) -> [B, F]` or `(x: [B, T, F]) -> [B, F]`:
+    /// step `t = k·stride + offset` of a sequence (`t = offset` without `k`),
+    /// or step `T-1-t` when `reverse` (a `go_backwards` layer).
     TimeStep {
         /// read from the end
         reverse: bool,
+        /// steps per `k`
+        stride: usize,
+        /// added to `k·stride`
+        offset: usize,
     },
+    /// `(v_0..v_{n-1}: [B, ..]) -> [B, n, ..]`: per-step values stacked in order.
+    Stack,
+    /// `(inputs...) -> (outputs...)`: an elementwise kernel (see [`FusedKernel`]).
+    Fused(FusedKernel),
     /// `(init: C...) -> (C..., S...)`: runs `body` for `k = 0..steps`. The body
     /// has parameters `(k: index, carried: C...)` and ends with a `Yield` of
-    /// `(C..., s: S'...)`; each per-step `s: [B, ..]` is stacked into
-    /// `S = [B, steps, ..]` in step order.
+    /// `(C..., s...)`: `per_iter` groups of one per-step value `[B, ..]` per
+    /// stacked result. Group `j` of iteration `k` is time `k·per_iter + j` of
+    /// each stacked result `S = [B, steps·per_iter, ..]`.
     Loop {
         /// the body block
         body: Block,
         /// trip count
         steps: usize,
+        /// per-step values yielded per iteration, per stacked result (1 unless unrolled)
+        per_iter: usize,
     },
     /// `(C..., S'...) -> ()`: ends a loop body (see `Loop`).
     Yield,
@@ -162,11 +174,81 @@ impl Op {
             Op::Softmax => "softmax".into(),
             Op::SliceLast { start, len } => format!("slice_last[{start}..{}]", start + len),
             Op::Row { index } => format!("row[{index}]"),
-            Op::TimeStep { reverse: false } => "time_step".into(),
-            Op::TimeStep { reverse: true } => "time_step.reverse".into(),
-            Op::Loop { steps, .. } => format!("loop[{steps}]"),
+            Op::TimeStep {
+                reverse,
+                stride,
+                offset,
+            } => {
+                let r = if *reverse { ".reverse" } else { "" };
+                match (*stride, *offset) {
+                    (1, 0) => format!("time_step{r}[k]"),
+                    (0, o) => format!("time_step{r}[{o}]"),
+                    (1, o) => format!("time_step{r}[k+{o}]"),
+                    (s, 0) => format!("time_step{r}[{s}k]"),
+                    (s, o) => format!("time_step{r}[{s}k+{o}]"),
+                }
+            }
+            Op::Stack => "stack".into(),
+            Op::Fused(k) => format!("fused {k}"),
+            Op::Loop {
+                steps, per_iter: 1, ..
+            } => format!("loop[{steps}]"),
+            Op::Loop {
+                steps, per_iter, ..
+            } => format!("loop[{steps}x{per_iter}]"),
             Op::Yield => "yield".into(),
         }
+    }
+}
+
+/// An elementwise kernel: a small expression DAG over inputs of one shape
+/// `[.., N]` (or `[N]`, broadcast over rows), evaluated once per element.
+/// Produced by the `fuse-elementwise` pass; code generation emits one loop for it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FusedKernel {
+    /// Per input: whether it is a row `[N]` broadcast over the leading axes.
+    pub broadcast: Vec<bool>,
+    /// The expression nodes, in evaluation order (operands precede users).
+    pub nodes: Vec<FNode>,
+    /// The node each result is.
+    pub outputs: Vec<usize>,
+}
+
+/// A node of a [`FusedKernel`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FNode {
+    /// Input `i`.
+    Input(usize),
+    /// `a op b`.
+    Bin(BinOp, usize, usize),
+    /// An activation.
+    Act(Activation, usize),
+    /// `1 - a`.
+    OneMinus(usize),
+}
+
+impl fmt::Display for FusedKernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let s = match *n {
+                FNode::Input(k) if self.broadcast[k] => format!("in{k}[row]"),
+                FNode::Input(k) => format!("in{k}"),
+                FNode::Bin(op, a, b) => {
+                    let o = match op {
+                        BinOp::Add => "+",
+                        BinOp::Sub => "-",
+                        BinOp::Mul => "*",
+                    };
+                    format!("t{a} {o} t{b}")
+                }
+                FNode::Act(a, x) => format!("{}(t{x})", a.name()),
+                FNode::OneMinus(x) => format!("1 - t{x}"),
+            };
+            parts.push(format!("t{i} = {s}"));
+        }
+        let outs: Vec<String> = self.outputs.iter().map(|o| format!("t{o}")).collect();
+        write!(f, "{{ {}; out {} }}", parts.join("; "), outs.join(", "))
     }
 }
 
@@ -382,16 +464,72 @@ pub fn infer(op: &Op, args: &[&Ty]) -> Result<Vec<Ty>, IrError> {
                 a => err(format!("row {index} of {:?}", a)),
             }
         }
-        Op::TimeStep { .. } => {
-            arity(2)?;
+        Op::TimeStep { stride, offset, .. } => {
             let x = tensor(0)?;
-            if args[1] != &Ty::Index {
-                return err("second operand must be an index".into());
+            match args.len() {
+                1 if *stride == 0 => {}
+                2 if args[1] == &Ty::Index => {}
+                _ => {
+                    return err(
+                        "expects (sequence, index), or a sequence alone with stride 0".into(),
+                    )
+                }
             }
             match x {
-                &[b, _t, f] => Ok(vec![Ty::Tensor(vec![b, f])]),
-                _ => err(format!("expects a sequence [B, T, F], found {:?}", x)),
+                &[b, t, f] if args.len() == 2 || *offset < t => Ok(vec![Ty::Tensor(vec![b, f])]),
+                _ => err(format!(
+                    "expects a sequence [B, T, F] with step {offset} in range, found {:?}",
+                    x
+                )),
             }
+        }
+        Op::Stack => {
+            let first = tensor(0)?;
+            for i in 1..args.len() {
+                if tensor(i)? != first {
+                    return err("stacked values differ in shape".into());
+                }
+            }
+            match first.split_first() {
+                Some((&b, rest)) => Ok(vec![Ty::Tensor([&[b, args.len()][..], rest].concat())]),
+                None => err("stacked values need a batch axis".into()),
+            }
+        }
+        Op::Fused(k) => {
+            if k.broadcast.len() != args.len() {
+                return err(format!(
+                    "kernel takes {} inputs, given {}",
+                    k.broadcast.len(),
+                    args.len()
+                ));
+            }
+            let full = (0..args.len())
+                .find(|&i| !k.broadcast[i])
+                .ok_or_else(|| IrError("fused: no full-shape input".into()))?;
+            let shape = tensor(full)?;
+            let n = *shape.last().unwrap_or(&1);
+            for i in 0..args.len() {
+                let s = tensor(i)?;
+                let ok = if k.broadcast[i] { s == [n] } else { s == shape };
+                if !ok {
+                    return err(format!("input {i} is {:?}, kernel shape {:?}", s, shape));
+                }
+            }
+            for (idx, node) in k.nodes.iter().enumerate() {
+                let ok = match *node {
+                    FNode::Input(i) => i < args.len(),
+                    FNode::Bin(_, a, b) => a < idx && b < idx,
+                    FNode::Act(a, x) => x < idx && a != Activation::Softmax,
+                    FNode::OneMinus(x) => x < idx,
+                };
+                if !ok {
+                    return err(format!("node {idx} is malformed"));
+                }
+            }
+            if k.outputs.iter().any(|&o| o >= k.nodes.len()) || k.outputs.is_empty() {
+                return err("outputs name missing nodes".into());
+            }
+            Ok(vec![Ty::Tensor(shape.to_vec()); k.outputs.len()])
         }
         Op::Loop { .. } => err("loop result types come from its body".into()),
         Op::Yield => Ok(vec![]),

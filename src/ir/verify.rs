@@ -72,8 +72,12 @@ impl Verifier<'_> {
             }
             let arg_tys: Vec<&Ty> = inst.args.iter().map(|&a| self.f.ty(a)).collect();
             let expected = match &inst.op {
-                Op::Loop { body, steps } => {
-                    self.loop_types(i, *body, *steps)?;
+                Op::Loop {
+                    body,
+                    steps,
+                    per_iter,
+                } => {
+                    self.loop_types(i, *body, *steps, *per_iter)?;
                     self.block(*body, Some(i))?;
                     inst.results.iter().map(|&r| self.f.ty(r).clone()).collect()
                 }
@@ -123,13 +127,19 @@ impl Verifier<'_> {
         Ok(())
     }
 
-    fn loop_types(&self, i: Inst, body: Block, steps: usize) -> Result<(), IrError> {
+    fn loop_types(
+        &self,
+        i: Inst,
+        body: Block,
+        steps: usize,
+        per_iter: usize,
+    ) -> Result<(), IrError> {
         let f = self.f;
         let inst = f.inst(i);
         let params = &f.block(body).params;
         let n = inst.args.len();
         let err = |m: String| Err(IrError(format!("{i} (loop): {m}")));
-        if steps == 0 {
+        if steps == 0 || per_iter == 0 {
             return err("zero steps".into());
         }
         if params.len() != n + 1 || f.ty(params[0]) != &Ty::Index {
