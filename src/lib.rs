@@ -14,4 +14,5 @@ pub mod model;
 pub mod weights;
 
 pub use error::{Error, Result};
+pub mod passes;
 pub mod reference;

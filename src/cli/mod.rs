@@ -42,6 +42,10 @@ enum Command {
         /// Leave out the `# layer, line:col` notes.
         #[arg(long)]
         no_locations: bool,
+        /// Print the IR after this pass (fuse-gates, hoist, unroll, fold, fuse-elementwise, dce);
+        /// `all` for the end of the pipeline. Default: as lowered.
+        #[arg(long, value_name = "PASS")]
+        after: Option<String>,
     },
     /// Compile a model, then train, evaluate and predict as its file and flags say.
     Run(run::RunArgs),
@@ -67,7 +71,14 @@ pub fn main() -> ExitCode {
             batch_size,
             input_length,
             no_locations,
-        } => ir(&model, batch_size, input_length, no_locations),
+            after,
+        } => ir(
+            &model,
+            batch_size,
+            input_length,
+            no_locations,
+            after.as_deref(),
+        ),
         Command::Run(args) => run::run(args),
     };
     match result {
@@ -99,11 +110,28 @@ fn ir(
     batch: Option<usize>,
     time: Option<usize>,
     no_locations: bool,
+    after: Option<&str>,
 ) -> Result<(), Error> {
     let spec = load_model(model)?;
     let shapes = sizes(&spec, batch, time)?;
-    let f = lstmc::ir::lower::lower(&spec, shapes)?;
+    let mut f = lstmc::ir::lower::lower(&spec, shapes)?;
     lstmc::ir::verify::verify(&f)?;
+    if let Some(pass) = after {
+        let names = lstmc::passes::names();
+        let until = match pass {
+            "all" => None,
+            p if names.contains(&p) => Some(p),
+            p => {
+                let hint =
+                    lstmc::front::diag::did_you_mean(p, names.iter().copied()).unwrap_or_default();
+                return Err(Error::Usage(format!(
+                    "no pass `{p}`; the passes, in order: {}, or `all`. {hint}",
+                    names.join(", ")
+                )));
+            }
+        };
+        lstmc::passes::optimize(&mut f, &lstmc::passes::Options::default(), until)?;
+    }
     print!(
         "{}",
         lstmc::ir::print::print(&f, (!no_locations).then_some(&spec.source))

@@ -639,6 +639,108 @@ impl Function {
         Ok(self.insts[inst.index()].results.first().copied())
     }
 
+    /// Appends an instruction to the arena without placing it in a block.
+    pub fn make_inst(
+        &mut self,
+        op: Op,
+        args: Vec<Value>,
+        tys: Vec<Ty>,
+        origin: Option<Origin>,
+    ) -> Inst {
+        let inst = self.push_typed(self.entry, op, args, tys, origin);
+        self.blocks[self.entry.index()].insts.pop();
+        inst
+    }
+
+    /// Makes an instruction whose result types follow from [`infer`], without placing it.
+    pub fn make(
+        &mut self,
+        op: Op,
+        args: Vec<Value>,
+        origin: Option<Origin>,
+    ) -> Result<Inst, IrError> {
+        let tys: Vec<&Ty> = args.iter().map(|&a| self.ty(a)).collect();
+        let out = infer(&op, &tys)?;
+        Ok(self.make_inst(op, args, out, origin))
+    }
+
+    /// The first result of an instruction.
+    pub fn result(&self, i: Inst) -> Value {
+        self.insts[i.index()].results[0]
+    }
+
+    /// The instruction defining `v`, if it is not a block parameter.
+    pub fn def_inst(&self, v: Value) -> Option<Inst> {
+        match self.values[v.index()].def {
+            ValueDef::Result(i, _) => Some(i),
+            ValueDef::Param(..) => None,
+        }
+    }
+
+    /// The op defining `v`, if it is not a block parameter.
+    pub fn def_op(&self, v: Value) -> Option<&Op> {
+        self.def_inst(v).map(|i| &self.insts[i.index()].op)
+    }
+
+    /// Replaces every use of `old` (operands of reachable instructions, outputs) by `new`.
+    pub fn replace_uses(&mut self, old: Value, new: Value) {
+        let mut all = Vec::new();
+        self.walk(self.entry, &mut |i| all.push(i));
+        for i in all {
+            for a in &mut self.insts[i.index()].args {
+                if *a == old {
+                    *a = new;
+                }
+            }
+        }
+        for (_, v) in &mut self.outputs {
+            if *v == old {
+                *v = new;
+            }
+        }
+    }
+
+    /// How often each value is used by reachable instructions and outputs.
+    pub fn use_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.values.len()];
+        self.walk(self.entry, &mut |i| {
+            for a in &self.insts[i.index()].args {
+                counts[a.index()] += 1;
+            }
+        });
+        for (_, v) in &self.outputs {
+            counts[v.index()] += 1;
+        }
+        counts
+    }
+
+    /// The blocks reachable from the entry (the entry and loop bodies), outer before inner.
+    pub fn reachable_blocks(&self) -> Vec<Block> {
+        let mut out = vec![self.entry];
+        self.walk(self.entry, &mut |i| {
+            if let Op::Loop { body, .. } = self.insts[i.index()].op {
+                out.push(body);
+            }
+        });
+        out
+    }
+
+    /// The values a loop body uses that it does not define (including those of nested bodies).
+    pub fn free_uses(&self, body: Block) -> Vec<Value> {
+        let mut defined: std::collections::HashSet<Value> =
+            self.block(body).params.iter().copied().collect();
+        let mut used = Vec::new();
+        self.walk(body, &mut |i| {
+            let d = &self.insts[i.index()];
+            used.extend(d.args.iter().copied());
+            defined.extend(d.results.iter().copied());
+        });
+        let mut free: Vec<Value> = used.into_iter().filter(|v| !defined.contains(v)).collect();
+        free.sort();
+        free.dedup();
+        free
+    }
+
     /// The instructions of `block` and, recursively, of the loop bodies inside it, in order.
     pub fn walk(&self, block: Block, f: &mut impl FnMut(Inst)) {
         for &i in &self.blocks[block.index()].insts {

@@ -158,7 +158,10 @@ impl Verifier<'_> {
             return err("empty body".into());
         };
         let y = f.inst(last);
-        if y.args.len() < n || y.args.len() != inst.results.len() {
+        let Some(stacked) = inst.results.len().checked_sub(n) else {
+            return err("fewer results than carried values".into());
+        };
+        if y.args.len() != n + stacked * per_iter {
             return err("yield and loop results differ in number".into());
         }
         for k in 0..n {
@@ -168,18 +171,20 @@ impl Verifier<'_> {
                 return err(format!("carried value {k} changes type"));
             }
         }
-        for k in n..y.args.len() {
-            let step = f.shape(y.args[k]);
-            let stacked = f.shape(inst.results[k]);
-            let want: Vec<usize> = match step.split_first() {
-                Some((&b, rest)) => [&[b, steps][..], rest].concat(),
-                None => return err("stacked value must have a batch axis".into()),
-            };
-            if stacked != want.as_slice() {
-                return err(format!(
-                    "stacked result {k} is {:?}, expected {:?}",
-                    stacked, want
-                ));
+        for s in 0..stacked {
+            let result = f.shape(inst.results[n + s]);
+            for j in 0..per_iter {
+                let step = f.shape(y.args[n + j * stacked + s]);
+                let want: Vec<usize> = match step.split_first() {
+                    Some((&b, rest)) => [&[b, steps * per_iter][..], rest].concat(),
+                    None => return err("stacked value must have a batch axis".into()),
+                };
+                if result != want.as_slice() {
+                    return err(format!(
+                        "stacked result {s} is {:?}, expected {:?}",
+                        result, want
+                    ));
+                }
             }
         }
         Ok(())

@@ -1,0 +1,105 @@
+//! The optimizing passes, in one explicit ordered list.
+//!
+//! Each pass rewrites the forward [`Function`] in place and is followed by the
+//! verifier (always: it is cheap next to code generation, and a pass that
+//! breaks an invariant must fail loudly, not miscompile). `lstmc ir --after
+//! PASS` prints the IR after any of them, and every pass keeps the function's
+//! meaning: the interpreter gives the same numbers before and after (a
+//! property test holds the whole pipeline to that).
+
+pub mod dce;
+pub mod fold;
+pub mod fuse_elementwise;
+pub mod fuse_gates;
+pub mod hoist;
+pub mod unroll;
+
+use crate::ir::{verify::verify, Function, IrError};
+
+/// A pass: a name and the rewrite.
+pub struct Pass {
+    /// The name `--after` takes.
+    pub name: &'static str,
+    /// What it does, for `--help` and the docs.
+    pub about: &'static str,
+    /// The rewrite.
+    pub run: fn(&mut Function, &Options) -> Result<(), IrError>,
+}
+
+/// Knobs of the pipeline.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Loops of at most this many steps are fully unrolled.
+    pub full_unroll_max: usize,
+    /// Longer loops are unrolled by the largest divisor of their length up to this.
+    pub partial_unroll_max: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        // Measured with `lstmc bench` (see README, "Unrolling").
+        Options {
+            full_unroll_max: 16,
+            partial_unroll_max: 4,
+        }
+    }
+}
+
+/// The passes, in the order they run.
+pub const PASSES: &[Pass] = &[
+    Pass {
+        name: "fuse-gates",
+        about: "one matmul per operand for all gates, against the concatenated weights",
+        run: fuse_gates::run,
+    },
+    Pass {
+        name: "hoist",
+        about: "loop-invariant code out of time loops; x_t·W for all steps as one matmul before the loop",
+        run: hoist::run,
+    },
+    Pass {
+        name: "unroll",
+        about: "short loops fully unrolled, long ones by a factor",
+        run: unroll::run,
+    },
+    Pass {
+        name: "fold",
+        about: "constant folding of zero states (the first step of a non-stateful layer)",
+        run: fold::run,
+    },
+    Pass {
+        name: "dce",
+        about: "dead-code elimination",
+        run: dce::run,
+    },
+    Pass {
+        name: "fuse-elementwise",
+        about: "chains of elementwise ops (gates, cell update, output) into one kernel each",
+        run: fuse_elementwise::run,
+    },
+];
+
+/// The names of the passes, in order.
+pub fn names() -> Vec<&'static str> {
+    PASSES.iter().map(|p| p.name).collect()
+}
+
+/// Runs the passes in order, verifying after each; stops after `until` if given.
+pub fn optimize(f: &mut Function, options: &Options, until: Option<&str>) -> Result<(), IrError> {
+    if let Some(u) = until {
+        if !PASSES.iter().any(|p| p.name == u) {
+            return Err(IrError(format!(
+                "no pass `{u}`; the passes are: {}",
+                names().join(", ")
+            )));
+        }
+    }
+    for pass in PASSES {
+        (pass.run)(f, options).map_err(|e| IrError(format!("pass {}: {e}", pass.name)))?;
+        verify(f).map_err(|e| IrError(format!("after pass {}: {e}", pass.name)))?;
+        if until == Some(pass.name) {
+            break;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! Random models for differential tests: one to three layers of any kind and
+//! option, with random weights and inputs.
+
+use lstmc::model::ModelSpec;
+use ndarray::{ArrayD, IxDyn};
+use proptest::prelude::*;
+
+/// A random model: its `.model` text, batch size and number of calls.
+#[derive(Clone, Debug)]
+pub struct RandomModel {
+    pub text: String,
+    pub batch: usize,
+    pub seed: u64,
+}
+
+fn activation() -> impl Strategy<Value = &'static str> {
+    prop_oneof![
+        Just("tanh"),
+        Just("sigmoid"),
+        Just("hard_sigmoid"),
+        Just("relu"),
+        Just("linear")
+    ]
+}
+
+fn layer(first: bool, last: bool) -> impl Strategy<Value = String> {
+    (
+        0..4usize,
+        1..=70usize,
+        (
+            activation(),
+            activation(),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+        ),
+        (1..=20usize, 1..=40usize, any::<bool>()),
+    )
+        .prop_map(
+            move |(
+                kind,
+                units,
+                (act, ract, seq, back, bias, reset_after),
+                (dim, len, dense_act_softmax),
+            )| {
+                let kind = ["LSTM", "GRU", "SimpleRNN", "Dense"][kind];
+                let mut s = format!("{kind} {units}");
+                if first {
+                    s += &format!(" input_dim={dim} input_length={len}");
+                }
+                if kind == "Dense" {
+                    let a = if dense_act_softmax && last {
+                        "softmax"
+                    } else {
+                        act
+                    };
+                    s += &format!(" activation={a}");
+                } else {
+                    s += &format!(" activation={act}");
+                    if kind != "SimpleRNN" {
+                        s += &format!(" recurrent_activation={ract}");
+                    }
+                    // Every recurrent layer but the last returns sequences, so the next can read them.
+                    if seq || !last {
+                        s += " return_sequences";
+                    }
+                    if back {
+                        s += " go_backwards";
+                    }
+                    if kind == "GRU" && !reset_after {
+                        s += " reset_after=false";
+                    }
+                }
+                if !bias {
+                    s += " use_bias=false";
+                }
+                s
+            },
+        )
+}
+
+/// One to three layers; any of them may be stateful (then the batch size is fixed).
+pub fn random_model() -> impl Strategy<Value = RandomModel> {
+    (1..=3usize, 1..=9usize, any::<u64>(), any::<bool>())
+        .prop_flat_map(|(n, batch, seed, stateful)| {
+            let layers: Vec<BoxedStrategy<String>> =
+                (0..n).map(|i| layer(i == 0, i == n - 1).boxed()).collect();
+            (layers, Just(batch), Just(seed), Just(stateful))
+        })
+        .prop_map(|(layers, batch, seed, stateful)| {
+            let mut lines = layers;
+            if stateful {
+                for l in lines.iter_mut().filter(|l| !l.starts_with("Dense")) {
+                    *l += " stateful";
+                }
+                lines[0] += &format!(" batch_size={batch}");
+            }
+            RandomModel {
+                text: lines.join("\n") + "\n",
+                batch,
+                seed,
+            }
+        })
+}
+
+impl RandomModel {
+    pub fn spec(&self) -> ModelSpec {
+        lstmc::front::load("random.model", self.text.as_bytes())
+            .unwrap_or_else(|d| panic!("{}\n{}", self.text, d.render()))
+    }
+
+    /// Weights drawn uniformly with a scale that keeps activations in their interesting range.
+    pub fn weights(&self, spec: &ModelSpec) -> lstmc::weights::Weights {
+        let mut rng = lstmc::init::stream(self.seed, 99, 0);
+        let mut w = lstmc::weights::Weights::init(spec, self.seed);
+        for (_, t) in &mut w.tensors {
+            let fan = t.shape()[0].max(1) as f64;
+            let a = 1.2 / fan.sqrt();
+            t.mapv_inplace(|_| rand::Rng::random_range(&mut rng, -a..a));
+        }
+        w
+    }
+
+    /// `calls` consecutive input batches.
+    pub fn inputs(&self, spec: &ModelSpec, calls: usize) -> Vec<ArrayD<f64>> {
+        let mut rng = lstmc::init::stream(self.seed, 98, 1);
+        let shape = [self.batch, spec.input.time.unwrap(), spec.input.features];
+        (0..calls)
+            .map(|_| {
+                ArrayD::from_shape_fn(IxDyn(&shape), |_| {
+                    rand::Rng::random_range(&mut rng, -1.5..1.5)
+                })
+            })
+            .collect()
+    }
+}
