@@ -6,12 +6,15 @@
 use super::Options;
 use crate::ir::{Function, Inst, IrError, Op, Value};
 
+/// A matmul against a column slice: the instruction, the slice's first column and width.
+type Member = (Inst, usize, usize);
+
 /// Runs the pass on every block.
 pub fn run(f: &mut Function, _: &Options) -> Result<(), IrError> {
     for b in f.reachable_blocks() {
         let insts = f.block(b).insts.clone();
         // (lhs, weight) -> [(matmul, start, len)], in order of first appearance.
-        let mut groups: Vec<((Value, Value), Vec<(Inst, usize, usize)>)> = Vec::new();
+        let mut groups: Vec<((Value, Value), Vec<Member>)> = Vec::new();
         for &i in &insts {
             let d = f.inst(i);
             if d.op != Op::MatMul {
@@ -34,7 +37,7 @@ pub fn run(f: &mut Function, _: &Options) -> Result<(), IrError> {
         let mut removed: Vec<Inst> = Vec::new();
         for ((lhs, w), mut g) in groups {
             g.sort_by_key(|&(_, s, _)| s);
-            let mut runs: Vec<Vec<(Inst, usize, usize)>> = Vec::new();
+            let mut runs: Vec<Vec<Member>> = Vec::new();
             for m in g {
                 match runs.last_mut() {
                     Some(r) if r.last().map(|&(_, s, l)| s + l) == Some(m.1) => r.push(m),
