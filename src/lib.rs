@@ -14,5 +14,7 @@ pub mod model;
 pub mod weights;
 
 pub use error::{Error, Result};
+pub mod jit;
 pub mod passes;
 pub mod reference;
+pub mod runtime;

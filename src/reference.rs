@@ -22,18 +22,26 @@ pub struct BatchOutput {
 
 /// Recurrent states of the stateful layers: one row per batch row.
 #[derive(Clone, Debug, Default)]
-pub struct States {
+pub struct States<T> {
     /// The batch size the states were made for, once known.
     pub batch: Option<usize>,
     /// `(layer, slot) -> (batch, units)`.
-    pub values: HashMap<(usize, &'static str), ArrayD<f64>>,
+    pub values: HashMap<(usize, &'static str), ArrayD<T>>,
 }
 
-impl States {
+impl<T: Clone + Default> States<T> {
+    /// No states yet; the batch size is fixed by the model or the first call.
+    pub fn new() -> States<T> {
+        States {
+            batch: None,
+            values: HashMap::new(),
+        }
+    }
+
     /// Zeroes every state (Keras's `reset_states`), keeping the batch size.
     pub fn reset(&mut self) {
         for v in self.values.values_mut() {
-            v.fill(0.0);
+            v.fill(T::default());
         }
     }
 
@@ -55,7 +63,7 @@ impl States {
                     self.batch = Some(batch);
                     for (i, l) in spec.layers.iter().enumerate().filter(|(_, l)| l.stateful) {
                         for &slot in l.state_names() {
-                            self.values.insert((i, slot), ArrayD::zeros(IxDyn(&[batch, l.units])));
+                            self.values.insert((i, slot), ArrayD::from_elem(IxDyn(&[batch, l.units]), T::default()));
                         }
                     }
                 }
@@ -100,7 +108,7 @@ pub fn batch_shapes(spec: &ModelSpec, shape: &[usize]) -> Result<Shapes> {
 pub struct Reference {
     spec: ModelSpec,
     weights: Weights,
-    states: States,
+    states: States<f64>,
     cache: HashMap<Shapes, Function>,
 }
 
@@ -110,7 +118,7 @@ impl Reference {
         Reference {
             spec,
             weights,
-            states: States::default(),
+            states: States::new(),
             cache: HashMap::new(),
         }
     }
@@ -184,11 +192,11 @@ impl Reference {
 
 /// Splits `x` into consecutive batches of `batch_size` (a smaller last one
 /// unless the model is stateful, where a remainder is an error).
-pub fn split_batches(
+pub fn split_batches<T: Clone>(
     spec: &ModelSpec,
-    x: &ArrayD<f64>,
+    x: &ArrayD<T>,
     batch_size: usize,
-) -> Result<Vec<ArrayD<f64>>> {
+) -> Result<Vec<ArrayD<T>>> {
     let n = *x
         .shape()
         .first()
@@ -215,7 +223,7 @@ pub fn split_batches(
 }
 
 /// Concatenates per-batch outputs along the batch axis.
-pub fn join_batches(ys: Vec<ArrayD<f64>>) -> Result<ArrayD<f64>> {
+pub fn join_batches<T: Clone>(ys: Vec<ArrayD<T>>) -> Result<ArrayD<T>> {
     let views: Vec<_> = ys.iter().map(|y| y.view()).collect();
     concatenate(Axis(0), &views).map_err(|e| Error::Internal(e.to_string()))
 }

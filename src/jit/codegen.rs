@@ -1,0 +1,560 @@
+//! Code generation: an optimized forward [`Function`] and its [`Plan`] →
+//! Cranelift IR for one native function
+//! `extern "C" fn(inputs: *const *const f32, arena: *mut f32)`.
+//!
+//! The hybrid rule of DESIGN.md: fused elementwise kernels, activations,
+//! copies and matmuls up to [`Tuning::gemm_crossover`] multiply-adds are
+//! generated as `f32x4` code (FMA where the CPU has it); larger matmuls call
+//! the host symbol `lstmc_gemm`, backed by the `gemm` crate, and softmax calls
+//! `lstmc_softmax`. Loads carry `notrap` (the runtime checks every buffer
+//! before the call), and loads from inputs `readonly` too.
+
+use super::math;
+use super::plan::{Base, Loc, Plan};
+use crate::ir::{BinOp, FNode, Function, FusedKernel, IrError, Op, Value as IrValue};
+use cranelift_codegen::ir::{
+    condcodes::IntCC, types, AbiParam, FuncRef, InstBuilder, MemFlagsData, Signature, Type, Value,
+};
+use cranelift_frontend::{FunctionBuilder, Variable};
+use std::collections::HashMap;
+
+/// Knobs of code generation.
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    /// Matmuls of at least this many multiply-adds call the host GEMM.
+    pub gemm_crossover: usize,
+    /// Threads the host GEMM may use.
+    pub threads: usize,
+    /// Matmuls of at least this many multiply-adds use all threads.
+    pub parallel_min: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Tuning {
+        // Measured with `lstmc bench --crossover` (see README, "Matmul crossover").
+        Tuning {
+            gemm_crossover: 1 << 15,
+            threads: 1,
+            parallel_min: 1 << 20,
+        }
+    }
+}
+
+/// The signature of `lstmc_gemm(m, n, k, a, lda, b, ldb, c, ldc, threads)`.
+pub fn gemm_signature(sig: &mut Signature) {
+    for _ in 0..10 {
+        sig.params.push(AbiParam::new(types::I64));
+    }
+}
+
+/// The signature of `lstmc_softmax(src, src_stride, dst, dst_stride, rows, cols)`.
+pub fn softmax_signature(sig: &mut Signature) {
+    for _ in 0..6 {
+        sig.params.push(AbiParam::new(types::I64));
+    }
+}
+
+/// Host functions the generated code calls.
+pub struct Hosts {
+    /// `lstmc_gemm`
+    pub gemm: FuncRef,
+    /// `lstmc_softmax`
+    pub softmax: FuncRef,
+}
+
+/// Emits the body of the forward function into `b` (whose entry block has the two pointer parameters).
+pub fn emit(
+    f: &Function,
+    plan: &Plan,
+    tuning: &Tuning,
+    b: &mut FunctionBuilder,
+    hosts: Hosts,
+) -> Result<(), IrError> {
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    let table = b.block_params(entry)[0];
+    let arena = b.block_params(entry)[1];
+    let flags = Flags {
+        table: MemFlagsData::trusted().with_readonly(),
+        write: MemFlagsData::new().with_notrap(),
+        read_input: MemFlagsData::new().with_notrap().with_readonly(),
+    };
+    let mut inputs = Vec::new();
+    for i in 0..f.input_roles.len() {
+        let p = b.ins().load(types::I64, flags.table, table, (i * 8) as i32);
+        inputs.push(p);
+    }
+    let mut e = Emitter {
+        b,
+        f,
+        plan,
+        tuning: *tuning,
+        inputs,
+        arena,
+        ks: HashMap::new(),
+        hosts,
+        flags,
+    };
+    e.block(f.entry)?;
+    e.b.ins().return_(&[]);
+    e.b.seal_all_blocks();
+    Ok(())
+}
+
+struct Emitter<'a, 'b> {
+    b: &'a mut FunctionBuilder<'b>,
+    f: &'a Function,
+    plan: &'a Plan,
+    tuning: Tuning,
+    inputs: Vec<Value>,
+    arena: Value,
+    ks: HashMap<IrValue, Value>,
+    hosts: Hosts,
+    flags: Flags,
+}
+
+/// The memory flags of the generated code's loads and stores.
+#[derive(Clone, Copy)]
+struct Flags {
+    /// Loads from the input pointer table.
+    table: MemFlagsData,
+    /// Stores, and loads from the arena.
+    write: MemFlagsData,
+    /// Loads from inputs (weights, x, states): never written during a call.
+    read_input: MemFlagsData,
+}
+
+/// A matrix ready for code: the address of element (0, 0), its shape and row stride in bytes.
+#[derive(Clone, Copy)]
+struct Mat {
+    ptr: Value,
+    rows: usize,
+    cols: usize,
+    stride: i64,
+    readonly: bool,
+}
+
+impl Emitter<'_, '_> {
+    fn mat(&mut self, loc: Loc) -> Result<Mat, IrError> {
+        let base = match loc.base {
+            Base::Input(i) => self.inputs[i],
+            Base::Arena => self.arena,
+        };
+        let mut ptr = if loc.offset != 0 {
+            self.b.ins().iadd_imm_s(base, (loc.offset * 4) as i64)
+        } else {
+            base
+        };
+        if let Some((k, per_k)) = loc.k {
+            let kv = *self
+                .ks
+                .get(&k)
+                .ok_or_else(|| IrError(format!("step number {k} used outside its loop")))?;
+            let off = self.b.ins().imul_imm_s(kv, (per_k * 4) as i64);
+            ptr = self.b.ins().iadd(ptr, off);
+        }
+        Ok(Mat {
+            ptr,
+            rows: loc.rows,
+            cols: loc.cols,
+            stride: (loc.row_stride * 4) as i64,
+            readonly: matches!(loc.base, Base::Input(_)),
+        })
+    }
+
+    fn val(&mut self, v: IrValue) -> Result<Mat, IrError> {
+        let loc = self.plan.loc(v)?;
+        self.mat(loc)
+    }
+
+    /// `for i in 0..n { body(i) }`; `n == 1` runs the body once, without a loop.
+    fn counted(
+        &mut self,
+        n: usize,
+        mut body: impl FnMut(&mut Self, Value) -> Result<(), IrError>,
+    ) -> Result<(), IrError> {
+        if n == 0 {
+            return Ok(());
+        }
+        if n == 1 {
+            let zero = self.b.ins().iconst(types::I64, 0);
+            return body(self, zero);
+        }
+        let header = self.b.create_block();
+        let inner = self.b.create_block();
+        let exit = self.b.create_block();
+        self.b.append_block_param(header, types::I64);
+        let zero = self.b.ins().iconst(types::I64, 0);
+        self.b.ins().jump(header, &[zero.into()]);
+        self.b.switch_to_block(header);
+        let i = self.b.block_params(header)[0];
+        let more = self
+            .b
+            .ins()
+            .icmp_imm_s(IntCC::UnsignedLessThan, i, n as i64);
+        self.b.ins().brif(more, inner, &[], exit, &[]);
+        self.b.switch_to_block(inner);
+        body(self, i)?;
+        let next = self.b.ins().iadd_imm_s(i, 1);
+        self.b.ins().jump(header, &[next.into()]);
+        self.b.switch_to_block(exit);
+        Ok(())
+    }
+
+    fn row(&mut self, m: &Mat, r: Value) -> Value {
+        if m.rows == 1 {
+            return m.ptr;
+        }
+        let off = self.b.ins().imul_imm_s(r, m.stride);
+        self.b.ins().iadd(m.ptr, off)
+    }
+
+    fn block(&mut self, blk: crate::ir::Block) -> Result<(), IrError> {
+        for &i in &self.f.block(blk).insts {
+            let d = self.f.inst(i);
+            match &d.op {
+                Op::SliceLast { .. } | Op::Row { .. } | Op::TimeStep { .. } | Op::Yield => {}
+                Op::Zeros(_) => {
+                    let m = self.val(d.results[0])?;
+                    self.fill_zero(&m)?;
+                }
+                Op::MatMul => {
+                    let a = self.val(d.args[0])?;
+                    let w = self.val(d.args[1])?;
+                    let c = self.val(d.results[0])?;
+                    self.matmul(a, w, c)?;
+                }
+                Op::Softmax => {
+                    let a = self.val(d.args[0])?;
+                    let c = self.val(d.results[0])?;
+                    let args = [
+                        a.ptr,
+                        self.imm(a.stride / 4),
+                        c.ptr,
+                        self.imm(c.stride / 4),
+                        self.imm(c.rows as i64),
+                        self.imm(c.cols as i64),
+                    ];
+                    self.b.ins().call(self.hosts.softmax, &args);
+                }
+                Op::Stack => {
+                    let dst = self.val(d.results[0])?;
+                    let shape = self.f.shape(d.results[0]).to_vec();
+                    let (t, per) = (shape[1], shape[2..].iter().product::<usize>());
+                    for (step, &a) in d.args.iter().enumerate() {
+                        let src = self.val(a)?;
+                        let slot = Mat {
+                            ptr: self.b.ins().iadd_imm_s(dst.ptr, (step * per * 4) as i64),
+                            rows: src.rows,
+                            cols: src.cols,
+                            stride: (t * per * 4) as i64,
+                            readonly: false,
+                        };
+                        self.copy(&src, &slot)?;
+                    }
+                }
+                Op::Fused(k) => {
+                    let ins: Vec<Mat> = d
+                        .args
+                        .iter()
+                        .map(|&a| self.val(a))
+                        .collect::<Result<_, _>>()?;
+                    let outs: Vec<Mat> = d
+                        .results
+                        .iter()
+                        .map(|&r| self.val(r))
+                        .collect::<Result<_, _>>()?;
+                    self.fused(k, &ins, &outs)?;
+                }
+                Op::Loop {
+                    body,
+                    steps,
+                    per_iter,
+                } => self.lp(i, *body, *steps, *per_iter)?,
+                op => {
+                    return Err(IrError(format!(
+                        "code generation expects optimized IR; found {}",
+                        op.mnemonic()
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn imm(&mut self, v: i64) -> Value {
+        self.b.ins().iconst(types::I64, v)
+    }
+
+    fn lp(
+        &mut self,
+        i: crate::ir::Inst,
+        body: crate::ir::Block,
+        steps: usize,
+        per_iter: usize,
+    ) -> Result<(), IrError> {
+        let d = self.f.inst(i).clone();
+        let params = self.f.block(body).params.clone();
+        let n = d.args.len();
+        for (&init, &p) in d.args.iter().zip(&params[1..]) {
+            let (src, dst) = (self.plan.loc(init)?, self.plan.loc(p)?);
+            if src != dst {
+                let (s, t) = (self.mat(src)?, self.mat(dst)?);
+                self.copy(&s, &t)?;
+            }
+        }
+        let yield_args = self
+            .f
+            .inst(
+                *self
+                    .f
+                    .block(body)
+                    .insts
+                    .last()
+                    .ok_or_else(|| IrError("empty loop body".into()))?,
+            )
+            .args
+            .clone();
+        let stacked = d.results[n..].to_vec();
+        self.counted(steps, |e, k| {
+            e.ks.insert(params[0], k);
+            e.block(body)?;
+            // Per-step values into the stacked results: time k·per_iter + j.
+            for (s, &r) in stacked.iter().enumerate() {
+                let dst = e.val(r)?;
+                let shape = e.f.shape(r).to_vec();
+                let (t, per) = (shape[1], shape[2..].iter().product::<usize>());
+                for j in 0..per_iter {
+                    let src = e.val(yield_args[n + j * stacked.len() + s])?;
+                    let step = e.b.ins().imul_imm_s(k, per_iter as i64);
+                    let step = e.b.ins().iadd_imm_s(step, j as i64);
+                    let off = e.b.ins().imul_imm_s(step, (per * 4) as i64);
+                    let slot = Mat {
+                        ptr: e.b.ins().iadd(dst.ptr, off),
+                        rows: src.rows,
+                        cols: src.cols,
+                        stride: (t * per * 4) as i64,
+                        readonly: false,
+                    };
+                    e.copy(&src, &slot)?;
+                }
+            }
+            // Carried values into the parameters for the next step.
+            for (&y, &p) in yield_args[..n].iter().zip(&params[1..]) {
+                let (src, dst) = (e.plan.loc(y)?, e.plan.loc(p)?);
+                if src != dst {
+                    let (s, t) = (e.mat(src)?, e.mat(dst)?);
+                    e.copy(&s, &t)?;
+                }
+            }
+            Ok(())
+        })?;
+        self.ks.remove(&params[0]);
+        Ok(())
+    }
+
+    /// Calls `f(col_ptr_offset_bytes, width)` over a row's columns: 4-wide chunks, then scalars.
+    fn columns(
+        &mut self,
+        cols: usize,
+        mut chunk: impl FnMut(&mut Self, Value, Type) -> Result<(), IrError>,
+    ) -> Result<(), IrError> {
+        let vecs = cols / 4;
+        self.counted(vecs, |e, j| {
+            let off = e.b.ins().imul_imm_s(j, 16);
+            chunk(e, off, types::F32X4)
+        })?;
+        for c in vecs * 4..cols {
+            let off = self.imm((c * 4) as i64);
+            chunk(self, off, types::F32)?;
+        }
+        Ok(())
+    }
+
+    fn load(&mut self, ty: Type, m: &Mat, row: Value, off: Value) -> Value {
+        let p = self.b.ins().iadd(row, off);
+        let fl = if m.readonly {
+            self.flags.read_input
+        } else {
+            self.flags.write
+        };
+        self.b.ins().load(ty, fl, p, 0)
+    }
+
+    fn store(&mut self, v: Value, row: Value, off: Value) {
+        let p = self.b.ins().iadd(row, off);
+        self.b.ins().store(self.flags.write, v, p, 0);
+    }
+
+    fn fill_zero(&mut self, m: &Mat) -> Result<(), IrError> {
+        let m = *m;
+        self.counted(m.rows, |e, r| {
+            let row = e.row(&m, r);
+            e.columns(m.cols, |e, off, ty| {
+                let z = math::cst(e.b, ty, 0.0);
+                e.store(z, row, off);
+                Ok(())
+            })
+        })
+    }
+
+    fn copy(&mut self, src: &Mat, dst: &Mat) -> Result<(), IrError> {
+        let (src, dst) = (*src, *dst);
+        self.counted(src.rows, |e, r| {
+            let (sr, dr) = (e.row(&src, r), e.row(&dst, r));
+            e.columns(src.cols, |e, off, ty| {
+                let v = e.load(ty, &src, sr, off);
+                e.store(v, dr, off);
+                Ok(())
+            })
+        })
+    }
+
+    fn fused(&mut self, k: &FusedKernel, ins: &[Mat], outs: &[Mat]) -> Result<(), IrError> {
+        let (rows, cols) = (outs[0].rows, outs[0].cols);
+        self.counted(rows, |e, r| {
+            let in_rows: Vec<Value> = ins
+                .iter()
+                .enumerate()
+                .map(|(i, m)| if k.broadcast[i] { m.ptr } else { e.row(m, r) })
+                .collect();
+            let out_rows: Vec<Value> = outs.iter().map(|m| e.row(m, r)).collect();
+            e.columns(cols, |e, off, ty| {
+                let mut t: Vec<Value> = Vec::with_capacity(k.nodes.len());
+                for node in &k.nodes {
+                    let v = match *node {
+                        FNode::Input(i) => e.load(ty, &ins[i], in_rows[i], off),
+                        FNode::Bin(BinOp::Add, a, b) => e.b.ins().fadd(t[a], t[b]),
+                        FNode::Bin(BinOp::Sub, a, b) => e.b.ins().fsub(t[a], t[b]),
+                        FNode::Bin(BinOp::Mul, a, b) => e.b.ins().fmul(t[a], t[b]),
+                        FNode::Act(a, x) => math::activation(e.b, ty, a, t[x]),
+                        FNode::OneMinus(x) => {
+                            let one = math::cst(e.b, ty, 1.0);
+                            e.b.ins().fsub(one, t[x])
+                        }
+                    };
+                    t.push(v);
+                }
+                for (o, &node) in k.outputs.iter().enumerate() {
+                    e.store(t[node], out_rows[o], off);
+                }
+                Ok(())
+            })
+        })
+    }
+
+    /// `c = a · w` with `a: m×k`, `w: k×n`.
+    fn matmul(&mut self, a: Mat, w: Mat, c: Mat) -> Result<(), IrError> {
+        let (m, k, n) = (a.rows, a.cols, w.cols);
+        let work = m * n * k;
+        if work >= self.tuning.gemm_crossover {
+            let threads = if work >= self.tuning.parallel_min {
+                self.tuning.threads
+            } else {
+                1
+            };
+            let args = [
+                self.imm(m as i64),
+                self.imm(n as i64),
+                self.imm(k as i64),
+                a.ptr,
+                self.imm(a.stride / 4),
+                w.ptr,
+                self.imm(w.stride / 4),
+                c.ptr,
+                self.imm(c.stride / 4),
+                self.imm(threads as i64),
+            ];
+            self.b.ins().call(self.hosts.gemm, &args);
+            return Ok(());
+        }
+        // Generated: per row of a, columns of c in blocks of up to 8 vectors, k innermost.
+        self.counted(m, |e, r| {
+            let arow = e.row(&a, r);
+            let crow = e.row(&c, r);
+            let mut col = 0;
+            for width in [8usize, 4, 1] {
+                let span = width * 4;
+                let blocks = (n - col) / span;
+                if blocks == 0 {
+                    continue;
+                }
+                let start = col;
+                e.counted(blocks, |e, jb| {
+                    let off = e.b.ins().imul_imm_s(jb, (span * 4) as i64);
+                    let off = e.b.ins().iadd_imm_s(off, (start * 4) as i64);
+                    e.dot_block(&a, &w, arow, off, k, width, types::F32X4, crow)
+                })?;
+                col += blocks * span;
+            }
+            for j in col..n {
+                let off = e.imm((j * 4) as i64);
+                e.dot_block(&a, &w, arow, off, k, 1, types::F32, crow)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// One block of `width` accumulators of `ty` (at byte offset `off` of the row) over all of `k`.
+    #[allow(clippy::too_many_arguments)]
+    fn dot_block(
+        &mut self,
+        a: &Mat,
+        w: &Mat,
+        arow: Value,
+        off: Value,
+        k: usize,
+        width: usize,
+        ty: Type,
+        crow: Value,
+    ) -> Result<(), IrError> {
+        let lane = if ty == types::F32 { 4 } else { 16 };
+        let accs: Vec<Variable> = (0..width).map(|_| self.b.declare_var(ty)).collect();
+        for &v in &accs {
+            let z = math::cst(self.b, ty, 0.0);
+            self.b.def_var(v, z);
+        }
+        let wbase = self.b.ins().iadd(w.ptr, off);
+        let (a, w) = (*a, *w);
+        let step = |e: &mut Self, kk: Value| -> Result<(), IrError> {
+            let aoff = e.b.ins().imul_imm_s(kk, 4);
+            let x = e.load(types::F32, &a, arow, aoff);
+            let xv = if ty == types::F32 {
+                x
+            } else {
+                e.b.ins().splat(ty, x)
+            };
+            let woff = e.b.ins().imul_imm_s(kk, w.stride);
+            let wrow = e.b.ins().iadd(wbase, woff);
+            for (v, &acc) in accs.iter().enumerate() {
+                let fl = if w.readonly {
+                    e.flags.read_input
+                } else {
+                    e.flags.write
+                };
+                let wv = e.b.ins().load(ty, fl, wrow, (v * lane) as i32);
+                let cur = e.b.use_var(acc);
+                let next = e.b.ins().fma(xv, wv, cur);
+                e.b.def_var(acc, next);
+            }
+            Ok(())
+        };
+        if k <= 4 {
+            for kk in 0..k {
+                let kv = self.imm(kk as i64);
+                step(self, kv)?;
+            }
+        } else {
+            self.counted(k, step)?;
+        }
+        let cbase = self.b.ins().iadd(crow, off);
+        for (v, &acc) in accs.iter().enumerate() {
+            let val = self.b.use_var(acc);
+            self.b
+                .ins()
+                .store(self.flags.write, val, cbase, (v * lane) as i32);
+        }
+        Ok(())
+    }
+}

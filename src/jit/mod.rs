@@ -1,0 +1,132 @@
+//! The JIT: optimized IR → buffer plan → Cranelift → native code.
+//!
+//! [`compile`] runs the passes on a lowered forward function, plans its
+//! buffers, generates one native function for it and returns it with the
+//! plan, so that the runtime can lay out inputs and read outputs.
+
+pub mod codegen;
+pub mod host;
+pub mod math;
+mod native;
+pub mod plan;
+
+pub use codegen::Tuning;
+pub use native::NativeCode;
+
+use crate::error::{Error, Result};
+use crate::ir::{verify::verify, Function};
+use crate::passes;
+use cranelift_codegen::ir::{types, AbiParam, UserFuncName};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, Linkage, Module};
+use std::time::{Duration, Instant};
+
+/// How to compile.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// The passes' knobs.
+    pub passes: passes::Options,
+    /// Code generation's knobs.
+    pub tuning: Tuning,
+    /// Keep the Cranelift IR and machine code text (for `lstmc asm`).
+    pub keep_text: bool,
+}
+
+/// A compiled forward function.
+#[derive(Debug)]
+pub struct Compiled {
+    /// The optimized IR it was generated from.
+    pub func: Function,
+    /// Where every value lives.
+    pub plan: plan::Plan,
+    /// The native code.
+    pub code: NativeCode,
+    /// Cranelift IR, when asked for.
+    pub clif: Option<String>,
+    /// Machine code after register allocation, when asked for.
+    pub machine: Option<String>,
+    /// Time spent in passes, planning and code generation.
+    pub compile_time: Duration,
+}
+
+fn isa() -> Result<std::sync::Arc<dyn cranelift_codegen::isa::TargetIsa>> {
+    let mut flags = settings::builder();
+    let set = |flags: &mut settings::Builder, k: &str, v: &str| {
+        flags
+            .set(k, v)
+            .map_err(|e| Error::Internal(format!("cranelift flag {k}: {e}")))
+    };
+    set(&mut flags, "opt_level", "speed")?;
+    set(&mut flags, "use_colocated_libcalls", "false")?;
+    set(&mut flags, "is_pic", "false")?;
+    let builder = cranelift_native::builder()
+        .map_err(|e| Error::Internal(format!("this CPU is not supported by Cranelift: {e}")))?;
+    builder
+        .finish(settings::Flags::new(flags))
+        .map_err(|e| Error::Internal(format!("cranelift ISA: {e}")))
+}
+
+/// Optimizes a lowered forward function and compiles it to native code.
+pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
+    let start = Instant::now();
+    passes::optimize(&mut func, &options.passes, None)?;
+    verify(&func)?;
+    let plan = plan::plan(&func)?;
+    plan.check_bounds(&func)?;
+
+    let mut jb = JITBuilder::with_isa(isa()?, default_libcall_names());
+    for (name, ptr) in native::host_symbols() {
+        jb.symbol(name, ptr);
+    }
+    let mut module = JITModule::new(jb);
+    let ptr = types::I64;
+    let mut ctx = module.make_context();
+    ctx.func.signature.params.push(AbiParam::new(ptr));
+    ctx.func.signature.params.push(AbiParam::new(ptr));
+    ctx.set_disasm(options.keep_text);
+    let cl_err = |e: cranelift_module::ModuleError| Error::Internal(format!("cranelift: {e:?}"));
+    let id = module
+        .declare_function("forward", Linkage::Export, &ctx.func.signature)
+        .map_err(cl_err)?;
+    ctx.func.name = UserFuncName::user(0, id.as_u32());
+    let mut gemm_sig = module.make_signature();
+    codegen::gemm_signature(&mut gemm_sig);
+    let gemm_id = module
+        .declare_function("lstmc_gemm", Linkage::Import, &gemm_sig)
+        .map_err(cl_err)?;
+    let mut softmax_sig = module.make_signature();
+    codegen::softmax_signature(&mut softmax_sig);
+    let softmax_id = module
+        .declare_function("lstmc_softmax", Linkage::Import, &softmax_sig)
+        .map_err(cl_err)?;
+    let mut fctx = FunctionBuilderContext::new();
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        let hosts = codegen::Hosts {
+            gemm: module.declare_func_in_func(gemm_id, b.func),
+            softmax: module.declare_func_in_func(softmax_id, b.func),
+        };
+        codegen::emit(&func, &plan, &options.tuning, &mut b, hosts)?;
+        b.finalize(module.target_config());
+    }
+    let clif = options.keep_text.then(|| ctx.func.display().to_string());
+    module.define_function(id, &mut ctx).map_err(cl_err)?;
+    let machine = if options.keep_text {
+        ctx.compiled_code().and_then(|c| c.vcode.clone())
+    } else {
+        None
+    };
+    module.clear_context(&mut ctx);
+    module.finalize_definitions().map_err(cl_err)?;
+    let code = NativeCode::new(module, id, plan.input_lens.clone(), plan.arena_len);
+    Ok(Compiled {
+        func,
+        plan,
+        code,
+        clif,
+        machine,
+        compile_time: start.elapsed(),
+    })
+}

@@ -1,0 +1,184 @@
+//! The only module with `unsafe`: it owns the JIT's executable memory, calls
+//! the generated code, and provides the host functions that code calls.
+//!
+//! Safety argument, in one place:
+//! - The generated function is `extern "C" fn(*const *const f32, *mut f32)`,
+//!   the signature it was defined with (see [`super::compile`]).
+//! - Every address it forms is `base + offset` of a location in its buffer
+//!   plan, and the plan is checked at compile time to stay within each
+//!   buffer's planned length ([`super::plan::Plan::check_bounds`]).
+//! - [`NativeCode::call`] checks, before every call, that it receives exactly
+//!   the planned number of inputs, each of exactly its planned length, and an
+//!   arena at least as long as planned. Inputs are only read; the arena is
+//!   exclusively borrowed for the call.
+//! - The host functions are called only by that code, with pointers and
+//!   sizes from the same checked plan.
+//! - The executable memory is freed when the `NativeCode` is dropped; the
+//!   function pointer never leaves it, so no call can follow the free.
+
+use crate::error::{Error, Result};
+use cranelift_jit::JITModule;
+use cranelift_module::FuncId;
+use std::sync::Mutex;
+
+type Entry = unsafe extern "C" fn(*const *const f32, *mut f32);
+
+/// Generated code, ready to call.
+pub struct NativeCode {
+    module: Mutex<Option<JITModule>>,
+    entry: Entry,
+    input_lens: Vec<usize>,
+    arena_len: usize,
+}
+
+impl std::fmt::Debug for NativeCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativeCode")
+            .field("inputs", &self.input_lens)
+            .field("arena_len", &self.arena_len)
+            .finish()
+    }
+}
+
+impl NativeCode {
+    /// Takes ownership of a finalized module whose function `id` has the forward signature.
+    pub(crate) fn new(
+        module: JITModule,
+        id: FuncId,
+        input_lens: Vec<usize>,
+        arena_len: usize,
+    ) -> NativeCode {
+        let ptr = module.get_finalized_function(id);
+        // SAFETY: `id` was defined with the signature (i64, i64) -> () of the
+        // System V ABI that `Entry` names, and its module is finalized.
+        let entry = unsafe { std::mem::transmute::<*const u8, Entry>(ptr) };
+        NativeCode {
+            module: Mutex::new(Some(module)),
+            entry,
+            input_lens,
+            arena_len,
+        }
+    }
+
+    /// The arena elements a call needs.
+    pub fn arena_len(&self) -> usize {
+        self.arena_len
+    }
+
+    /// Runs the function: `inputs` in the function's input order, each of its planned length.
+    pub fn call(&self, inputs: &[&[f32]], arena: &mut [f32]) -> Result<()> {
+        if inputs.len() != self.input_lens.len() {
+            return Err(Error::Internal(format!(
+                "{} inputs given, {} planned",
+                inputs.len(),
+                self.input_lens.len()
+            )));
+        }
+        for (i, (x, &want)) in inputs.iter().zip(&self.input_lens).enumerate() {
+            if x.len() != want {
+                return Err(Error::Internal(format!(
+                    "input {i} has {} elements, {want} planned",
+                    x.len()
+                )));
+            }
+        }
+        if arena.len() < self.arena_len {
+            return Err(Error::Internal(format!(
+                "arena of {} elements, {} planned",
+                arena.len(),
+                self.arena_len
+            )));
+        }
+        let table: Vec<*const f32> = inputs.iter().map(|x| x.as_ptr()).collect();
+        // SAFETY: see the module documentation; every buffer was checked above.
+        unsafe { (self.entry)(table.as_ptr(), arena.as_mut_ptr()) };
+        Ok(())
+    }
+}
+
+impl Drop for NativeCode {
+    fn drop(&mut self) {
+        let module = match self.module.get_mut() {
+            Ok(m) => m.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(m) = module {
+            // SAFETY: the only pointer into this code is `self.entry`, which dies with `self`.
+            unsafe { m.free_memory() };
+        }
+    }
+}
+
+/// `c = a · b` for row-major f32 matrices with row strides, by the `gemm` crate.
+extern "C" fn lstmc_gemm(
+    m: u64,
+    n: u64,
+    k: u64,
+    a: *const f32,
+    lda: u64,
+    b: *const f32,
+    ldb: u64,
+    c: *mut f32,
+    ldc: u64,
+    threads: u64,
+) {
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads as usize)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: called by generated code with pointers and sizes from a bounds-checked plan.
+    unsafe {
+        gemm::gemm(
+            m as usize,
+            n as usize,
+            k as usize,
+            c,
+            1,
+            ldc as isize,
+            false,
+            a,
+            1,
+            lda as isize,
+            b,
+            1,
+            ldb as isize,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// Row-wise softmax from `src` to `dst` (f32, with row strides).
+extern "C" fn lstmc_softmax(
+    src: *const f32,
+    src_stride: u64,
+    dst: *mut f32,
+    dst_stride: u64,
+    rows: u64,
+    cols: u64,
+) {
+    for r in 0..rows as usize {
+        // SAFETY: called by generated code with pointers and sizes from a bounds-checked plan;
+        // source and destination are distinct arena slots.
+        let (x, y) = unsafe {
+            (
+                std::slice::from_raw_parts(src.add(r * src_stride as usize), cols as usize),
+                std::slice::from_raw_parts_mut(dst.add(r * dst_stride as usize), cols as usize),
+            )
+        };
+        crate::jit::host::softmax_row(x, y);
+    }
+}
+
+/// The host symbols generated code may call, for `JITBuilder::symbol`.
+pub fn host_symbols() -> [(&'static str, *const u8); 2] {
+    [
+        ("lstmc_gemm", lstmc_gemm as *const u8),
+        ("lstmc_softmax", lstmc_softmax as *const u8),
+    ]
+}

@@ -1,0 +1,376 @@
+//! Buffer planning: where every tensor value lives.
+//!
+//! Every tensor is seen as a matrix `rows × cols` (all leading axes are rows)
+//! with a row stride, at an element offset from a base: one of the function's
+//! input buffers, or the arena, one allocation per call holding every
+//! intermediate. Slices, rows of a matrix and time steps of a sequence are
+//! views (no code, no memory); a time step inside a loop is a view whose
+//! offset moves with the loop's step number. Arena slots are assigned by a
+//! linear scan over live ranges, so values whose lives do not overlap share
+//! memory; a value read by a loop body stays live for the whole loop.
+
+use crate::ir::{Block, Function, Inst, IrError, Op, Ty, Value};
+use std::collections::HashMap;
+
+/// Where a matrix starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Base {
+    /// Function input `i` (in `input_roles` order).
+    Input(usize),
+    /// The arena.
+    Arena,
+}
+
+/// A matrix view: element `(r, c)` is at `base + offset + k·k_stride + r·row_stride + c`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Loc {
+    /// The buffer.
+    pub base: Base,
+    /// Static element offset.
+    pub offset: isize,
+    /// A loop's step number and the elements it moves the view by, for views inside loops.
+    pub k: Option<(Value, isize)>,
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// Elements between rows.
+    pub row_stride: usize,
+}
+
+impl Loc {
+    /// Whether the rows follow one another without gaps.
+    pub fn contiguous(&self) -> bool {
+        self.row_stride == self.cols || self.rows == 1
+    }
+
+    /// The largest element index it touches (for bounds checks), assuming `k` in `0..steps`.
+    pub fn extent(&self, steps: usize) -> isize {
+        let k = self
+            .k
+            .map_or(0, |(_, s)| s.max(0) * steps.saturating_sub(1) as isize);
+        self.offset + k + ((self.rows.max(1) - 1) * self.row_stride + self.cols) as isize
+    }
+}
+
+/// The plan: a location per tensor value, and the arena's size.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Per value (indexed by value id); `None` for step numbers and unused values.
+    pub locs: Vec<Option<Loc>>,
+    /// Arena elements.
+    pub arena_len: usize,
+    /// Where each function output is.
+    pub outputs: Vec<Loc>,
+    /// The element count of each input, as its location sees it.
+    pub input_lens: Vec<usize>,
+}
+
+impl Plan {
+    /// Checks that every location stays inside its buffer for every step of its loop:
+    /// the guarantee `native` relies on.
+    pub fn check_bounds(&self, f: &Function) -> Result<(), IrError> {
+        let mut steps: HashMap<Value, usize> = HashMap::new();
+        f.walk(f.entry, &mut |i| {
+            if let Op::Loop { body, steps: s, .. } = f.inst(i).op {
+                steps.insert(f.block(body).params[0], s);
+            }
+        });
+        for (v, loc) in self.locs.iter().enumerate() {
+            let Some(loc) = loc else { continue };
+            let len = match loc.base {
+                Base::Input(i) => self.input_lens[i],
+                Base::Arena => self.arena_len,
+            } as isize;
+            let n = loc
+                .k
+                .map_or(1, |(k, _)| steps.get(&k).copied().unwrap_or(usize::MAX));
+            if n == usize::MAX {
+                return Err(IrError(format!("%{v} moves with a step number of no loop")));
+            }
+            let lowest = loc.offset + loc.k.map_or(0, |(_, s)| s.min(0) * (n as isize - 1));
+            if lowest < 0 || loc.extent(n) > len {
+                return Err(IrError(format!(
+                    "%{v} at {loc:?} leaves its buffer of {len} elements"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The location of a tensor value.
+    pub fn loc(&self, v: Value) -> Result<Loc, IrError> {
+        self.locs[v.index()].ok_or_else(|| IrError(format!("no location for {v}")))
+    }
+}
+
+/// Arena slots are aligned to this many elements (64 bytes).
+const ALIGN: usize = 16;
+
+fn matrix(shape: &[usize]) -> (usize, usize) {
+    match shape.split_last() {
+        Some((&c, lead)) => (lead.iter().product(), c),
+        None => (1, 1),
+    }
+}
+
+struct Linear {
+    /// Position of each reachable instruction in walk order.
+    pos: HashMap<Inst, usize>,
+    /// For each loop body: (position of the loop, position of its last body instruction).
+    loops: HashMap<Block, (usize, usize)>,
+    /// Block of each reachable instruction.
+    block_of: HashMap<Inst, Block>,
+    end: usize,
+}
+
+fn linearize(f: &Function) -> Linear {
+    let mut l = Linear {
+        pos: HashMap::new(),
+        loops: HashMap::new(),
+        block_of: HashMap::new(),
+        end: 0,
+    };
+    fn go(f: &Function, b: Block, l: &mut Linear) {
+        for &i in &f.block(b).insts {
+            l.pos.insert(i, l.end);
+            l.block_of.insert(i, b);
+            l.end += 1;
+            if let Op::Loop { body, .. } = f.inst(i).op {
+                let start = l.end - 1;
+                go(f, body, l);
+                l.loops.insert(body, (start, l.end - 1));
+            }
+        }
+    }
+    go(f, f.entry, &mut l);
+    l
+}
+
+/// Plans the buffers of an optimized function.
+pub fn plan(f: &Function) -> Result<Plan, IrError> {
+    let lin = linearize(f);
+    let n = f.values.len();
+    let mut locs: Vec<Option<Loc>> = vec![None; n];
+    // Storage that needs an arena slot: (value, elements).
+    let mut owned: Vec<Value> = Vec::new();
+    // A view's root: the value whose storage it reads.
+    let mut root: Vec<Value> = (0..n as u32).map(Value).collect();
+    // Loop results that alias the loop's carried parameters.
+    let mut alias: HashMap<Value, Value> = HashMap::new();
+    let mut def_pos: Vec<usize> = vec![0; n];
+    let mut input_lens = Vec::new();
+
+    for (i, &p) in f.block(f.entry).params.iter().enumerate() {
+        let (rows, cols) = matrix(f.shape(p));
+        locs[p.index()] = Some(Loc {
+            base: Base::Input(i),
+            offset: 0,
+            k: None,
+            rows,
+            cols,
+            row_stride: cols,
+        });
+        input_lens.push(rows * cols);
+    }
+    let mut order = Vec::new();
+    f.walk(f.entry, &mut |i| order.push(i));
+    for &i in &order {
+        let d = f.inst(i);
+        let at = lin.pos[&i];
+        for &r in &d.results {
+            def_pos[r.index()] = at;
+        }
+        let own = |locs: &mut Vec<Option<Loc>>, owned: &mut Vec<Value>, v: Value| {
+            let (rows, cols) = matrix(f.shape(v));
+            locs[v.index()] = Some(Loc {
+                base: Base::Arena,
+                offset: 0,
+                k: None,
+                rows,
+                cols,
+                row_stride: cols,
+            });
+            owned.push(v);
+        };
+        match &d.op {
+            Op::SliceLast { start, len } => {
+                let a = locs[d.args[0].index()]
+                    .ok_or_else(|| IrError(format!("{i}: slice of a value without storage")))?;
+                locs[d.results[0].index()] = Some(Loc {
+                    offset: a.offset + *start as isize,
+                    cols: *len,
+                    ..a
+                });
+                root[d.results[0].index()] = root[d.args[0].index()];
+            }
+            Op::Row { index } => {
+                let a = locs[d.args[0].index()]
+                    .ok_or_else(|| IrError(format!("{i}: row of a value without storage")))?;
+                locs[d.results[0].index()] = Some(Loc {
+                    offset: a.offset + (*index * a.row_stride) as isize,
+                    rows: 1,
+                    ..a
+                });
+                root[d.results[0].index()] = root[d.args[0].index()];
+            }
+            Op::TimeStep {
+                reverse,
+                stride,
+                offset,
+            } => {
+                let a = locs[d.args[0].index()]
+                    .ok_or_else(|| IrError(format!("{i}: time step of a value without storage")))?;
+                let &[b, t, feat] = f.shape(d.args[0]) else {
+                    return Err(IrError(format!("{i}: time step of a non-sequence")));
+                };
+                if !a.contiguous() || a.k.is_some() {
+                    return Err(IrError(format!("{i}: time step of a strided sequence")));
+                }
+                let (first, per_k) = if *reverse {
+                    (
+                        ((t - 1 - offset) * feat) as isize,
+                        -((stride * feat) as isize),
+                    )
+                } else {
+                    ((offset * feat) as isize, (stride * feat) as isize)
+                };
+                let k = d.args.get(1).map(|&kv| (kv, per_k));
+                locs[d.results[0].index()] = Some(Loc {
+                    base: a.base,
+                    offset: a.offset + first,
+                    k,
+                    rows: b,
+                    cols: feat,
+                    row_stride: t * feat,
+                });
+                root[d.results[0].index()] = root[d.args[0].index()];
+            }
+            Op::Loop { body, .. } => {
+                let params = &f.block(*body).params;
+                let carried = d.args.len();
+                for (&p, &r) in params[1..].iter().zip(&d.results) {
+                    own(&mut locs, &mut owned, p);
+                    def_pos[p.index()] = at;
+                    locs[r.index()] = locs[p.index()];
+                    alias.insert(r, p);
+                    root[r.index()] = p;
+                }
+                for &r in &d.results[carried..] {
+                    own(&mut locs, &mut owned, r);
+                }
+            }
+            Op::Yield => {}
+            _ => {
+                for &r in &d.results {
+                    if f.ty(r) != &Ty::Index {
+                        own(&mut locs, &mut owned, r);
+                    }
+                }
+            }
+        }
+    }
+
+    // Live ranges: last use of each root, with loops extending what their bodies read.
+    let mut last: Vec<usize> = def_pos.clone();
+    let touch = |v: Value, at: usize, last: &mut Vec<usize>| {
+        let r = root[v.index()];
+        last[r.index()] = last[r.index()].max(at);
+    };
+    for &i in &order {
+        let d = f.inst(i);
+        let mut at = lin.pos[&i];
+        // A use inside a loop body of a value defined outside it lasts the whole loop.
+        let b = lin.block_of[&i];
+        for &a in &d.args {
+            if let Some(&(start, end)) = lin.loops.get(&b) {
+                let r = root[a.index()];
+                if def_pos[r.index()] < start {
+                    at = at.max(end);
+                }
+            }
+            touch(a, at, &mut last);
+            at = lin.pos[&i];
+        }
+        // Carried parameters live until the loop ends.
+        if let Op::Loop { body, .. } = f.inst(i).op {
+            let (_, end) = lin.loops[&body];
+            for &p in &f.block(body).params[1..] {
+                touch(p, end, &mut last);
+            }
+            for &r in &d.results {
+                touch(r, end, &mut last);
+            }
+        }
+    }
+    for (_, v) in &f.outputs {
+        touch(*v, lin.end, &mut last);
+    }
+
+    // Linear scan over owned values by start.
+    owned.sort_by_key(|v| def_pos[v.index()]);
+    let mut free: Vec<(usize, usize)> = Vec::new(); // (offset, len)
+    let mut active: Vec<(usize, usize, usize)> = Vec::new(); // (last use, offset, len)
+    let mut arena_len = 0usize;
+    let mut offsets: HashMap<Value, usize> = HashMap::new();
+    for v in owned {
+        let start = def_pos[v.index()];
+        active.retain(|&(end, off, len)| {
+            if end < start {
+                free.push((off, len));
+                false
+            } else {
+                true
+            }
+        });
+        let need = f.ty(v).numel().div_ceil(ALIGN) * ALIGN;
+        let slot = free
+            .iter()
+            .enumerate()
+            .filter(|(_, &(_, len))| len >= need)
+            .min_by_key(|(_, &(_, len))| len)
+            .map(|(k, _)| k);
+        let off = match slot {
+            Some(k) => {
+                let (off, len) = free.remove(k);
+                if len > need {
+                    free.push((off + need, len - need));
+                }
+                off
+            }
+            None => {
+                let off = arena_len;
+                arena_len = arena_len
+                    .checked_add(need)
+                    .ok_or_else(|| IrError("arena size overflows".into()))?;
+                off
+            }
+        };
+        active.push((last[v.index()], off, need));
+        offsets.insert(v, off);
+    }
+    // Rebase arena locations (views included) on their root's slot.
+    for v in 0..n {
+        if let Some(loc) = &mut locs[v] {
+            if loc.base == Base::Arena {
+                let r = root[v];
+                let r = alias.get(&r).copied().unwrap_or(r);
+                let off = offsets
+                    .get(&r)
+                    .ok_or_else(|| IrError(format!("%{v} has no arena slot")))?;
+                loc.offset += *off as isize;
+            }
+        }
+    }
+    let outputs = f
+        .outputs
+        .iter()
+        .map(|(_, v)| locs[v.index()].ok_or_else(|| IrError(format!("output {v} has no storage"))))
+        .collect::<Result<_, _>>()?;
+    Ok(Plan {
+        locs,
+        arena_len,
+        outputs,
+        input_lens,
+    })
+}

@@ -1,0 +1,87 @@
+//! Every Keras fixture through the JIT: outputs and states of every batch
+//! (stateful cases carried across batches) to 1e-5 relative, 1e-6 absolute
+//! near zero, and under every unrolling strategy.
+
+mod common;
+
+use common::*;
+use lstmc::jit;
+use lstmc::passes;
+use lstmc::runtime::CompiledModel;
+
+fn close32(what: &str, got: &ndarray::ArrayD<f32>, want: &ndarray::ArrayD<f64>) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    for (i, (&g, &w)) in got.iter().zip(want.iter()).enumerate() {
+        let g = g as f64;
+        assert!(
+            (g - w).abs() <= 1e-6 + 1e-5 * w.abs(),
+            "{what}: element {i}: got {g}, want {w}"
+        );
+    }
+}
+
+fn run_fixture(name: &str, options: jit::Options) {
+    let fx = load(name);
+    let spec = fx.spec();
+    let w = fx.weights(&spec);
+    let mut m = CompiledModel::new(spec, &w, options);
+    for (b, batch) in fx.batches().iter().enumerate() {
+        let x = array(&batch["x"]).mapv(|v| v as f32);
+        let out = m
+            .predict_batch(&x)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        close32(&format!("{name} batch {b} y"), &out.y, &array(&batch["y"]));
+        for s in batch["states_after"].as_array().unwrap() {
+            let layer = s["layer"].as_u64().unwrap() as usize;
+            for slot in ["h", "c"] {
+                if s[slot].is_null() {
+                    continue;
+                }
+                let got = out
+                    .states
+                    .iter()
+                    .find(|(l, n, _)| *l == layer && *n == slot)
+                    .unwrap();
+                close32(
+                    &format!("{name} batch {b} layer {layer} {slot}"),
+                    &got.2,
+                    &array(&s[slot]),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn all_keras_fixtures_through_the_jit() {
+    for name in fixture_names() {
+        run_fixture(&name, jit::Options::default());
+    }
+}
+
+#[test]
+fn all_keras_fixtures_without_unrolling_and_partially_unrolled() {
+    for (full, part) in [(0, 1), (1, 3), (2, 2)] {
+        let options = jit::Options {
+            passes: passes::Options {
+                full_unroll_max: full,
+                partial_unroll_max: part,
+            },
+            ..jit::Options::default()
+        };
+        for name in fixture_names() {
+            run_fixture(&name, options);
+        }
+    }
+}
+
+#[test]
+fn all_keras_fixtures_with_every_matmul_on_the_host_gemm() {
+    let mut options = jit::Options::default();
+    options.tuning.gemm_crossover = 1;
+    options.tuning.parallel_min = 1;
+    options.tuning.threads = 2;
+    for name in fixture_names() {
+        run_fixture(&name, options);
+    }
+}
