@@ -207,7 +207,14 @@ pub fn activate(a: Activation, x: f64) -> f64 {
         Activation::Tanh => x.tanh(),
         Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
         Activation::HardSigmoid => (x / 6.0 + 0.5).clamp(0.0, 1.0),
-        Activation::Relu => x.max(0.0),
+        // Not f64::max, which drops NaN; Keras (jnp.maximum) propagates it.
+        Activation::Relu => {
+            if x < 0.0 {
+                0.0
+            } else {
+                x
+            }
+        }
     }
 }
 
