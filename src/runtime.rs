@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::ir::{lower, InputRole, OutputRole};
-use crate::jit::{self, plan::Base, Compiled};
+use crate::jit::{self, Compiled};
 use crate::model::ModelSpec;
 use crate::reference::{batch_shapes, join_batches, split_batches, States};
 use crate::weights::Weights;
@@ -29,8 +29,18 @@ pub struct CompiledModel {
     weights: HashMap<(usize, String), Vec<f32>>,
     states: States<f32>,
     cache: HashMap<lower::Shapes, Arc<Compiled>>,
+    /// The most recently used entry of `cache`, checked first.
+    last: Option<(lower::Shapes, Arc<Compiled>)>,
     options: jit::Options,
     arena: Vec<f32>,
+}
+
+/// Copies a matrix out of the arena (outputs always live there).
+fn gather(arena: &[f32], loc: &jit::plan::Loc, out: &mut [f32]) {
+    for r in 0..loc.rows {
+        let start = loc.offset as usize + r * loc.row_stride;
+        out[r * loc.cols..(r + 1) * loc.cols].copy_from_slice(&arena[start..start + loc.cols]);
+    }
 }
 
 impl CompiledModel {
@@ -41,6 +51,7 @@ impl CompiledModel {
             weights: HashMap::new(),
             states: States::new(),
             cache: HashMap::new(),
+            last: None,
             options,
             arena: Vec::new(),
         };
@@ -84,54 +95,111 @@ impl CompiledModel {
         Ok(c)
     }
 
+    /// Runs the compiled function on `x` of `shape`; stateful layers start from the carried
+    /// states and the states are updated. The outputs are left in the arena.
+    fn execute(&mut self, x: &[f32], shape: &[usize]) -> Result<Arc<Compiled>> {
+        let shapes = batch_shapes(&self.spec, shape)?;
+        self.states.admit(&self.spec, shapes.batch)?;
+        let c = match &self.last {
+            Some((s, c)) if *s == shapes => c.clone(),
+            _ => {
+                let c = self.compiled(shapes)?;
+                self.last = Some((shapes, c.clone()));
+                c
+            }
+        };
+        if self.arena.len() < c.plan.arena_len {
+            self.arena.resize(c.plan.arena_len, 0.0);
+        }
+        {
+            const ON_STACK: usize = 32;
+            let mut small: [&[f32]; ON_STACK] = [&[]; ON_STACK];
+            let mut heap: Vec<&[f32]> = Vec::new();
+            let n = c.func.input_roles.len();
+            for (k, role) in c.func.input_roles.iter().enumerate() {
+                let s: &[f32] = match role {
+                    InputRole::X => x,
+                    InputRole::Weight { layer, name } => self
+                        .weights
+                        .get(&(*layer, name.to_string()))
+                        .ok_or_else(|| {
+                            Error::Internal(format!("no weight layers.{layer}.{name}"))
+                        })?,
+                    InputRole::State { layer, slot } => self.states.values[&(*layer, *slot)]
+                        .as_slice()
+                        .ok_or_else(|| Error::Internal("state not contiguous".into()))?,
+                };
+                if n <= ON_STACK {
+                    small[k] = s;
+                } else {
+                    heap.push(s);
+                }
+            }
+            let inputs = if n <= ON_STACK {
+                &small[..n]
+            } else {
+                &heap[..]
+            };
+            c.code.call(inputs, &mut self.arena)?;
+        }
+        // Carry the stateful layers' final states to the next call.
+        for ((role, _), loc) in c.func.outputs.iter().zip(&c.plan.outputs) {
+            if let OutputRole::State { layer, slot } = role {
+                if self.spec.layers[*layer].stateful {
+                    let dst = self
+                        .states
+                        .values
+                        .get_mut(&(*layer, *slot))
+                        .and_then(|a| a.as_slice_mut())
+                        .ok_or_else(|| Error::Internal("state not contiguous".into()))?;
+                    gather(&self.arena, loc, dst);
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    /// The fast path: predicts one batch `x` of `shape` into `y` (the output's elements in
+    /// row-major order), without allocating. Stateful layers carry their states.
+    pub fn predict_into(&mut self, x: &[f32], shape: &[usize], y: &mut [f32]) -> Result<()> {
+        let want: usize = shape.iter().product();
+        if x.len() != want {
+            return Err(Error::Usage(format!(
+                "input has {} elements, but its shape {:?} has {want}",
+                x.len(),
+                shape
+            )));
+        }
+        let c = self.execute(x, shape)?;
+        let loc = c.plan.outputs[0];
+        if y.len() != loc.rows * loc.cols {
+            return Err(Error::Usage(format!(
+                "output buffer has {} elements; the output has {}",
+                y.len(),
+                loc.rows * loc.cols
+            )));
+        }
+        gather(&self.arena, &loc, y);
+        Ok(())
+    }
+
     /// Runs one batch; stateful layers start from, and update, the carried states.
     pub fn predict_batch(&mut self, x: &ArrayD<f32>) -> Result<BatchOutput> {
-        let shapes = batch_shapes(&self.spec, x.shape())?;
-        self.states.admit(&self.spec, shapes.batch)?;
-        let c = self.compiled(shapes)?;
         let x = x.as_standard_layout();
         let xs = x
             .as_slice()
             .ok_or_else(|| Error::Internal("input not contiguous".into()))?;
-        let mut inputs: Vec<&[f32]> = Vec::with_capacity(c.func.input_roles.len());
-        for role in &c.func.input_roles {
-            inputs.push(match role {
-                InputRole::X => xs,
-                InputRole::Weight { layer, name } => self
-                    .weights
-                    .get(&(*layer, name.to_string()))
-                    .ok_or_else(|| Error::Internal(format!("no weight layers.{layer}.{name}")))?,
-                InputRole::State { layer, slot } => self.states.values[&(*layer, *slot)]
-                    .as_slice()
-                    .ok_or_else(|| Error::Internal("state not contiguous".into()))?,
-            });
-        }
-        if self.arena.len() < c.plan.arena_len {
-            self.arena.resize(c.plan.arena_len, 0.0);
-        }
-        c.code.call(&inputs, &mut self.arena)?;
+        let c = self.execute(xs, x.shape())?;
         let mut y = None;
         let mut states = Vec::new();
         for (k, ((role, v), loc)) in c.func.outputs.iter().zip(&c.plan.outputs).enumerate() {
-            let src: &[f32] = match loc.base {
-                Base::Arena => &self.arena,
-                Base::Input(i) => inputs[i],
-            };
-            let mut out = Vec::with_capacity(loc.rows * loc.cols);
-            for r in 0..loc.rows {
-                let start = loc.offset as usize + r * loc.row_stride;
-                out.extend_from_slice(&src[start..start + loc.cols]);
-            }
+            let mut out = vec![0.0; loc.rows * loc.cols];
+            gather(&self.arena, loc, &mut out);
             let a = ArrayD::from_shape_vec(IxDyn(c.func.shape(*v)), out)
                 .map_err(|e| Error::Internal(format!("output {k}: {e}")))?;
             match role {
                 OutputRole::Y => y = Some(a),
                 OutputRole::State { layer, slot } => states.push((*layer, *slot, a)),
-            }
-        }
-        for (layer, slot, a) in &states {
-            if self.spec.layers[*layer].stateful {
-                self.states.values.insert((*layer, *slot), a.clone());
             }
         }
         let y = y.ok_or_else(|| Error::Internal("function without output".into()))?;

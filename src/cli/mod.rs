@@ -1,10 +1,34 @@
 //! Subcommands of the `lstmc` binary.
 
 use clap::{Parser, Subcommand};
+
+/// `print!` that ends the program quietly when stdout is closed (`lstmc asm m | head`)
+/// instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let mut so = std::io::stdout().lock();
+        if let Err(e) = write!(so, $($arg)*).and_then(|_| so.flush()) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
+/// `println!` with the same care.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        out!($($arg)*);
+        out!("\n");
+    }};
+}
+
 use lstmc::Error;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod bench;
 mod run;
 
 const EXAMPLES: &str = "\
@@ -49,6 +73,25 @@ enum Command {
     },
     /// Compile a model, then train, evaluate and predict as its file and flags say.
     Run(run::RunArgs),
+    /// Time the benchmark workloads W1..W5; one JSON line per measurement.
+    Bench(bench::BenchArgs),
+    /// Print the Cranelift IR and the machine code generated for a model.
+    Asm {
+        /// The .model file.
+        model: PathBuf,
+        /// Batch size to build for (default: the model's, else 1).
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Steps per sample, when the model does not fix input_length.
+        #[arg(long)]
+        input_length: Option<usize>,
+    },
+}
+
+/// Threads to use: the flag, else every core.
+pub fn threads(flag: Option<usize>) -> usize {
+    flag.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1)
 }
 
 /// Parses the command line and runs it; returns the exit code.
@@ -80,6 +123,12 @@ pub fn main() -> ExitCode {
             after.as_deref(),
         ),
         Command::Run(args) => run::run(args),
+        Command::Bench(args) => bench::bench(args),
+        Command::Asm {
+            model,
+            batch_size,
+            input_length,
+        } => asm(&model, batch_size, input_length),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -101,7 +150,7 @@ pub fn load_model(path: &std::path::Path) -> Result<lstmc::model::ModelSpec, Err
 
 fn check(model: &std::path::Path) -> Result<(), Error> {
     let spec = load_model(model)?;
-    print!("{}", spec.summary());
+    out!("{}", spec.summary());
     Ok(())
 }
 
@@ -132,9 +181,34 @@ fn ir(
         };
         lstmc::passes::optimize(&mut f, &lstmc::passes::Options::default(), until)?;
     }
-    print!(
+    out!(
         "{}",
         lstmc::ir::print::print(&f, (!no_locations).then_some(&spec.source))
+    );
+    Ok(())
+}
+
+fn asm(model: &std::path::Path, batch: Option<usize>, time: Option<usize>) -> Result<(), Error> {
+    let spec = load_model(model)?;
+    let shapes = sizes(&spec, batch, time)?;
+    let f = lstmc::ir::lower::lower(&spec, shapes)?;
+    let options = lstmc::jit::Options {
+        keep_text: true,
+        ..Default::default()
+    };
+    let c = lstmc::jit::compile(f, &options)?;
+    outln!(
+        "; function `forward` of model `{}`, batch {}, {} steps: arena of {} floats, compiled in {:.2} ms",
+        spec.name,
+        shapes.batch,
+        shapes.time,
+        c.plan.arena_len,
+        c.compile_time.as_secs_f64() * 1e3
+    );
+    outln!("\n;; Cranelift IR\n{}", c.clif.unwrap_or_default());
+    outln!(
+        ";; machine code (after register allocation)\n{}",
+        c.machine.unwrap_or_default()
     );
     Ok(())
 }

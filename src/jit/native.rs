@@ -89,7 +89,19 @@ impl NativeCode {
                 self.arena_len
             )));
         }
-        let table: Vec<*const f32> = inputs.iter().map(|x| x.as_ptr()).collect();
+        // The pointer table lives on the stack for the usual handful of inputs.
+        const ON_STACK: usize = 32;
+        let mut small = [std::ptr::null::<f32>(); ON_STACK];
+        let heap: Vec<*const f32>;
+        let table: &[*const f32] = if inputs.len() <= ON_STACK {
+            for (slot, x) in small.iter_mut().zip(inputs) {
+                *slot = x.as_ptr();
+            }
+            &small[..inputs.len()]
+        } else {
+            heap = inputs.iter().map(|x| x.as_ptr()).collect();
+            &heap
+        };
         // SAFETY: see the module documentation; every buffer was checked above.
         unsafe { (self.entry)(table.as_ptr(), arena.as_mut_ptr()) };
         Ok(())

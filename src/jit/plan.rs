@@ -362,6 +362,17 @@ pub fn plan(f: &Function) -> Result<Plan, IrError> {
             }
         }
     }
+    for (role, v) in &f.outputs {
+        if !matches!(
+            locs[v.index()],
+            Some(Loc {
+                base: Base::Arena,
+                ..
+            })
+        ) {
+            return Err(IrError(format!("output {role} does not live in the arena")));
+        }
+    }
     let outputs = f
         .outputs
         .iter()

@@ -1,0 +1,197 @@
+//! `lstmc bench`: the benchmark contract's workloads (shared bench/README.md),
+//! timed by its rules, printed as one JSON line per measurement in the peer
+//! script's fields, so that lstmc's lines sit beside the peers' in one file.
+
+use lstmc::runtime::CompiledModel;
+use lstmc::weights::Weights;
+use lstmc::Error;
+use rand::{Rng, SeedableRng};
+use std::time::{Duration, Instant};
+
+/// One workload of the contract.
+struct Workload {
+    id: &'static str,
+    model: &'static str,
+    /// (batch, seq, input_dim)
+    input: [usize; 3],
+    units: usize,
+    gates: usize,
+}
+
+const WORKLOADS: &[Workload] = &[
+    Workload {
+        id: "W1",
+        model: "model seed_tiny\nLSTM 3 input_dim=1 input_length=4\n",
+        input: [1, 4, 1],
+        units: 3,
+        gates: 4,
+    },
+    Workload {
+        id: "W2",
+        model: "model tutorial\nLSTM 128 input_dim=1 input_length=4 batch_size=1 stateful\nDense 12 activation=softmax\n",
+        input: [1, 4, 1],
+        units: 128,
+        gates: 4,
+    },
+    Workload {
+        id: "W3",
+        model: "model medium\nLSTM 256 input_dim=64 input_length=50\n",
+        input: [32, 50, 64],
+        units: 256,
+        gates: 4,
+    },
+    Workload {
+        id: "W4",
+        model: "model large\nLSTM 512 input_dim=512 input_length=100\n",
+        input: [64, 100, 512],
+        units: 512,
+        gates: 4,
+    },
+    Workload {
+        id: "W5",
+        model: "model gru\nGRU 256 input_dim=64 input_length=50\n",
+        input: [32, 50, 64],
+        units: 256,
+        gates: 3,
+    },
+];
+
+/// Flags of `lstmc bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// W1..W5, a comma list, or `all`.
+    #[arg(default_value = "all")]
+    pub workload: String,
+    /// Threads for large matrix products.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Seconds of timed repetitions per measurement.
+    #[arg(long, default_value_t = 2.0)]
+    pub budget: f64,
+    /// Override the full-unrolling threshold (steps), for measuring it.
+    #[arg(long)]
+    pub full_unroll_max: Option<usize>,
+    /// Override the partial-unrolling factor, for measuring it.
+    #[arg(long)]
+    pub partial_unroll_max: Option<usize>,
+    /// Override the host-GEMM crossover (multiply-adds), for measuring it.
+    #[arg(long)]
+    pub gemm_crossover: Option<usize>,
+}
+
+struct Timing {
+    first_us: f64,
+    per_call_us: Vec<f64>,
+    inner: usize,
+}
+
+/// The contract's rules: first call alone; warm-up of at least 2 calls and 0.3 s; then
+/// repetitions until the budget is spent (at least 5, at most 3000). A repetition is
+/// `inner` calls, chosen so that it lasts at least 20 µs, and reports the time per call.
+fn measure(budget: f64, mut call: impl FnMut() -> Result<(), Error>) -> Result<Timing, Error> {
+    let t = Instant::now();
+    call()?;
+    let first_us = t.elapsed().as_secs_f64() * 1e6;
+    let warm = Instant::now();
+    let mut n = 0;
+    while n < 2 || warm.elapsed() < Duration::from_millis(300) {
+        call()?;
+        n += 1;
+    }
+    let per_warm = warm.elapsed().as_secs_f64() / n as f64;
+    let inner = ((20e-6 / per_warm).ceil() as usize).clamp(1, 100_000);
+    let start = Instant::now();
+    let mut per_call_us = Vec::new();
+    while per_call_us.len() < 5
+        || (start.elapsed().as_secs_f64() < budget && per_call_us.len() < 3000)
+    {
+        let t = Instant::now();
+        for _ in 0..inner {
+            call()?;
+        }
+        per_call_us.push(t.elapsed().as_secs_f64() * 1e6 / inner as f64);
+    }
+    Ok(Timing {
+        first_us,
+        per_call_us,
+        inner,
+    })
+}
+
+fn quantile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((p * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)]
+}
+
+pub fn bench(args: BenchArgs) -> Result<(), Error> {
+    let wanted: Vec<&str> = if args.workload == "all" {
+        WORKLOADS.iter().map(|w| w.id).collect()
+    } else {
+        args.workload.split(',').collect()
+    };
+    for id in &wanted {
+        let w = WORKLOADS
+            .iter()
+            .find(|w| w.id.eq_ignore_ascii_case(id))
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "no workload `{id}`; the workloads are W1, W2, W3, W4, W5 (or `all`)"
+                ))
+            })?;
+        let spec = lstmc::front::load(&format!("{}.model", w.id), w.model.as_bytes())?;
+        let weights = Weights::init(&spec, 0);
+        let mut options = lstmc::jit::Options::default();
+        options.tuning.threads = args.threads.max(1);
+        if let Some(v) = args.full_unroll_max {
+            options.passes.full_unroll_max = v;
+        }
+        if let Some(v) = args.partial_unroll_max {
+            options.passes.partial_unroll_max = v;
+        }
+        if let Some(v) = args.gemm_crossover {
+            options.tuning.gemm_crossover = v;
+        }
+        let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(0);
+        let x: Vec<f32> = (0..w.input.iter().product::<usize>())
+            .map(|_| {
+                // Normal by Box–Muller, as the contract's inputs are normal.
+                let (u1, u2): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random());
+                ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+            })
+            .collect();
+        let mut model = CompiledModel::new(spec.clone(), &weights, options);
+        let out_len = w.input[0] * spec.layers.last().map_or(0, |l| l.units);
+        let mut y = vec![0.0f32; out_len];
+        let t = measure(args.budget, || model.predict_into(&x, &w.input, &mut y))?;
+        let shapes = lstmc::ir::lower::Shapes {
+            batch: w.input[0],
+            time: w.input[1],
+        };
+        let compile_ms = model.compiled(shapes)?.compile_time.as_secs_f64() * 1e3;
+        let mut sorted = t.per_call_us.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = quantile(&sorted, 0.5);
+        let flops =
+            2.0 * (w.input[1] * w.input[0] * w.gates * w.units * (w.input[2] + w.units)) as f64;
+        let gflops = ["W3", "W4", "W5"]
+            .contains(&w.id)
+            .then(|| (flops / (median * 1e3) * 100.0).round() / 100.0);
+        let line = serde_json::json!({
+            "peer": "lstmc",
+            "version": env!("CARGO_PKG_VERSION"),
+            "workload": w.id,
+            "phase": "forward",
+            "threads": args.threads,
+            "median_us": (median * 1000.0).round() / 1000.0,
+            "p10_us": (quantile(&sorted, 0.1) * 1000.0).round() / 1000.0,
+            "p90_us": (quantile(&sorted, 0.9) * 1000.0).round() / 1000.0,
+            "reps": sorted.len(),
+            "gflops": gflops,
+            "variant": "jit",
+            "first_call_us": (t.first_us * 10.0).round() / 10.0,
+            "compile_ms": (compile_ms * 100.0).round() / 100.0,
+            "calls_per_rep": t.inner,
+        });
+        outln!("{line}");
+    }
+    Ok(())
+}

@@ -1,0 +1,41 @@
+//! Generated code is freed with its compiled model: compiling and dropping
+//! 1,000 models must not grow the process's resident memory by more than a
+//! small bound (each model's code and data would be tens of KiB if leaked).
+
+use lstmc::runtime::CompiledModel;
+use lstmc::weights::Weights;
+
+fn resident_kib() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn compiling_and_dropping_1000_models_keeps_memory_bounded() {
+    let spec = lstmc::front::load(
+        "m.model",
+        b"LSTM 16 input_dim=4 input_length=8\nDense 3 activation=softmax\n",
+    )
+    .unwrap();
+    let w = Weights::init(&spec, 1);
+    let x = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[2, 8, 4]));
+    let cycle = || {
+        let mut m = CompiledModel::new(spec.clone(), &w, lstmc::jit::Options::default());
+        m.predict_batch(&x).unwrap();
+    };
+    // Warm up allocators and caches.
+    for _ in 0..50 {
+        cycle();
+    }
+    let before = resident_kib();
+    for _ in 0..1000 {
+        cycle();
+    }
+    let grown = resident_kib().saturating_sub(before);
+    // A leak of the code alone (>= 4 KiB page per module) would be >= 4,000 KiB.
+    assert!(
+        grown < 2048,
+        "resident memory grew by {grown} KiB over 1,000 compile/drop cycles"
+    );
+}
