@@ -64,17 +64,22 @@ impl CompiledModel {
         &self.spec
     }
 
-    /// Replaces the weights (as float32).
+    /// Replaces the weights: float32, rows laid out with the stride the code expects
+    /// ([`jit::plan::padded_stride`]).
     pub fn set_weights(&mut self, weights: &Weights) {
         self.weights.clear();
         for (name, t) in &weights.tensors {
             let mut parts = name.splitn(3, '.');
             let (_, layer, w) = (parts.next(), parts.next(), parts.next());
             if let (Some(layer), Some(w)) = (layer.and_then(|l| l.parse().ok()), w) {
-                self.weights.insert(
-                    (layer, w.to_string()),
-                    t.iter().map(|&v| v as f32).collect(),
-                );
+                let cols = (*t.shape().last().unwrap_or(&1)).max(1);
+                let rows = t.len() / cols;
+                let stride = jit::plan::padded_stride(rows, cols);
+                let mut staged = vec![0.0f32; rows * stride];
+                for (r, &v) in t.iter().enumerate() {
+                    staged[(r / cols) * stride + r % cols] = v as f32;
+                }
+                self.weights.insert((layer, w.to_string()), staged);
             }
         }
     }

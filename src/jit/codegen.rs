@@ -239,16 +239,16 @@ impl Emitter<'_, '_> {
                     self.b.ins().call(self.hosts.softmax, &args);
                 }
                 Op::Stack => {
+                    // Rows of the result are (batch, step) pairs, `dst.stride` bytes apart.
                     let dst = self.val(d.results[0])?;
-                    let shape = self.f.shape(d.results[0]).to_vec();
-                    let (t, per) = (shape[1], shape[2..].iter().product::<usize>());
+                    let t = d.args.len() as i64;
                     for (step, &a) in d.args.iter().enumerate() {
                         let src = self.val(a)?;
                         let slot = Mat {
-                            ptr: self.b.ins().iadd_imm_s(dst.ptr, (step * per * 4) as i64),
+                            ptr: self.b.ins().iadd_imm_s(dst.ptr, step as i64 * dst.stride),
                             rows: src.rows,
                             cols: src.cols,
-                            stride: (t * per * 4) as i64,
+                            stride: t * dst.stride,
                             readonly: false,
                         };
                         self.copy(&src, &slot)?;
@@ -323,18 +323,17 @@ impl Emitter<'_, '_> {
             // Per-step values into the stacked results: time k·per_iter + j.
             for (s, &r) in stacked.iter().enumerate() {
                 let dst = e.val(r)?;
-                let shape = e.f.shape(r).to_vec();
-                let (t, per) = (shape[1], shape[2..].iter().product::<usize>());
+                let t = e.f.shape(r)[1] as i64;
                 for j in 0..per_iter {
                     let src = e.val(yield_args[n + j * stacked.len() + s])?;
                     let step = e.b.ins().imul_imm_s(k, per_iter as i64);
                     let step = e.b.ins().iadd_imm_s(step, j as i64);
-                    let off = e.b.ins().imul_imm_s(step, (per * 4) as i64);
+                    let off = e.b.ins().imul_imm_s(step, dst.stride);
                     let slot = Mat {
                         ptr: e.b.ins().iadd(dst.ptr, off),
                         rows: src.rows,
                         cols: src.cols,
-                        stride: (t * per * 4) as i64,
+                        stride: t * dst.stride,
                         readonly: false,
                     };
                     e.copy(&src, &slot)?;
