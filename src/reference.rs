@@ -76,15 +76,16 @@ impl<T: Clone + Default> States<T> {
 /// The sizes a batch of `shape` runs with, or why it does not fit the model.
 pub fn batch_shapes(spec: &ModelSpec, shape: &[usize]) -> Result<Shapes> {
     let f = spec.input.features;
-    let want = if spec.input.sequence {
-        match spec.input.time {
-            Some(t) => format!("(batch, {t}, {f})"),
-            None => format!("(batch, time, {f})"),
-        }
-    } else {
-        format!("(batch, {f})")
-    };
+    // Formatted only on error: this runs on every call.
     let bad = || {
+        let want = if spec.input.sequence {
+            match spec.input.time {
+                Some(t) => format!("(batch, {t}, {f})"),
+                None => format!("(batch, time, {f})"),
+            }
+        } else {
+            format!("(batch, {f})")
+        };
         Error::Usage(format!(
             "model `{}` takes inputs shaped {want}; got {:?}",
             spec.name, shape

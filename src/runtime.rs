@@ -26,13 +26,40 @@ pub struct BatchOutput {
 #[derive(Debug)]
 pub struct CompiledModel {
     spec: ModelSpec,
-    weights: HashMap<(usize, String), Vec<f32>>,
+    /// Staged weights, with their layer and name.
+    weights: Vec<((usize, &'static str), Vec<f32>)>,
     states: States<f32>,
     cache: HashMap<lower::Shapes, Arc<Compiled>>,
-    /// The most recently used entry of `cache`, checked first.
-    last: Option<(lower::Shapes, Arc<Compiled>)>,
+    /// The most recently used function, with where each of its inputs comes from.
+    last: Option<(lower::Shapes, Arc<Compiled>, Vec<Source>)>,
     options: jit::Options,
     arena: Vec<f32>,
+    /// x and the states, laid out for the generated code, reused from call to call.
+    staged: Vec<Vec<f32>>,
+}
+
+/// Where a function input comes from, resolved once per compiled function.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    /// The batch (staged).
+    X,
+    /// `weights[i]`.
+    Weight(usize),
+    /// A stateful layer's state (staged).
+    State(usize, &'static str),
+}
+
+/// Lays out `src` (rows of `cols`) as generated code reads it: rows `padded_stride` apart,
+/// padding and slack zeroed.
+fn stage(src: &[f32], cols: usize, dst: &mut Vec<f32>) {
+    let cols = cols.max(1);
+    let rows = src.len() / cols;
+    let stride = jit::plan::padded_stride(rows, cols);
+    dst.clear();
+    dst.resize(jit::plan::padded_len(rows, cols), 0.0);
+    for (r, row) in src.chunks(cols).enumerate() {
+        dst[r * stride..r * stride + cols].copy_from_slice(row);
+    }
 }
 
 /// Copies a matrix out of the arena (outputs always live there).
@@ -48,12 +75,13 @@ impl CompiledModel {
     pub fn new(spec: ModelSpec, weights: &Weights, options: jit::Options) -> CompiledModel {
         let mut m = CompiledModel {
             spec,
-            weights: HashMap::new(),
+            weights: Vec::new(),
             states: States::new(),
             cache: HashMap::new(),
             last: None,
             options,
             arena: Vec::new(),
+            staged: Vec::new(),
         };
         m.set_weights(weights);
         m
@@ -64,22 +92,25 @@ impl CompiledModel {
         &self.spec
     }
 
-    /// Replaces the weights: float32, rows laid out with the stride the code expects
-    /// ([`jit::plan::padded_stride`]).
+    /// Replaces the weights: float32, laid out as the generated code expects
+    /// (rows padded by [`jit::plan::padded_stride`], slack at the end).
     pub fn set_weights(&mut self, weights: &Weights) {
         self.weights.clear();
+        self.last = None;
         for (name, t) in &weights.tensors {
             let mut parts = name.splitn(3, '.');
             let (_, layer, w) = (parts.next(), parts.next(), parts.next());
             if let (Some(layer), Some(w)) = (layer.and_then(|l| l.parse().ok()), w) {
-                let cols = (*t.shape().last().unwrap_or(&1)).max(1);
-                let rows = t.len() / cols;
-                let stride = jit::plan::padded_stride(rows, cols);
-                let mut staged = vec![0.0f32; rows * stride];
-                for (r, &v) in t.iter().enumerate() {
-                    staged[(r / cols) * stride + r % cols] = v as f32;
+                let cols = *t.shape().last().unwrap_or(&1);
+                let values: Vec<f32> = t.iter().map(|&v| v as f32).collect();
+                let mut staged = Vec::new();
+                stage(&values, cols, &mut staged);
+                let name = ["kernel", "recurrent_kernel", "bias"]
+                    .into_iter()
+                    .find(|n| *n == w);
+                if let Some(name) = name {
+                    self.weights.push(((layer, name), staged));
                 }
-                self.weights.insert((layer, w.to_string()), staged);
             }
         }
     }
@@ -105,34 +136,62 @@ impl CompiledModel {
     fn execute(&mut self, x: &[f32], shape: &[usize]) -> Result<Arc<Compiled>> {
         let shapes = batch_shapes(&self.spec, shape)?;
         self.states.admit(&self.spec, shapes.batch)?;
-        let c = match &self.last {
-            Some((s, c)) if *s == shapes => c.clone(),
+        let (c, sources) = match &self.last {
+            Some((s, c, src)) if *s == shapes => (c.clone(), src.clone()),
             _ => {
                 let c = self.compiled(shapes)?;
-                self.last = Some((shapes, c.clone()));
-                c
+                let src = c
+                    .func
+                    .input_roles
+                    .iter()
+                    .map(|role| match role {
+                        InputRole::X => Ok(Source::X),
+                        InputRole::State { layer, slot } => Ok(Source::State(*layer, slot)),
+                        InputRole::Weight { layer, name } => self
+                            .weights
+                            .iter()
+                            .position(|(k, _)| *k == (*layer, *name))
+                            .map(Source::Weight)
+                            .ok_or_else(|| {
+                                Error::Internal(format!("no weight layers.{layer}.{name}"))
+                            }),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                self.last = Some((shapes, c.clone(), src.clone()));
+                (c, src)
             }
         };
         if self.arena.len() < c.plan.arena_len {
             self.arena.resize(c.plan.arena_len, 0.0);
         }
+        // Stage x and the states (weights were staged when set).
+        let n = sources.len();
+        self.staged.resize_with(n, Vec::new);
+        let xcols = *shape.last().unwrap_or(&1);
+        for (k, src) in sources.iter().enumerate() {
+            match *src {
+                Source::X => stage(x, xcols, &mut self.staged[k]),
+                Source::State(layer, slot) => {
+                    let s = &self.states.values[&(layer, slot)];
+                    let cols = *s.shape().last().unwrap_or(&1);
+                    stage(
+                        s.as_slice()
+                            .ok_or_else(|| Error::Internal("state not contiguous".into()))?,
+                        cols,
+                        &mut self.staged[k],
+                    );
+                }
+                Source::Weight(_) => {}
+            }
+        }
         {
             const ON_STACK: usize = 32;
             let mut small: [&[f32]; ON_STACK] = [&[]; ON_STACK];
             let mut heap: Vec<&[f32]> = Vec::new();
-            let n = c.func.input_roles.len();
-            for (k, role) in c.func.input_roles.iter().enumerate() {
-                let s: &[f32] = match role {
-                    InputRole::X => x,
-                    InputRole::Weight { layer, name } => self
-                        .weights
-                        .get(&(*layer, name.to_string()))
-                        .ok_or_else(|| {
-                            Error::Internal(format!("no weight layers.{layer}.{name}"))
-                        })?,
-                    InputRole::State { layer, slot } => self.states.values[&(*layer, *slot)]
-                        .as_slice()
-                        .ok_or_else(|| Error::Internal("state not contiguous".into()))?,
+            for (k, src) in sources.iter().enumerate() {
+                let s: &[f32] = match *src {
+                    Source::X | Source::State(..) => &self.staged[k],
+                    Source::Weight(i) => &self.weights[i].1,
                 };
                 if n <= ON_STACK {
                     small[k] = s;

@@ -18,7 +18,10 @@ fn compile_act(a: Activation, n: usize) -> jit::Compiled {
 
 fn eval(c: &jit::Compiled, xs: &[f32]) -> Vec<f32> {
     let mut arena = vec![0.0f32; c.plan.arena_len];
-    c.code.call(&[xs], &mut arena).unwrap();
+    // The input as the runtime stages it: one padded row and slack.
+    let mut input = xs.to_vec();
+    input.resize(c.plan.input_lens[0], 0.0);
+    c.code.call(&[&input], &mut arena).unwrap();
     let loc = c.plan.outputs[0];
     arena[loc.offset as usize..loc.offset as usize + xs.len()].to_vec()
 }

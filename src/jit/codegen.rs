@@ -354,17 +354,21 @@ impl Emitter<'_, '_> {
     }
 
     /// Calls `f(col_ptr_offset_bytes, width)` over a row's columns: 4-wide chunks, then scalars.
+    /// With `whole`, the last partial group is one more vector: only for kernels whose
+    /// destinations are their own arena slots, whose rows have room for whole vectors
+    /// ([`super::plan::padded_stride`]); reads past a row stay in bounds by the plan's slack.
     fn columns(
         &mut self,
         cols: usize,
+        whole: bool,
         mut chunk: impl FnMut(&mut Self, Value, Type) -> Result<(), IrError>,
     ) -> Result<(), IrError> {
-        let vecs = cols / 4;
+        let vecs = if whole { cols.div_ceil(4) } else { cols / 4 };
         self.counted(vecs, |e, j| {
             let off = e.b.ins().imul_imm_s(j, 16);
             chunk(e, off, types::F32X4)
         })?;
-        for c in vecs * 4..cols {
+        for c in (vecs * 4).min(cols)..cols {
             let off = self.imm((c * 4) as i64);
             chunk(self, off, types::F32)?;
         }
@@ -390,7 +394,7 @@ impl Emitter<'_, '_> {
         let m = *m;
         self.counted(m.rows, |e, r| {
             let row = e.row(&m, r);
-            e.columns(m.cols, |e, off, ty| {
+            e.columns(m.cols, true, |e, off, ty| {
                 let z = math::cst(e.b, ty, 0.0);
                 e.store(z, row, off);
                 Ok(())
@@ -402,7 +406,7 @@ impl Emitter<'_, '_> {
         let (src, dst) = (*src, *dst);
         self.counted(src.rows, |e, r| {
             let (sr, dr) = (e.row(&src, r), e.row(&dst, r));
-            e.columns(src.cols, |e, off, ty| {
+            e.columns(src.cols, false, |e, off, ty| {
                 let v = e.load(ty, &src, sr, off);
                 e.store(v, dr, off);
                 Ok(())
@@ -419,7 +423,7 @@ impl Emitter<'_, '_> {
                 .map(|(i, m)| if k.broadcast[i] { m.ptr } else { e.row(m, r) })
                 .collect();
             let out_rows: Vec<Value> = outs.iter().map(|m| e.row(m, r)).collect();
-            e.columns(cols, |e, off, ty| {
+            e.columns(cols, true, |e, off, ty| {
                 let mut t: Vec<Value> = Vec::with_capacity(k.nodes.len());
                 for node in &k.nodes {
                     let v = match *node {
@@ -487,9 +491,10 @@ impl Emitter<'_, '_> {
                 })?;
                 col += blocks * span;
             }
-            for j in col..n {
-                let off = e.imm((j * 4) as i64);
-                e.dot_block(&a, &w, arow, off, k, 1, types::F32, crow)?;
+            if col < n {
+                // The last columns as one vector: c's rows have room, w's rows are padded.
+                let off = e.imm((col * 4) as i64);
+                e.dot_block(&a, &w, arow, off, k, 1, types::F32X4, crow)?;
             }
             Ok(())
         })

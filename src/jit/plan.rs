@@ -9,7 +9,7 @@
 //! linear scan over live ranges, so values whose lives do not overlap share
 //! memory; a value read by a loop body stays live for the whole loop.
 
-use crate::ir::{Block, Function, InputRole, Inst, IrError, Op, Ty, Value};
+use crate::ir::{Block, Function, Inst, IrError, Op, Ty, Value};
 use std::collections::HashMap;
 
 /// Where a matrix starts.
@@ -49,7 +49,9 @@ impl Loc {
         let k = self
             .k
             .map_or(0, |(_, s)| s.max(0) * steps.saturating_sub(1) as isize);
-        self.offset + k + ((self.rows.max(1) - 1) * self.row_stride + self.cols) as isize
+        // Vector access reads whole groups of LANES columns.
+        let cols = self.cols.div_ceil(LANES) * LANES;
+        self.offset + k + ((self.rows.max(1) - 1) * self.row_stride + cols) as isize
     }
 }
 
@@ -111,12 +113,27 @@ const ALIGN: usize = 16;
 /// weights): a multiple-of-32 width gets 16 elements of padding, because rows a power
 /// of two bytes apart fall into the same cache sets, and GEMM on such matrices ran at
 /// half speed here (32×1024×256: 340 µs unpadded, 163 µs padded).
+///
+/// Every row also has room for whole `f32x4` vectors (the stride is a multiple of 4), so
+/// generated kernels process a row's last columns as one vector instead of scalars.
 pub fn padded_stride(rows: usize, cols: usize) -> usize {
     if rows > 1 && cols >= 32 && cols % 32 == 0 {
         cols + 16
     } else {
-        cols
+        cols.div_ceil(LANES) * LANES
     }
+}
+
+/// Lanes of the vectors generated code uses.
+pub const LANES: usize = 4;
+
+/// Elements every buffer carries after its last row, so that a vector load at any valid
+/// column stays inside the buffer.
+pub const SLACK: usize = LANES;
+
+/// The length of a buffer holding `rows × cols` with [`padded_stride`] rows.
+pub fn padded_len(rows: usize, cols: usize) -> usize {
+    rows * padded_stride(rows, cols) + SLACK
 }
 
 fn matrix(shape: &[usize]) -> (usize, usize) {
@@ -175,11 +192,8 @@ pub fn plan(f: &Function) -> Result<Plan, IrError> {
 
     for (i, &p) in f.block(f.entry).params.iter().enumerate() {
         let (rows, cols) = matrix(f.shape(p));
-        // Weights are staged by the runtime with padded rows; x and states come as they are.
-        let row_stride = match f.input_roles[i] {
-            InputRole::Weight { .. } => padded_stride(rows, cols),
-            _ => cols,
-        };
+        // Every input is staged by the runtime with padded rows and slack.
+        let row_stride = padded_stride(rows, cols);
         locs[p.index()] = Some(Loc {
             base: Base::Input(i),
             offset: 0,
@@ -188,7 +202,7 @@ pub fn plan(f: &Function) -> Result<Plan, IrError> {
             cols,
             row_stride,
         });
-        input_lens.push(rows * row_stride);
+        input_lens.push(padded_len(rows, cols));
     }
     let mut order = Vec::new();
     f.walk(f.entry, &mut |i| order.push(i));
@@ -397,6 +411,8 @@ pub fn plan(f: &Function) -> Result<Plan, IrError> {
         .iter()
         .map(|(_, v)| locs[v.index()].ok_or_else(|| IrError(format!("output {v} has no storage"))))
         .collect::<Result<_, _>>()?;
+    // Slack after the last slot, for vector reads of its last row.
+    let arena_len = arena_len + SLACK;
     Ok(Plan {
         locs,
         arena_len,
