@@ -31,7 +31,7 @@ pub struct CompiledModel {
     states: States<f32>,
     cache: HashMap<lower::Shapes, Arc<Compiled>>,
     /// The most recently used function, with where each of its inputs comes from.
-    last: Option<(lower::Shapes, Arc<Compiled>, Vec<Source>)>,
+    last: Option<(lower::Shapes, Arc<Compiled>, Arc<[Source]>)>,
     options: jit::Options,
     arena: Vec<f32>,
     /// x and the states, laid out for the generated code, reused from call to call.
@@ -156,7 +156,7 @@ impl CompiledModel {
                                 Error::Internal(format!("no weight layers.{layer}.{name}"))
                             }),
                     })
-                    .collect::<Result<Vec<_>>>()?;
+                    .collect::<Result<Arc<[Source]>>>()?;
                 self.last = Some((shapes, c.clone(), src.clone()));
                 (c, src)
             }

@@ -18,6 +18,9 @@ use cranelift_codegen::ir::{
 use cranelift_frontend::{FunctionBuilder, Variable};
 use std::collections::HashMap;
 
+/// Loops of at most this many iterations are unrolled when generated.
+const SMALL_LOOP: usize = 4;
+
 /// Knobs of code generation.
 #[derive(Clone, Copy, Debug)]
 pub struct Tuning {
@@ -177,9 +180,13 @@ impl Emitter<'_, '_> {
         if n == 0 {
             return Ok(());
         }
-        if n == 1 {
-            let zero = self.b.ins().iconst(types::I64, 0);
-            return body(self, zero);
+        // Short loops are unrolled: their indices become constants that fold into addresses.
+        if n <= SMALL_LOOP {
+            for i in 0..n {
+                let iv = self.b.ins().iconst(types::I64, i as i64);
+                body(self, iv)?;
+            }
+            return Ok(());
         }
         let header = self.b.create_block();
         let inner = self.b.create_block();
