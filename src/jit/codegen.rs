@@ -34,9 +34,14 @@ pub struct Tuning {
 
 impl Default for Tuning {
     fn default() -> Tuning {
-        // Measured with `lstmc bench --crossover` (see README, "Matmul crossover").
+        // Measured with `lstmc bench --gemm-crossover N` on this machine (2026-12-04):
+        // W1 (matmuls of at most 48 multiply-adds): 0.217 µs generated, 0.292 µs all on the
+        // host GEMM; W2 (batch 1, 1×128·128×512 = 65,536): 17.0 µs generated, 18.6–20.9 µs
+        // on the GEMM; W3 (32×256·256×1024 = 8.4M): 12.7 ms on the GEMM, 44.7 ms generated.
+        // Cranelift's f32x4 peaks near 8 multiply-adds per cycle; the GEMM's AVX-512 kernels
+        // need enough rows to pay for packing.
         Tuning {
-            gemm_crossover: 1 << 15,
+            gemm_crossover: 1 << 18,
             threads: 1,
             parallel_min: 1 << 20,
         }

@@ -37,7 +37,11 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Options {
-        // Measured with `lstmc bench` (see README, "Unrolling").
+        // Measured with `lstmc bench --full-unroll-max N --partial-unroll-max F` (2026-12-04):
+        // W1 (4 steps) 0.240 µs rolled, 0.216 µs fully unrolled; W3 (50 steps) 12.69 ms
+        // rolled, 12.65 ms unrolled by 2, 12.19 ms fully unrolled (within noise) but compiled
+        // in 42.5 ms instead of 2.8 ms. Full unrolling pays where loop overhead is comparable
+        // to a step's work; compile time grows linearly with it.
         Options {
             full_unroll_max: 16,
             partial_unroll_max: 4,
