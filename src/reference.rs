@@ -55,7 +55,8 @@ impl<T: Clone + Default> States<T> {
             Some(b) if b != batch => Err(Error::Usage(format!(
                 "model `{}` is stateful with batch size {b} (it keeps one state row per batch row), \
                  but was called with a batch of {batch}; compile it again for batch size {batch} \
-                 (`--batch-size {batch}`), which starts from zero states",
+                 (`--batch-size {batch}` on the command line, `set_batch_size({batch})` in Rust), \
+                 which starts from zero states",
                 spec.name
             ))),
             _ => {

@@ -120,6 +120,18 @@ impl CompiledModel {
         self.states.reset();
     }
 
+    /// Fixes the batch size of a stateful model anew (Keras: rebuilding it with another
+    /// `batch_input_shape`): the states start from zero, one row per batch row.
+    pub fn set_batch_size(&mut self, batch: usize) -> Result<()> {
+        if batch == 0 {
+            return Err(Error::Usage("batch size must be at least 1".into()));
+        }
+        self.states = States::new();
+        let mut pinned = self.spec.clone();
+        pinned.input.batch = Some(batch);
+        self.states.admit(&pinned, batch)
+    }
+
     /// The compiled function for these sizes (compiled on first use, then cached).
     pub fn compiled(&mut self, shapes: lower::Shapes) -> Result<Arc<Compiled>> {
         if let Some(c) = self.cache.get(&shapes) {

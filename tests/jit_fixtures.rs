@@ -85,3 +85,29 @@ fn all_keras_fixtures_with_every_matmul_on_the_host_gemm() {
         run_fixture(&name, options);
     }
 }
+
+#[test]
+fn a_stateful_model_refuses_another_batch_size_until_recompiled() {
+    let fx = load("lstm_stateful_batch2");
+    let spec = fx.spec();
+    let w = fx.weights(&spec);
+    let mut m = CompiledModel::new(spec.clone(), &w, jit::Options::default());
+    let x2 = array(&fx.batches()[0]["x"]).mapv(|v| v as f32);
+    m.predict_batch(&x2).unwrap();
+    // A batch of one row: refused, never a silent reset.
+    let x1 = x2.slice_axis(ndarray::Axis(0), (0..1).into()).to_owned();
+    let err = m.predict_batch(&x1).unwrap_err().to_string();
+    assert!(
+        err.contains("stateful with batch size 2") && err.contains("set_batch_size(1)"),
+        "{err}"
+    );
+    // Recompiled for batch 1: zero states, so row 0 of Keras's first batch comes out.
+    m.set_batch_size(1).unwrap();
+    let y = m.predict_batch(&x1).unwrap().y;
+    let want = array(&fx.batches()[0]["y"]);
+    close32(
+        "batch 1 after set_batch_size",
+        &y,
+        &want.slice_axis(ndarray::Axis(0), (0..1).into()).to_owned(),
+    );
+}

@@ -9,6 +9,7 @@ use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
 
 /// One workload of the contract.
+#[derive(Clone, Copy)]
 struct Workload {
     id: &'static str,
     model: &'static str,
@@ -59,6 +60,12 @@ const WORKLOADS: &[Workload] = &[
 /// Flags of `lstmc bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
+    /// Time this .model file instead of a workload (with --input).
+    #[arg(long, requires = "input")]
+    pub model: Option<std::path::PathBuf>,
+    /// The input shape for --model: BATCH,STEPS,FEATURES (or BATCH,FEATURES).
+    #[arg(long, value_delimiter = ',')]
+    pub input: Option<Vec<usize>>,
     /// W1..W5, a comma list, or `all`.
     #[arg(default_value = "all")]
     pub workload: String,
@@ -124,21 +131,55 @@ fn quantile(sorted: &[f64], p: f64) -> f64 {
 }
 
 pub fn bench(args: BenchArgs) -> Result<(), Error> {
-    let wanted: Vec<&str> = if args.workload == "all" {
+    // A model of the user's: one measurement, named `custom`.
+    let custom = match (&args.model, &args.input) {
+        (Some(path), Some(input)) => {
+            let spec = super::load_model(path)?;
+            let input: [usize; 3] = match input.as_slice() {
+                &[b, t, f] => [b, t, f],
+                &[b, f] => [b, 1, f],
+                other => {
+                    return Err(Error::Usage(format!(
+                        "--input takes BATCH,STEPS,FEATURES; got {other:?}"
+                    )))
+                }
+            };
+            let first = &spec.layers[0];
+            let w = Workload {
+                id: "custom",
+                model: "",
+                input,
+                units: first.units,
+                gates: first.kind.gates(),
+            };
+            Some((spec, w))
+        }
+        _ => None,
+    };
+    let wanted: Vec<&str> = if custom.is_some() {
+        vec!["custom"]
+    } else if args.workload == "all" {
         WORKLOADS.iter().map(|w| w.id).collect()
     } else {
         args.workload.split(',').collect()
     };
     for id in &wanted {
-        let w = WORKLOADS
-            .iter()
-            .find(|w| w.id.eq_ignore_ascii_case(id))
-            .ok_or_else(|| {
-                Error::Usage(format!(
-                    "no workload `{id}`; the workloads are W1, W2, W3, W4, W5 (or `all`)"
-                ))
-            })?;
-        let spec = lstmc::front::load(&format!("{}.model", w.id), w.model.as_bytes())?;
+        let (spec, w) = match &custom {
+            Some((spec, w)) => (spec.clone(), *w),
+            None => {
+                let w = WORKLOADS
+                    .iter()
+                    .find(|w| w.id.eq_ignore_ascii_case(id))
+                    .ok_or_else(|| {
+                        Error::Usage(format!(
+                            "no workload `{id}`; the workloads are W1, W2, W3, W4, W5 (or `all`)"
+                        ))
+                    })?;
+                let spec = lstmc::front::load(&format!("{}.model", w.id), w.model.as_bytes())?;
+                (spec, *w)
+            }
+        };
+        let w = &w;
         let weights = Weights::init(&spec, 0);
         let mut options = lstmc::jit::Options::default();
         options.tuning.threads = args.threads.max(1);
@@ -160,13 +201,20 @@ pub fn bench(args: BenchArgs) -> Result<(), Error> {
             })
             .collect();
         let mut model = CompiledModel::new(spec.clone(), &weights, options);
-        let out_len = w.input[0] * spec.layers.last().map_or(0, |l| l.units);
-        let mut y = vec![0.0f32; out_len];
-        let t = measure(args.budget, || model.predict_into(&x, &w.input, &mut y))?;
-        let shapes = lstmc::ir::lower::Shapes {
-            batch: w.input[0],
-            time: w.input[1],
+        let shape: Vec<usize> = if spec.input.sequence {
+            w.input.to_vec()
+        } else {
+            vec![w.input[0], w.input[2]]
         };
+        let per_sample = spec.layers.last().map_or(0, |l| l.units)
+            * if spec.output_is_sequence() {
+                w.input[1]
+            } else {
+                1
+            };
+        let mut y = vec![0.0f32; w.input[0] * per_sample];
+        let t = measure(args.budget, || model.predict_into(&x, &shape, &mut y))?;
+        let shapes = lstmc::reference::batch_shapes(&spec, &shape)?;
         let compile_ms = model.compiled(shapes)?.compile_time.as_secs_f64() * 1e3;
         let mut sorted = t.per_call_us.clone();
         sorted.sort_by(f64::total_cmp);
