@@ -117,7 +117,7 @@ const ALIGN: usize = 16;
 /// Every row also has room for whole `f32x4` vectors (the stride is a multiple of 4), so
 /// generated kernels process a row's last columns as one vector instead of scalars.
 pub fn padded_stride(rows: usize, cols: usize) -> usize {
-    if rows > 1 && cols >= 32 && cols % 32 == 0 {
+    if rows > 1 && cols >= 32 && cols.is_multiple_of(32) {
         cols + 16
     } else {
         cols.div_ceil(LANES) * LANES
