@@ -1,0 +1,161 @@
+//! Training data: the tutorial's song and its two encodings, CSV series and
+//! rows, and the checks that refuse data that does not fit the model.
+
+use lstmc::data::{self, butterfly, note_code, note_name, Dataset};
+use ndarray::{ArrayD, IxDyn};
+use std::collections::HashMap;
+
+fn spec(src: &str) -> lstmc::model::ModelSpec {
+    lstmc::front::load("t.model", src.as_bytes()).unwrap()
+}
+
+#[test]
+fn the_song_has_50_windows_and_its_codes_are_the_tutorials() {
+    let d = butterfly(4, 1).unwrap();
+    assert_eq!(d.x.shape(), &[50, 4, 1]);
+    let y = d.y.unwrap();
+    assert_eq!(y.shape(), &[50, 12]);
+    // g8 e8 e4 f8 -> d8: codes 11, 9, 2, 10 -> 8, inputs as code / 13.
+    let first: Vec<f64> = d.x.iter().take(4).copied().collect();
+    assert_eq!(first, [11.0 / 13.0, 9.0 / 13.0, 2.0 / 13.0, 10.0 / 13.0]);
+    let label = y
+        .rows()
+        .into_iter()
+        .next()
+        .unwrap()
+        .iter()
+        .position(|&v| v == 1.0)
+        .unwrap();
+    assert_eq!(label, 8);
+    assert!(
+        y.rows().into_iter().all(|r| r.sum() == 1.0),
+        "one-hot labels"
+    );
+    assert_eq!(note_code("b8"), Some(13));
+    for c in 0..14 {
+        assert_eq!(note_code(&note_name(c).unwrap()), Some(c));
+    }
+}
+
+#[test]
+fn window_only_models_can_reach_at_most_46_of_50() {
+    // Windows that repeat with different next notes: the tutorial's 92% ceiling.
+    let d = butterfly(4, 1).unwrap();
+    let y = d.y.unwrap();
+    let mut groups: HashMap<Vec<u64>, HashMap<usize, usize>> = HashMap::new();
+    for i in 0..50 {
+        let key: Vec<u64> = (0..4).map(|t| d.x[[i, t, 0]].to_bits()).collect();
+        let label = (0..12).find(|&c| y[[i, c]] == 1.0).unwrap();
+        *groups.entry(key).or_default().entry(label).or_default() += 1;
+    }
+    let best: usize = groups.values().map(|g| *g.values().max().unwrap()).sum();
+    assert_eq!(best, 46);
+}
+
+#[test]
+fn the_two_feature_encoding_is_scale_and_length() {
+    let d = butterfly(4, 2).unwrap();
+    assert_eq!(d.x.shape(), &[50, 4, 2]);
+    // g8: scale g = 4 -> 4/6, length 8 -> 1; e4: 2/6, 0.
+    assert_eq!((d.x[[0, 0, 0]], d.x[[0, 0, 1]]), (4.0 / 6.0, 1.0));
+    assert_eq!((d.x[[0, 2, 0]], d.x[[0, 2, 1]]), (2.0 / 6.0, 0.0));
+    assert!(butterfly(4, 3).is_err());
+}
+
+#[test]
+fn builtin_data_loads_through_the_model_and_is_checked() {
+    let s = spec("LSTM 8 input_dim=1 input_length=4\nDense 12 activation=softmax\ndata builtin=butterfly window=4 features=1\n");
+    let d = data::load(&s, std::path::Path::new(".")).unwrap().unwrap();
+    assert_eq!(d.x.shape(), &[50, 4, 1]);
+    // The two-feature data does not fit a one-feature model.
+    let s2 = spec("LSTM 8 input_dim=1 input_length=4\nDense 12 activation=softmax\ndata builtin=butterfly features=2\n");
+    let err = data::load(&s2, std::path::Path::new("."))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("takes inputs shaped (batch, 4, 1); got [50, 4, 2]"),
+        "{err}"
+    );
+    // Labels of 12 classes do not fit a Dense 10.
+    let s3 = spec("LSTM 8 input_dim=1 input_length=4\nDense 10\ndata builtin=butterfly\n");
+    let err = data::load(&s3, std::path::Path::new("."))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("targets are shaped [50, 12], but the model's output is (N, 10)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn csv_series_and_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("s.csv");
+    std::fs::write(&p, "value\n1\n2\n3\n4\n5\n6\n").unwrap();
+    let s = spec("LSTM 4 input_dim=1 input_length=3\nDense 1\n");
+    let d = data::csv(&p, Some(3), true, &s).unwrap();
+    assert_eq!(d.x.shape(), &[3, 3, 1]);
+    assert_eq!(
+        d.x.iter().copied().collect::<Vec<_>>(),
+        [1., 2., 3., 2., 3., 4., 3., 4., 5.]
+    );
+    assert_eq!(
+        d.y.unwrap().iter().copied().collect::<Vec<_>>(),
+        [4., 5., 6.]
+    );
+    // Rows of samples: 2 steps x 1 feature, then 1 target.
+    std::fs::write(&p, "0.1,0.2,1\n0.3,0.4,0\n").unwrap();
+    let s = spec("LSTM 4 input_dim=1 input_length=2\nDense 1\n");
+    let d = data::csv(&p, None, false, &s).unwrap();
+    assert_eq!(
+        d,
+        Dataset {
+            x: ArrayD::from_shape_vec(IxDyn(&[2, 2, 1]), vec![0.1, 0.2, 0.3, 0.4]).unwrap(),
+            y: Some(ArrayD::from_shape_vec(IxDyn(&[2, 1]), vec![1.0, 0.0]).unwrap()),
+        }
+    );
+}
+
+#[test]
+fn bad_csv_is_refused_with_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("b.csv");
+    let s = spec("LSTM 4 input_dim=1 input_length=2\nDense 1\n");
+    let cases = [
+        ("", "holds no data"),
+        ("1,2,3\n4,5\n", "b.csv:2: 2 values, but the first row has 3"),
+        ("1,2,x\n", "b.csv:1:3: `x` is not a number"),
+        ("1,NaN,3\n", "b.csv:1:2: NaN is not finite"),
+        ("1,inf,3\n", "b.csv:1:2: inf is not finite"),
+        (
+            "1,2,3,4\n",
+            "each row must hold 2 inputs and 1 targets (3 values); it has 4",
+        ),
+    ];
+    for (text, want) in cases {
+        std::fs::write(&p, text).unwrap();
+        let err = data::csv(&p, None, false, &s).unwrap_err().to_string();
+        assert!(err.contains(want), "{text:?}: {err}");
+    }
+    std::fs::write(&p, "1\n2\n").unwrap();
+    let err = data::csv(&p, Some(3), false, &s).unwrap_err().to_string();
+    assert!(
+        err.contains("2 values are too few for windows of 3"),
+        "{err}"
+    );
+}
+
+#[test]
+fn npy_data_with_mismatched_counts_is_refused() {
+    use ndarray_npy::WriteNpyExt;
+    let dir = tempfile::tempdir().unwrap();
+    ndarray::Array3::<f32>::zeros((5, 2, 1))
+        .write_npy(std::fs::File::create(dir.path().join("x.npy")).unwrap())
+        .unwrap();
+    ndarray::Array2::<f32>::zeros((4, 1))
+        .write_npy(std::fs::File::create(dir.path().join("y.npy")).unwrap())
+        .unwrap();
+    let s = spec("LSTM 4 input_dim=1 input_length=2\nDense 1\ndata x=\"x.npy\" y=\"y.npy\"\n");
+    let err = data::load(&s, dir.path()).unwrap_err().to_string();
+    assert!(err.contains("x has 5 samples but y has 4"), "{err}");
+}
