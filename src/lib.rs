@@ -16,6 +16,7 @@ pub mod weights;
 pub use error::{Error, Result};
 pub mod data;
 pub mod jit;
+pub mod loss;
 pub mod passes;
 pub mod reference;
 pub mod runtime;
