@@ -100,6 +100,82 @@ fn exec(
                 continue;
             }
             Op::Zeros(shape) => ArrayD::zeros(IxDyn(shape)),
+            Op::MatMulBT => {
+                let w = arg(env, 1)?;
+                let wt = w.t().as_standard_layout().into_owned();
+                matmul(&arg(env, 0)?, &wt)?
+            }
+            Op::MatMulAT => {
+                let (a, d) = (arg(env, 0)?, arg(env, 1)?);
+                let k = *a.shape().last().unwrap_or(&1);
+                let n = *d.shape().last().unwrap_or(&1);
+                let a2 = a
+                    .as_standard_layout()
+                    .into_owned()
+                    .into_shape_with_order((a_rows(&inst.args, f), k))
+                    .map_err(|e| InterpError(e.to_string()))?;
+                let d2 = d
+                    .as_standard_layout()
+                    .into_owned()
+                    .into_shape_with_order((a2.nrows(), n))
+                    .map_err(|e| InterpError(e.to_string()))?;
+                a2.t().dot(&d2).into_dyn()
+            }
+            Op::SumRows => {
+                let d = arg(env, 0)?;
+                let n = *d.shape().last().unwrap_or(&1);
+                let rows = d.len() / n.max(1);
+                d.as_standard_layout()
+                    .into_owned()
+                    .into_shape_with_order((rows, n))
+                    .map_err(|e| InterpError(e.to_string()))?
+                    .sum_axis(Axis(0))
+                    .into_dyn()
+            }
+            Op::ActGrad(a) => {
+                let (x, y, dy) = (arg(env, 0)?, arg(env, 1)?, arg(env, 2)?);
+                let mut out = dy.clone();
+                ndarray::Zip::from(&mut out)
+                    .and(&x)
+                    .and(&y)
+                    .for_each(|o, &x, &y| *o *= activate_grad(*a, x, y));
+                out
+            }
+            Op::SoftmaxGrad => {
+                let (y, dy) = (arg(env, 0)?, arg(env, 1)?);
+                let last = Axis(y.ndim() - 1);
+                let dot = (&y * &dy).sum_axis(last).insert_axis(last);
+                &y * &(&dy - &dot)
+            }
+            Op::PadLast { start, total } => {
+                let d = arg(env, 0)?;
+                let mut shape = d.shape().to_vec();
+                let len = *shape.last().unwrap_or(&0);
+                *shape.last_mut().expect("padded values have axes") = *total;
+                let mut out = ArrayD::zeros(IxDyn(&shape));
+                let last = Axis(out.ndim() - 1);
+                out.slice_axis_mut(last, (*start..start + len).into())
+                    .assign(&d);
+                out
+            }
+            Op::PadRow { index, rows } => {
+                let d = arg(env, 0)?;
+                let mut out = ArrayD::zeros(IxDyn(&[*rows, d.len()]));
+                out.index_axis_mut(Axis(0), *index).assign(&d);
+                out
+            }
+            Op::PadTime { t, steps } => {
+                let d = arg(env, 0)?;
+                let (b, feat) = (d.shape()[0], d.shape()[1]);
+                let mut out = ArrayD::zeros(IxDyn(&[b, *steps, feat]));
+                out.index_axis_mut(Axis(1), *t).assign(&d);
+                out
+            }
+            Op::ReverseTime => {
+                let mut s = arg(env, 0)?;
+                s.invert_axis(Axis(1));
+                s.as_standard_layout().into_owned()
+            }
             Op::MatMul => matmul(&arg(env, 0)?, &arg(env, 1)?)?,
             Op::BiasAdd => arg(env, 0)? + &arg(env, 1)?,
             Op::Binary(op) => {
@@ -200,6 +276,36 @@ fn fused(k: &FusedKernel, ins: &[ArrayD<f64>], shape: &[usize]) -> Vec<ArrayD<f6
         .collect()
 }
 
+/// Rows of a matmul operand: the product of its leading axes.
+fn a_rows(args: &[crate::ir::Value], f: &Function) -> usize {
+    let s = f.shape(args[0]);
+    s[..s.len().saturating_sub(1)].iter().product()
+}
+
+/// `act'(x)`, given `y = act(x)`, as JAX differentiates Keras 3's formulas.
+pub fn activate_grad(a: Activation, x: f64, y: f64) -> f64 {
+    match a {
+        Activation::Linear | Activation::Softmax => 1.0,
+        Activation::Tanh => 1.0 - y * y,
+        Activation::Sigmoid => y * (1.0 - y),
+        // relu6(x + 3) / 6: slope 1/6 strictly between the breakpoints.
+        Activation::HardSigmoid => {
+            if x > -3.0 && x < 3.0 {
+                1.0 / 6.0
+            } else {
+                0.0
+            }
+        }
+        Activation::Relu => {
+            if x > 0.0 {
+                1.0
+            } else {
+                0.0
+            }
+        }
+    }
+}
+
 /// An activation in f64, with Keras 3's formulas.
 pub fn activate(a: Activation, x: f64) -> f64 {
     match a {
@@ -235,7 +341,10 @@ fn matmul(a: &ArrayD<f64>, w: &ArrayD<f64>) -> Result<ArrayD<f64>, InterpError> 
     let out = a2.dot(&w2);
     let mut shape = lead;
     shape.push(n);
-    out.into_shape_with_order(IxDyn(&shape))
+    // ndarray may return an F-order product (when both operands are F-contiguous).
+    out.as_standard_layout()
+        .into_owned()
+        .into_shape_with_order(IxDyn(&shape))
         .map_err(|e| InterpError(e.to_string()))
 }
 

@@ -14,6 +14,7 @@ pub mod model;
 pub mod weights;
 
 pub use error::{Error, Result};
+pub mod autodiff;
 pub mod data;
 pub mod jit;
 pub mod loss;

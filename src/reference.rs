@@ -161,6 +161,9 @@ impl Reference {
                     })?
                 }
                 InputRole::State { layer, slot } => self.states.values[&(*layer, *slot)].clone(),
+                InputRole::DY => {
+                    return Err(Error::Internal("a forward function takes no dy".into()))
+                }
             });
         }
         let outs = interp::run(f, &inputs)?;
@@ -169,6 +172,7 @@ impl Reference {
         for ((role, _), v) in f.outputs.iter().zip(outs) {
             match role {
                 OutputRole::Y => y = Some(v),
+                OutputRole::Grad(_) => {}
                 OutputRole::State { layer, slot } => {
                     if self.spec.layers[*layer].stateful {
                         self.states.values.insert((*layer, *slot), v.clone());

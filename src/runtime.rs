@@ -159,6 +159,9 @@ impl CompiledModel {
                     .map(|role| match role {
                         InputRole::X => Ok(Source::X),
                         InputRole::State { layer, slot } => Ok(Source::State(*layer, slot)),
+                        InputRole::DY => {
+                            Err(Error::Internal("a forward function takes no dy".into()))
+                        }
                         InputRole::Weight { layer, name } => self
                             .weights
                             .iter()
@@ -276,6 +279,7 @@ impl CompiledModel {
             match role {
                 OutputRole::Y => y = Some(a),
                 OutputRole::State { layer, slot } => states.push((*layer, *slot, a)),
+                OutputRole::Grad(_) => {}
             }
         }
         let y = y.ok_or_else(|| Error::Internal("function without output".into()))?;

@@ -66,10 +66,13 @@ enum Command {
         /// Leave out the `# layer, line:col` notes.
         #[arg(long)]
         no_locations: bool,
-        /// Print the IR after this pass (fuse-gates, hoist, unroll, fold, fuse-elementwise, dce);
+        /// Print the IR after this pass (fuse-gates, hoist, unroll, fold, dce, fuse-elementwise);
         /// `all` for the end of the pipeline. Default: as lowered.
         #[arg(long, value_name = "PASS")]
         after: Option<String>,
+        /// Print the gradient function (forward with its tape, then backward) instead.
+        #[arg(long)]
+        backward: bool,
     },
     /// Compile a model, then train, evaluate and predict as its file and flags say.
     Run(run::RunArgs),
@@ -115,12 +118,14 @@ pub fn main() -> ExitCode {
             input_length,
             no_locations,
             after,
+            backward,
         } => ir(
             &model,
             batch_size,
             input_length,
             no_locations,
             after.as_deref(),
+            backward,
         ),
         Command::Run(args) => run::run(args),
         Command::Bench(args) => bench::bench(args),
@@ -160,11 +165,16 @@ fn ir(
     time: Option<usize>,
     no_locations: bool,
     after: Option<&str>,
+    backward: bool,
 ) -> Result<(), Error> {
     let spec = load_model(model)?;
     let shapes = sizes(&spec, batch, time)?;
     let mut f = lstmc::ir::lower::lower(&spec, shapes)?;
     lstmc::ir::verify::verify(&f)?;
+    if backward {
+        f = lstmc::autodiff::gradient(&f)?;
+        lstmc::ir::verify::verify(&f)?;
+    }
     if let Some(pass) = after {
         let names = lstmc::passes::names();
         let until = match pass {

@@ -157,6 +157,39 @@ pub enum Op {
     },
     /// `(C..., S'...) -> ()`: ends a loop body (see `Loop`).
     Yield,
+    /// `(d: [.., N], w: [K, N]) -> [.., K]`: `d · wᵀ` (gradient of a matmul's operand).
+    MatMulBT,
+    /// `(a: [.., K], d: [.., N]) -> [K, N]`: `aᵀ · d` over all leading axes (gradient of a weight).
+    MatMulAT,
+    /// `(d: [.., N]) -> [N]`: sum over the leading axes (gradient of a bias).
+    SumRows,
+    /// `(x: T, y: T, dy: T) -> T`: `dy · act'(x)` with `y = act(x)`.
+    ActGrad(Activation),
+    /// `(y: [.., N], dy: [.., N]) -> [.., N]`: `y · (dy - sum(dy · y))` over the last axis.
+    SoftmaxGrad,
+    /// `(d: [.., len]) -> [.., total]`: `d` at columns `start..start+len`, zeros elsewhere.
+    PadLast {
+        /// first column
+        start: usize,
+        /// width of the result
+        total: usize,
+    },
+    /// `(d: [N]) -> [rows, N]`: `d` as row `index`, zeros elsewhere.
+    PadRow {
+        /// the row
+        index: usize,
+        /// rows of the result
+        rows: usize,
+    },
+    /// `(d: [B, F]) -> [B, steps, F]`: `d` at time `t`, zeros elsewhere.
+    PadTime {
+        /// the step
+        t: usize,
+        /// steps of the result
+        steps: usize,
+    },
+    /// `(s: [B, T, ..]) -> [B, T, ..]`: the time axis reversed.
+    ReverseTime,
 }
 
 impl Op {
@@ -197,6 +230,15 @@ impl Op {
                 steps, per_iter, ..
             } => format!("loop[{steps}x{per_iter}]"),
             Op::Yield => "yield".into(),
+            Op::MatMulBT => "matmul_bt".into(),
+            Op::MatMulAT => "matmul_at".into(),
+            Op::SumRows => "sum_rows".into(),
+            Op::ActGrad(a) => format!("{}_grad", a.name()),
+            Op::SoftmaxGrad => "softmax_grad".into(),
+            Op::PadLast { start, total } => format!("pad_last[{start}; {total}]"),
+            Op::PadRow { index, rows } => format!("pad_row[{index}; {rows}]"),
+            Op::PadTime { t, steps } => format!("pad_time[{t}; {steps}]"),
+            Op::ReverseTime => "reverse_time".into(),
         }
     }
 }
@@ -320,6 +362,8 @@ pub enum InputRole {
         /// `h` or `c`
         slot: &'static str,
     },
+    /// The gradient of the loss with respect to the output `y` (backward functions).
+    DY,
 }
 
 /// What a function output is.
@@ -334,7 +378,19 @@ pub enum OutputRole {
         /// `h` or `c`
         slot: &'static str,
     },
+    /// The gradient of the loss with respect to a function input (backward functions).
+    Grad(GradRole),
 }
+
+impl fmt::Display for GradRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "grad {}", self.0)
+    }
+}
+
+/// The gradient of the loss with respect to a function input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GradRole(pub InputRole);
 
 impl fmt::Display for InputRole {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -342,6 +398,7 @@ impl fmt::Display for InputRole {
             InputRole::X => f.write_str("x"),
             InputRole::Weight { layer, name } => write!(f, "layers.{layer}.{name}"),
             InputRole::State { layer, slot } => write!(f, "state layers.{layer}.{slot}"),
+            InputRole::DY => f.write_str("dy"),
         }
     }
 }
@@ -351,6 +408,7 @@ impl fmt::Display for OutputRole {
         match self {
             OutputRole::Y => f.write_str("y"),
             OutputRole::State { layer, slot } => write!(f, "state layers.{layer}.{slot}"),
+            OutputRole::Grad(g) => write!(f, "{g}"),
         }
     }
 }
@@ -533,6 +591,81 @@ pub fn infer(op: &Op, args: &[&Ty]) -> Result<Vec<Ty>, IrError> {
         }
         Op::Loop { .. } => err("loop result types come from its body".into()),
         Op::Yield => Ok(vec![]),
+        Op::MatMulBT => {
+            arity(2)?;
+            let (d, w) = (tensor(0)?, tensor(1)?);
+            match (d.split_last(), w) {
+                (Some((&n, lead)), &[k, n2]) if n == n2 => {
+                    Ok(vec![Ty::Tensor([lead, &[k]].concat())])
+                }
+                _ => err(format!(
+                    "cannot multiply {:?} by the transpose of {:?}",
+                    d, w
+                )),
+            }
+        }
+        Op::MatMulAT => {
+            arity(2)?;
+            let (a, d) = (tensor(0)?, tensor(1)?);
+            match (a.split_last(), d.split_last()) {
+                (Some((&k, la)), Some((&n, ld))) if la == ld => Ok(vec![Ty::Tensor(vec![k, n])]),
+                _ => err(format!("leading axes differ: {:?} and {:?}", a, d)),
+            }
+        }
+        Op::SumRows => {
+            arity(1)?;
+            match tensor(0)?.last() {
+                Some(&n) => Ok(vec![Ty::Tensor(vec![n])]),
+                None => err("sum of a scalar".into()),
+            }
+        }
+        Op::ActGrad(_) => {
+            arity(3)?;
+            let x = tensor(0)?;
+            if tensor(1)? != x || tensor(2)? != x {
+                return err("operands differ in shape".into());
+            }
+            Ok(vec![Ty::Tensor(x.to_vec())])
+        }
+        Op::SoftmaxGrad => {
+            arity(2)?;
+            let y = tensor(0)?;
+            if tensor(1)? != y || y.is_empty() {
+                return err("operands differ in shape".into());
+            }
+            Ok(vec![Ty::Tensor(y.to_vec())])
+        }
+        Op::PadLast { start, total } => {
+            arity(1)?;
+            match tensor(0)?.split_last() {
+                Some((&len, lead)) if start + len <= *total => {
+                    Ok(vec![Ty::Tensor([lead, &[*total]].concat())])
+                }
+                _ => err("slice does not fit".into()),
+            }
+        }
+        Op::PadRow { index, rows } => {
+            arity(1)?;
+            match tensor(0)? {
+                &[n] if index < rows => Ok(vec![Ty::Tensor(vec![*rows, n])]),
+                d => err(format!("row of {:?}", d)),
+            }
+        }
+        Op::PadTime { t, steps } => {
+            arity(1)?;
+            match tensor(0)? {
+                &[b, f] if t < steps => Ok(vec![Ty::Tensor(vec![b, *steps, f])]),
+                d => err(format!("step of {:?}", d)),
+            }
+        }
+        Op::ReverseTime => {
+            arity(1)?;
+            let s = tensor(0)?;
+            if s.len() < 2 {
+                return err("no time axis".into());
+            }
+            Ok(vec![Ty::Tensor(s.to_vec())])
+        }
     }
 }
 

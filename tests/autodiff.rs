@@ -1,0 +1,127 @@
+//! Reverse-mode gradients of the IR, run by the interpreter: every Keras
+//! fixture's `grads` (every weight) and `grad_x`, and central finite
+//! differences on random models.
+
+mod common;
+
+use common::random::random_model;
+use common::*;
+use lstmc::autodiff::gradient;
+use lstmc::interp;
+use lstmc::ir::{lower, verify::verify, GradRole, InputRole, OutputRole};
+use lstmc::loss::loss;
+use lstmc::model::{Loss, ModelSpec};
+use lstmc::reference::{batch_shapes, Reference};
+use lstmc::weights::Weights;
+use ndarray::ArrayD;
+use proptest::prelude::*;
+use std::collections::HashMap;
+
+/// Loss and gradients (by input role) of `spec` on `x` against `target`, from zero states.
+fn grads(
+    spec: &ModelSpec,
+    w: &Weights,
+    x: &ArrayD<f64>,
+    kind: Loss,
+    target: &ArrayD<f64>,
+) -> (f64, HashMap<String, ArrayD<f64>>) {
+    let y = Reference::new(spec.clone(), w.clone())
+        .predict_batch(x)
+        .unwrap()
+        .y;
+    let (value, dy) = loss(kind, &y, target).unwrap();
+    let f = lower::lower(spec, batch_shapes(spec, x.shape()).unwrap()).unwrap();
+    let g = gradient(&f).unwrap();
+    verify(&g).unwrap_or_else(|e| panic!("{e}\n{}", lstmc::ir::print::print(&g, None)));
+    let inputs: Vec<ArrayD<f64>> = g
+        .input_roles
+        .iter()
+        .zip(&g.block(g.entry).params)
+        .map(|(r, &p)| match r {
+            InputRole::X => x.clone(),
+            InputRole::Weight { layer, name } => w.get(*layer, name).unwrap().clone(),
+            InputRole::State { .. } => ArrayD::zeros(g.shape(p)),
+            InputRole::DY => dy.clone(),
+        })
+        .collect();
+    let outs = interp::run(&g, &inputs).unwrap();
+    let mut by_name = HashMap::new();
+    for ((role, _), v) in g.outputs.iter().zip(outs) {
+        if let OutputRole::Grad(GradRole(r)) = role {
+            by_name.insert(r.to_string(), v);
+        }
+    }
+    (value, by_name)
+}
+
+#[test]
+fn every_fixture_gradient_equals_keras() {
+    for name in fixture_names() {
+        let fx = load(&name);
+        let spec = fx.spec();
+        let w = fx.weights(&spec);
+        let l = &fx.json["loss"];
+        let kind = if l["name"] == "mse" {
+            Loss::Mse
+        } else {
+            Loss::CategoricalCrossentropy
+        };
+        let (value, got) = grads(
+            &spec,
+            &w,
+            &array(&fx.batches()[0]["x"]),
+            kind,
+            &array(&l["target"]),
+        );
+        assert!(
+            (value - l["value"].as_f64().unwrap()).abs() < 1e-10,
+            "{name}: loss"
+        );
+        for g in l["grads"].as_array().unwrap() {
+            let key = format!("layers.{}.{}", g["layer"], g["name"].as_str().unwrap());
+            assert_close(&format!("{name} d/d{key}"), &got[&key], &array(g), 1e-9);
+        }
+        assert_close(
+            &format!("{name} d/dx"),
+            &got["x"],
+            &array(&l["grad_x"]),
+            1e-9,
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(60))]
+
+    /// Central differences of the loss in f64, on random models with smooth activations.
+    #[test]
+    fn gradients_match_finite_differences(m in random_model(), pick in 0..1000usize) {
+        prop_assume!(!m.text.contains("relu") && !m.text.contains("hard_sigmoid") && !m.text.contains("stateful"));
+        let spec = m.spec();
+        let w = m.weights(&spec);
+        let x = m.inputs(&spec, 1).remove(0);
+        let y = Reference::new(spec.clone(), w.clone()).predict_batch(&x).unwrap().y;
+        let target = y.mapv(|v| v * 0.5 + 0.1);
+        let (value, got) = grads(&spec, &w, &x, Loss::Mse, &target);
+        // Exploding linear stacks: differences of step 1e-5 cannot resolve their curvature.
+        let largest = got.values().flat_map(|g| g.iter()).fold(0.0f64, |m, v| m.max(v.abs()));
+        prop_assume!(value < 1e2 && largest < 1e3, "badly scaled model");
+        let f = |w: &Weights| {
+            let y = Reference::new(spec.clone(), w.clone()).predict_batch(&x).unwrap().y;
+            loss(Loss::Mse, &y, &target).unwrap().0
+        };
+        // A few entries of every weight.
+        for (t, (name, tensor)) in w.tensors.iter().enumerate() {
+            for e in [pick % tensor.len(), (pick * 7 + t) % tensor.len()] {
+                let h = 1e-5;
+                let mut wp = w.clone();
+                wp.tensors[t].1.as_slice_mut().unwrap()[e] += h;
+                let mut wm = w.clone();
+                wm.tensors[t].1.as_slice_mut().unwrap()[e] -= h;
+                let fd = (f(&wp) - f(&wm)) / (2.0 * h);
+                let g = got[name].as_slice().unwrap()[e];
+                prop_assert!((fd - g).abs() <= 1e-6 * fd.abs().max(1e-2), "{}: d/d{}[{}]: autodiff {}, differences {}", m.text, name, e, g, fd);
+            }
+        }
+    }
+}
