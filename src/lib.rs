@@ -18,6 +18,7 @@ pub mod autodiff;
 pub mod data;
 pub mod jit;
 pub mod loss;
+pub mod optim;
 pub mod passes;
 pub mod reference;
 pub mod runtime;
