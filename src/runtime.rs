@@ -51,7 +51,7 @@ enum Source {
 
 /// Lays out `src` (rows of `cols`) as generated code reads it: rows `padded_stride` apart,
 /// padding and slack zeroed.
-fn stage(src: &[f32], cols: usize, dst: &mut Vec<f32>) {
+pub fn stage(src: &[f32], cols: usize, dst: &mut Vec<f32>) {
     let cols = cols.max(1);
     let rows = src.len() / cols;
     let stride = jit::plan::padded_stride(rows, cols);
@@ -63,7 +63,7 @@ fn stage(src: &[f32], cols: usize, dst: &mut Vec<f32>) {
 }
 
 /// Copies a matrix out of the arena (outputs always live there).
-fn gather(arena: &[f32], loc: &jit::plan::Loc, out: &mut [f32]) {
+pub fn gather(arena: &[f32], loc: &jit::plan::Loc, out: &mut [f32]) {
     for r in 0..loc.rows {
         let start = loc.offset as usize + r * loc.row_stride;
         out[r * loc.cols..(r + 1) * loc.cols].copy_from_slice(&arena[start..start + loc.cols]);

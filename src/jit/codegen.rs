@@ -62,12 +62,30 @@ pub fn softmax_signature(sig: &mut Signature) {
     }
 }
 
+/// The signature of `lstmc_gemm_strided(m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, c, c_rs, threads)`.
+pub fn gemm_strided_signature(sig: &mut Signature) {
+    for _ in 0..12 {
+        sig.params.push(AbiParam::new(types::I64));
+    }
+}
+
+/// The signature of `lstmc_softmax_grad(y, ys, dy, dys, out, os, rows, cols)`.
+pub fn softmax_grad_signature(sig: &mut Signature) {
+    for _ in 0..8 {
+        sig.params.push(AbiParam::new(types::I64));
+    }
+}
+
 /// Host functions the generated code calls.
 pub struct Hosts {
     /// `lstmc_gemm`
     pub gemm: FuncRef,
     /// `lstmc_softmax`
     pub softmax: FuncRef,
+    /// `lstmc_gemm_strided`
+    pub gemm_strided: FuncRef,
+    /// `lstmc_softmax_grad`
+    pub softmax_grad: FuncRef,
 }
 
 /// Emits the body of the forward function into `b` (whose entry block has the two pointer parameters).
@@ -284,6 +302,138 @@ impl Emitter<'_, '_> {
                     steps,
                     per_iter,
                 } => self.lp(i, *body, *steps, *per_iter)?,
+                // Gradients.
+                Op::MatMulBT => {
+                    // c (m×k) = d (m×n) · wᵀ, w (k×n) read transposed.
+                    let (dd, w, c) = (
+                        self.val(d.args[0])?,
+                        self.val(d.args[1])?,
+                        self.val(d.results[0])?,
+                    );
+                    self.gemm_strided(
+                        c.rows,
+                        c.cols,
+                        dd.cols,
+                        (dd.ptr, dd.stride / 4, 1),
+                        (w.ptr, 1, w.stride / 4),
+                        &c,
+                    )?;
+                }
+                Op::MatMulAT => {
+                    // c (k×n) = aᵀ · d over all rows of a (m×k) and d (m×n).
+                    let (a, dd, c) = (
+                        self.val(d.args[0])?,
+                        self.val(d.args[1])?,
+                        self.val(d.results[0])?,
+                    );
+                    self.gemm_strided(
+                        c.rows,
+                        c.cols,
+                        a.rows,
+                        (a.ptr, 1, a.stride / 4),
+                        (dd.ptr, dd.stride / 4, 1),
+                        &c,
+                    )?;
+                }
+                Op::SumRows => {
+                    let (src, out) = (self.val(d.args[0])?, self.val(d.results[0])?);
+                    self.fill_zero(&out)?;
+                    self.counted(src.rows, |e, r| {
+                        let row = e.row(&src, r);
+                        e.columns(src.cols, true, |e, off, ty| {
+                            let v = e.load(ty, &src, row, off);
+                            let acc = e.load(ty, &out, out.ptr, off);
+                            let s = e.b.ins().fadd(acc, v);
+                            e.store(s, out.ptr, off);
+                            Ok(())
+                        })
+                    })?;
+                }
+                Op::ActGrad(act) => {
+                    let ins: Vec<Mat> = d
+                        .args
+                        .iter()
+                        .map(|&a| self.val(a))
+                        .collect::<Result<_, _>>()?;
+                    let out = self.val(d.results[0])?;
+                    let act = *act;
+                    self.map(&ins, &out, &|b, ty, v| {
+                        math::activation_grad(b, ty, act, v[0], v[1], v[2])
+                    })?;
+                }
+                Op::SoftmaxGrad => {
+                    let (y, dy, out) = (
+                        self.val(d.args[0])?,
+                        self.val(d.args[1])?,
+                        self.val(d.results[0])?,
+                    );
+                    let args = [
+                        y.ptr,
+                        self.imm(y.stride / 4),
+                        dy.ptr,
+                        self.imm(dy.stride / 4),
+                        out.ptr,
+                        self.imm(out.stride / 4),
+                        self.imm(out.rows as i64),
+                        self.imm(out.cols as i64),
+                    ];
+                    self.b.ins().call(self.hosts.softmax_grad, &args);
+                }
+                Op::PadLast { start, .. } => {
+                    let (src, out) = (self.val(d.args[0])?, self.val(d.results[0])?);
+                    self.fill_zero(&out)?;
+                    let at = Mat {
+                        ptr: self.b.ins().iadd_imm_s(out.ptr, (*start * 4) as i64),
+                        cols: src.cols,
+                        ..out
+                    };
+                    self.copy(&src, &at)?;
+                }
+                Op::PadRow { index, .. } => {
+                    let (src, out) = (self.val(d.args[0])?, self.val(d.results[0])?);
+                    self.fill_zero(&out)?;
+                    let at = Mat {
+                        ptr: self.b.ins().iadd_imm_s(out.ptr, *index as i64 * out.stride),
+                        rows: 1,
+                        ..out
+                    };
+                    self.copy(&src, &at)?;
+                }
+                Op::PadTime { t, steps } => {
+                    let (src, out) = (self.val(d.args[0])?, self.val(d.results[0])?);
+                    self.fill_zero(&out)?;
+                    let at = Mat {
+                        ptr: self.b.ins().iadd_imm_s(out.ptr, *t as i64 * out.stride),
+                        rows: src.rows,
+                        cols: src.cols,
+                        stride: *steps as i64 * out.stride,
+                        readonly: false,
+                    };
+                    self.copy(&src, &at)?;
+                }
+                Op::ReverseTime => {
+                    let (src, out) = (self.val(d.args[0])?, self.val(d.results[0])?);
+                    let steps = self.f.shape(d.args[0])[1];
+                    let batch = src.rows / steps;
+                    for t in 0..steps {
+                        let from = Mat {
+                            ptr: self.b.ins().iadd_imm_s(src.ptr, t as i64 * src.stride),
+                            rows: batch,
+                            stride: steps as i64 * src.stride,
+                            ..src
+                        };
+                        let to = Mat {
+                            ptr: self
+                                .b
+                                .ins()
+                                .iadd_imm_s(out.ptr, (steps - 1 - t) as i64 * out.stride),
+                            rows: batch,
+                            stride: steps as i64 * out.stride,
+                            ..out
+                        };
+                        self.copy(&from, &to)?;
+                    }
+                }
                 op => {
                     return Err(IrError(format!(
                         "code generation expects optimized IR; found {}",
@@ -400,6 +550,64 @@ impl Emitter<'_, '_> {
     fn store(&mut self, v: Value, row: Value, off: Value) {
         let p = self.b.ins().iadd(row, off);
         self.b.ins().store(self.flags.write, v, p, 0);
+    }
+
+    /// `c = a · b` on the host GEMM, with each operand's (pointer, row stride, column
+    /// stride) in elements, so that either may be read transposed.
+    fn gemm_strided(
+        &mut self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: (Value, i64, i64),
+        b: (Value, i64, i64),
+        c: &Mat,
+    ) -> Result<(), IrError> {
+        let threads = if m * n * k >= self.tuning.parallel_min {
+            self.tuning.threads
+        } else {
+            1
+        };
+        let args = [
+            self.imm(m as i64),
+            self.imm(n as i64),
+            self.imm(k as i64),
+            a.0,
+            self.imm(a.1),
+            self.imm(a.2),
+            b.0,
+            self.imm(b.1),
+            self.imm(b.2),
+            c.ptr,
+            self.imm(c.stride / 4),
+            self.imm(threads as i64),
+        ];
+        self.b.ins().call(self.hosts.gemm_strided, &args);
+        Ok(())
+    }
+
+    /// `out = f(ins...)` elementwise, all of one shape.
+    fn map(
+        &mut self,
+        ins: &[Mat],
+        out: &Mat,
+        f: &dyn Fn(&mut FunctionBuilder, Type, &[Value]) -> Value,
+    ) -> Result<(), IrError> {
+        let out = *out;
+        self.counted(out.rows, |e, r| {
+            let rows: Vec<Value> = ins.iter().map(|m| e.row(m, r)).collect();
+            let orow = e.row(&out, r);
+            e.columns(out.cols, true, |e, off, ty| {
+                let v: Vec<Value> = ins
+                    .iter()
+                    .zip(&rows)
+                    .map(|(m, &row)| e.load(ty, m, row, off))
+                    .collect();
+                let y = f(e.b, ty, &v);
+                e.store(y, orow, off);
+                Ok(())
+            })
+        })
     }
 
     fn fill_zero(&mut self, m: &Mat) -> Result<(), IrError> {

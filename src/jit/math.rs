@@ -79,6 +79,47 @@ pub fn tanh(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
     b.ins().fdiv(p, q)
 }
 
+/// `dy · act'(x)`, given `y = act(x)`.
+pub fn activation_grad(
+    b: &mut FunctionBuilder,
+    ty: Type,
+    a: Activation,
+    x: Value,
+    y: Value,
+    dy: Value,
+) -> Value {
+    let slope = match a {
+        Activation::Linear | Activation::Softmax => return dy,
+        Activation::Tanh => {
+            let one = cst(b, ty, 1.0);
+            let yy = b.ins().fmul(y, y);
+            b.ins().fsub(one, yy)
+        }
+        Activation::Sigmoid => {
+            let one = cst(b, ty, 1.0);
+            let om = b.ins().fsub(one, y);
+            b.ins().fmul(y, om)
+        }
+        Activation::Relu => {
+            let zero = cst(b, ty, 0.0);
+            let one = cst(b, ty, 1.0);
+            let pos = b.ins().fcmp(FloatCC::GreaterThan, x, zero);
+            pick(b, ty, pos, one, zero)
+        }
+        Activation::HardSigmoid => {
+            let lo = cst(b, ty, -3.0);
+            let hi = cst(b, ty, 3.0);
+            let sixth = cst(b, ty, 1.0 / 6.0);
+            let zero = cst(b, ty, 0.0);
+            let above = b.ins().fcmp(FloatCC::GreaterThan, x, lo);
+            let inner = pick(b, ty, above, sixth, zero);
+            let below = b.ins().fcmp(FloatCC::LessThan, x, hi);
+            pick(b, ty, below, inner, zero)
+        }
+    };
+    b.ins().fmul(dy, slope)
+}
+
 /// An activation of `x`.
 pub fn activation(b: &mut FunctionBuilder, ty: Type, a: Activation, x: Value) -> Value {
     match a {

@@ -101,12 +101,24 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
     let softmax_id = module
         .declare_function("lstmc_softmax", Linkage::Import, &softmax_sig)
         .map_err(cl_err)?;
+    let mut gs_sig = module.make_signature();
+    codegen::gemm_strided_signature(&mut gs_sig);
+    let gs_id = module
+        .declare_function("lstmc_gemm_strided", Linkage::Import, &gs_sig)
+        .map_err(cl_err)?;
+    let mut sg_sig = module.make_signature();
+    codegen::softmax_grad_signature(&mut sg_sig);
+    let sg_id = module
+        .declare_function("lstmc_softmax_grad", Linkage::Import, &sg_sig)
+        .map_err(cl_err)?;
     let mut fctx = FunctionBuilderContext::new();
     {
         let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
         let hosts = codegen::Hosts {
             gemm: module.declare_func_in_func(gemm_id, b.func),
             softmax: module.declare_func_in_func(softmax_id, b.func),
+            gemm_strided: module.declare_func_in_func(gs_id, b.func),
+            softmax_grad: module.declare_func_in_func(sg_id, b.func),
         };
         codegen::emit(&func, &plan, &options.tuning, &mut b, hosts)?;
         b.finalize(module.target_config());

@@ -187,10 +187,85 @@ extern "C" fn lstmc_softmax(
     }
 }
 
+/// `c = a · b` with explicit row and column strides (elements) for `a` and `b`, so that
+/// either is read transposed (the gradient products `d · wᵀ` and `aᵀ · d`).
+#[allow(clippy::too_many_arguments)]
+extern "C" fn lstmc_gemm_strided(
+    m: u64,
+    n: u64,
+    k: u64,
+    a: *const f32,
+    a_rs: u64,
+    a_cs: u64,
+    b: *const f32,
+    b_rs: u64,
+    b_cs: u64,
+    c: *mut f32,
+    c_rs: u64,
+    threads: u64,
+) {
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads as usize)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: called by generated code with pointers and sizes from a bounds-checked plan.
+    unsafe {
+        gemm::gemm(
+            m as usize,
+            n as usize,
+            k as usize,
+            c,
+            1,
+            c_rs as isize,
+            false,
+            a,
+            a_cs as isize,
+            a_rs as isize,
+            b,
+            b_cs as isize,
+            b_rs as isize,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// Row-wise softmax gradient: `out = y · (dy - sum(dy · y))`.
+#[allow(clippy::too_many_arguments)]
+extern "C" fn lstmc_softmax_grad(
+    y: *const f32,
+    ys: u64,
+    dy: *const f32,
+    dys: u64,
+    out: *mut f32,
+    os: u64,
+    rows: u64,
+    cols: u64,
+) {
+    for r in 0..rows as usize {
+        // SAFETY: as for `lstmc_softmax`; the three rows are distinct arena or input slots.
+        let (y, dy, o) = unsafe {
+            (
+                std::slice::from_raw_parts(y.add(r * ys as usize), cols as usize),
+                std::slice::from_raw_parts(dy.add(r * dys as usize), cols as usize),
+                std::slice::from_raw_parts_mut(out.add(r * os as usize), cols as usize),
+            )
+        };
+        crate::jit::host::softmax_grad_row(y, dy, o);
+    }
+}
+
 /// The host symbols generated code may call, for `JITBuilder::symbol`.
-pub fn host_symbols() -> [(&'static str, *const u8); 2] {
+pub fn host_symbols() -> [(&'static str, *const u8); 4] {
     [
         ("lstmc_gemm", lstmc_gemm as *const u8),
         ("lstmc_softmax", lstmc_softmax as *const u8),
+        ("lstmc_gemm_strided", lstmc_gemm_strided as *const u8),
+        ("lstmc_softmax_grad", lstmc_softmax_grad as *const u8),
     ]
 }
