@@ -22,3 +22,4 @@ pub mod optim;
 pub mod passes;
 pub mod reference;
 pub mod runtime;
+pub mod train;
