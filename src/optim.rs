@@ -85,12 +85,23 @@ impl OptimizerState {
                 } => {
                     let alpha = lr * (1.0 - beta_2.powf(t)).sqrt() / (1.0 - beta_1.powf(t));
                     let (m, v) = (&mut self.first[i], &mut self.second[i]);
-                    m.zip_mut_with(g, |m, &g| *m += (g - *m) * (1.0 - beta_1));
-                    v.zip_mut_with(g, |v, &g| *v += (g * g - *v) * (1.0 - beta_2));
-                    ndarray::Zip::from(&mut **w)
-                        .and(&*m)
-                        .and(&*v)
-                        .for_each(|w, &m, &v| *w -= (m * alpha) / (v.sqrt() + epsilon));
+                    // Plain slice loops (all four are fresh, contiguous arrays): they vectorize.
+                    let (Some(w), Some(g), Some(m), Some(v)) = (
+                        w.as_slice_mut(),
+                        g.as_slice(),
+                        m.as_slice_mut(),
+                        v.as_slice_mut(),
+                    ) else {
+                        return Err(Error::Internal(
+                            "optimizer arrays must be contiguous".into(),
+                        ));
+                    };
+                    let (b1, b2) = (1.0 - beta_1, 1.0 - beta_2);
+                    for k in 0..w.len() {
+                        m[k] += (g[k] - m[k]) * b1;
+                        v[k] += (g[k] * g[k] - v[k]) * b2;
+                        w[k] -= (m[k] * alpha) / (v[k].sqrt() + epsilon);
+                    }
                 }
                 Optimizer::Rmsprop {
                     learning_rate: lr,

@@ -73,6 +73,8 @@ pub struct Trainer {
     /// Stateful layers' states, by (layer, slot), f32 rows.
     states: HashMap<(usize, &'static str), ArrayD<f32>>,
     arena: Vec<f32>,
+    /// The weights as the generated code reads them (f32, padded), redone after each update.
+    staged: HashMap<(usize, &'static str), Vec<f32>>,
 }
 
 impl Trainer {
@@ -99,6 +101,22 @@ impl Trainer {
             funcs: HashMap::new(),
             states: HashMap::new(),
             arena: Vec::new(),
+            staged: HashMap::new(),
+        }
+    }
+
+    /// Lays the weights out for the generated code (after every update).
+    fn stage_weights(&mut self) {
+        self.staged.clear();
+        for (i, layer) in self.spec.layers.iter().enumerate() {
+            for w in layer.weights() {
+                if let Some(t) = self.weights.get(i, w.name) {
+                    let values: Vec<f32> = t.iter().map(|&v| v as f32).collect();
+                    let mut s = Vec::new();
+                    stage(&values, *t.shape().last().unwrap_or(&1), &mut s);
+                    self.staged.insert((i, w.name), s);
+                }
+            }
         }
     }
 
@@ -125,6 +143,9 @@ impl Trainer {
         x: &ArrayD<f32>,
         dy: Option<&ArrayD<f32>>,
     ) -> Result<Vec<(OutputRole, ArrayD<f32>)>> {
+        if self.staged.is_empty() {
+            self.stage_weights();
+        }
         let mut staged: Vec<Vec<f32>> = Vec::with_capacity(c.func.input_roles.len());
         for (role, &p) in c
             .func
@@ -135,13 +156,8 @@ impl Trainer {
             let shape = c.func.shape(p).to_vec();
             let values: Vec<f32> = match role {
                 InputRole::X => x.iter().copied().collect(),
-                InputRole::Weight { layer, name } => self
-                    .weights
-                    .get(*layer, name)
-                    .ok_or_else(|| Error::Internal(format!("no weight layers.{layer}.{name}")))?
-                    .iter()
-                    .map(|&v| v as f32)
-                    .collect(),
+                // Staged already: an empty placeholder, replaced below.
+                InputRole::Weight { .. } => Vec::new(),
                 InputRole::State { layer, slot } => match self.states.get(&(*layer, *slot)) {
                     Some(s) => s.iter().copied().collect(),
                     None => vec![0.0; shape.iter().product()],
@@ -153,13 +169,24 @@ impl Trainer {
                     .collect(),
             };
             let mut s = Vec::new();
-            stage(&values, *shape.last().unwrap_or(&1), &mut s);
+            if !matches!(role, InputRole::Weight { .. }) {
+                stage(&values, *shape.last().unwrap_or(&1), &mut s);
+            }
             staged.push(s);
         }
         if self.arena.len() < c.plan.arena_len {
             self.arena.resize(c.plan.arena_len, 0.0);
         }
-        let refs: Vec<&[f32]> = staged.iter().map(|s| s.as_slice()).collect();
+        let mut refs: Vec<&[f32]> = Vec::with_capacity(staged.len());
+        for (role, s) in c.func.input_roles.iter().zip(&staged) {
+            refs.push(match role {
+                InputRole::Weight { layer, name } => self
+                    .staged
+                    .get(&(*layer, *name))
+                    .ok_or_else(|| Error::Internal(format!("no weight layers.{layer}.{name}")))?,
+                _ => s,
+            });
+        }
         c.code.call(&refs, &mut self.arena)?;
         let mut out = Vec::new();
         for ((role, v), loc) in c.func.outputs.iter().zip(&c.plan.outputs) {
@@ -234,6 +261,7 @@ impl Trainer {
         let mut wrefs: Vec<&mut ArrayD<f64>> =
             self.weights.tensors.iter_mut().map(|(_, t)| t).collect();
         self.optimizer.step(&mut wrefs, &grefs)?;
+        self.stage_weights();
         Ok((value, acc))
     }
 
@@ -283,7 +311,7 @@ impl Trainer {
             )));
         }
         let stateful = self.spec.is_stateful();
-        if stateful && n_train % o.batch_size != 0 {
+        if stateful && !n_train.is_multiple_of(o.batch_size) {
             return Err(Error::Data(format!(
                 "a stateful model trains on whole batches: {n_train} samples are not a multiple of batch_size={}",
                 o.batch_size
@@ -306,15 +334,11 @@ impl Trainer {
                 let xb = data.x.select(Axis(0), chunk).mapv(|v| v as f32);
                 let tb = y.select(Axis(0), chunk);
                 let (l, a) = self.train_on_batch(&xb, &tb)?;
-                if !l.is_finite()
-                    || self
-                        .weights
-                        .tensors
-                        .iter()
-                        .any(|(_, t)| t.iter().any(|v| !v.is_finite()))
-                {
+                // Diverged weights give a non-finite loss at the next step.
+                if !l.is_finite() {
                     self.weights = good;
                     self.optimizer = good_opt;
+                    self.stage_weights();
                     return Err(Error::Data(format!(
                         "training diverged: the loss is {l} at epoch {epoch}, batch {}; the weights of epoch {} are kept",
                         b + 1,
