@@ -8,7 +8,7 @@ use common::random::random_model;
 use common::*;
 use lstmc::autodiff::gradient;
 use lstmc::interp;
-use lstmc::ir::{lower, verify::verify, GradRole, InputRole, OutputRole};
+use lstmc::ir::{lower, verify::verify, GradRole, OutputRole};
 use lstmc::loss::loss;
 use lstmc::model::{Loss, ModelSpec};
 use lstmc::reference::{batch_shapes, Reference};
@@ -33,17 +33,7 @@ fn grads(
     let f = lower::lower(spec, batch_shapes(spec, x.shape()).unwrap()).unwrap();
     let g = gradient(&f).unwrap();
     verify(&g).unwrap_or_else(|e| panic!("{e}\n{}", lstmc::ir::print::print(&g, None)));
-    let inputs: Vec<ArrayD<f64>> = g
-        .input_roles
-        .iter()
-        .zip(&g.block(g.entry).params)
-        .map(|(r, &p)| match r {
-            InputRole::X => x.clone(),
-            InputRole::Weight { layer, name } => w.get(*layer, name).unwrap().clone(),
-            InputRole::State { .. } => ArrayD::zeros(g.shape(p)),
-            InputRole::DY => dy.clone(),
-        })
-        .collect();
+    let inputs = gradient_inputs(&g, x, w, &dy);
     let outs = interp::run(&g, &inputs).unwrap();
     let mut by_name = HashMap::new();
     for ((role, _), v) in g.outputs.iter().zip(outs) {
@@ -94,28 +84,13 @@ fn every_fixture_gradient_equals_keras() {
 /// from zero states; the loss before each step and the final weights.
 #[test]
 fn every_fixture_train_block_is_reproduced() {
-    use lstmc::model::Optimizer;
     use lstmc::optim::OptimizerState;
     for name in fixture_names() {
         let fx = load(&name);
         let spec = fx.spec();
         let mut w = fx.weights(&spec);
         let tr = &fx.json["train"];
-        let lr = tr["learning_rate"].as_f64().unwrap();
-        let kind = match tr["optimizer"].as_str().unwrap() {
-            "sgd" => Optimizer::Sgd {
-                learning_rate: lr,
-                momentum: 0.0,
-                nesterov: false,
-            },
-            "adam" => Optimizer::Adam {
-                learning_rate: lr,
-                beta_1: tr["beta_1"].as_f64().unwrap(),
-                beta_2: tr["beta_2"].as_f64().unwrap(),
-                epsilon: tr["epsilon"].as_f64().unwrap(),
-            },
-            other => panic!("{name}: optimizer {other}"),
-        };
+        let kind = fx.optimizer();
         let shapes: Vec<Vec<usize>> = w.tensors.iter().map(|(_, t)| t.shape().to_vec()).collect();
         let shape_refs: Vec<&[usize]> = shapes.iter().map(|s| s.as_slice()).collect();
         let mut opt = OptimizerState::new(kind, &shape_refs);
@@ -139,18 +114,7 @@ fn every_fixture_train_block_is_reproduced() {
             let mut wrefs: Vec<&mut ArrayD<f64>> = w.tensors.iter_mut().map(|(_, t)| t).collect();
             opt.step(&mut wrefs, &grefs).unwrap();
         }
-        let finals = tr["final_weights"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|w| {
-                (
-                    format!("layers.{}.{}", w["layer"], w["name"].as_str().unwrap()),
-                    array(w),
-                )
-            })
-            .collect();
-        let want = Weights::from_named(&spec, finals, &name).unwrap();
+        let want = fx.final_weights(&spec);
         for ((n, got), (_, want)) in w.tensors.iter().zip(&want.tensors) {
             assert_close(&format!("{name} final {n}"), got, want, 1e-8);
         }

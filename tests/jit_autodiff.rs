@@ -7,7 +7,7 @@ mod common;
 use common::random::random_model;
 use common::*;
 use lstmc::autodiff::gradient;
-use lstmc::ir::{lower, Function, InputRole, OutputRole};
+use lstmc::ir::{lower, OutputRole};
 use lstmc::loss::loss;
 use lstmc::model::{Loss, ModelSpec};
 use lstmc::reference::{batch_shapes, Reference};
@@ -15,19 +15,6 @@ use lstmc::runtime::{gather, stage};
 use lstmc::weights::Weights;
 use ndarray::{ArrayD, IxDyn};
 use proptest::prelude::*;
-
-fn inputs(g: &Function, x: &ArrayD<f64>, w: &Weights, dy: &ArrayD<f64>) -> Vec<ArrayD<f64>> {
-    g.input_roles
-        .iter()
-        .zip(&g.block(g.entry).params)
-        .map(|(r, &p)| match r {
-            InputRole::X => x.clone(),
-            InputRole::Weight { layer, name } => w.get(*layer, name).unwrap().clone(),
-            InputRole::State { .. } => ArrayD::zeros(g.shape(p)),
-            InputRole::DY => dy.clone(),
-        })
-        .collect()
-}
 
 /// Interpreter and JIT results of the gradient function, by output.
 fn both(
@@ -43,7 +30,7 @@ fn both(
         .y;
     let (_, dy) = loss(kind, &y, target).unwrap();
     let g = gradient(&lower::lower(spec, batch_shapes(spec, x.shape()).unwrap()).unwrap()).unwrap();
-    let ins = inputs(&g, x, w, &dy);
+    let ins = gradient_inputs(&g, x, w, &dy);
     let want = lstmc::interp::run(&g, &ins).unwrap();
     let c = lstmc::jit::compile(g.clone(), &lstmc::jit::Options::default()).unwrap();
     let staged: Vec<Vec<f32>> = ins

@@ -5,9 +5,7 @@
 mod common;
 
 use common::*;
-use lstmc::model::{Loss, Optimizer};
 use lstmc::train::Trainer;
-use lstmc::weights::Weights;
 
 #[test]
 fn every_fixture_train_block_on_native_code() {
@@ -16,26 +14,8 @@ fn every_fixture_train_block_on_native_code() {
         let spec = fx.spec();
         let w = fx.weights(&spec);
         let tr = &fx.json["train"];
-        let lr = tr["learning_rate"].as_f64().unwrap();
-        let opt = match tr["optimizer"].as_str().unwrap() {
-            "sgd" => Optimizer::Sgd {
-                learning_rate: lr,
-                momentum: 0.0,
-                nesterov: false,
-            },
-            _ => Optimizer::Adam {
-                learning_rate: lr,
-                beta_1: tr["beta_1"].as_f64().unwrap(),
-                beta_2: tr["beta_2"].as_f64().unwrap(),
-                epsilon: tr["epsilon"].as_f64().unwrap(),
-            },
-        };
         let l = &fx.json["loss"];
-        let kind = if l["name"] == "mse" {
-            Loss::Mse
-        } else {
-            Loss::CategoricalCrossentropy
-        };
+        let (opt, kind) = (fx.optimizer(), fx.loss_kind());
         let mut t = Trainer::new(spec.clone(), w, kind, opt, lstmc::jit::Options::default());
         let x = array(&fx.batches()[0]["x"]).mapv(|v| v as f32);
         let target = array(&l["target"]);
@@ -48,18 +28,7 @@ fn every_fixture_train_block_on_native_code() {
                 "{name} step {k}: loss {value}, Keras {want}"
             );
         }
-        let finals = tr["final_weights"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|w| {
-                (
-                    format!("layers.{}.{}", w["layer"], w["name"].as_str().unwrap()),
-                    array(w),
-                )
-            })
-            .collect();
-        let want = Weights::from_named(&spec, finals, &name).unwrap();
+        let want = fx.final_weights(&spec);
         for ((n, got), (_, want)) in t.weights.tensors.iter().zip(&want.tensors) {
             for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
                 assert!(

@@ -122,6 +122,7 @@ impl Drop for NativeCode {
 }
 
 /// `c = a · b` for row-major f32 matrices with row strides, by the `gemm` crate.
+#[allow(clippy::too_many_arguments)]
 extern "C" fn lstmc_gemm(
     m: u64,
     n: u64,
@@ -134,35 +135,7 @@ extern "C" fn lstmc_gemm(
     ldc: u64,
     threads: u64,
 ) {
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads as usize)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: called by generated code with pointers and sizes from a bounds-checked plan.
-    unsafe {
-        gemm::gemm(
-            m as usize,
-            n as usize,
-            k as usize,
-            c,
-            1,
-            ldc as isize,
-            false,
-            a,
-            1,
-            lda as isize,
-            b,
-            1,
-            ldb as isize,
-            0.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    }
+    lstmc_gemm_strided(m, n, k, a, lda, 1, b, ldb, 1, c, ldc, threads);
 }
 
 /// Row-wise softmax from `src` to `dst` (f32, with row strides).

@@ -113,19 +113,84 @@ impl Fixture {
     }
 
     pub fn named_weights(&self, key: &str) -> BTreeMap<String, ArrayD<f64>> {
-        self.json[key]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|w| {
-                (
-                    format!("layers.{}.{}", w["layer"], w["name"].as_str().unwrap()),
-                    array(w),
-                )
-            })
-            .collect()
+        named(&self.json[key])
     }
 
+    /// The weights after the `train` block's steps.
+    pub fn final_weights(&self, spec: &ModelSpec) -> Weights {
+        Weights::from_named(
+            spec,
+            named(&self.json["train"]["final_weights"]),
+            &self.name,
+        )
+        .unwrap()
+    }
+
+    /// The `train` block's optimizer.
+    pub fn optimizer(&self) -> lstmc::model::Optimizer {
+        let tr = &self.json["train"];
+        let lr = tr["learning_rate"].as_f64().unwrap();
+        match tr["optimizer"].as_str().unwrap() {
+            "sgd" => lstmc::model::Optimizer::Sgd {
+                learning_rate: lr,
+                momentum: 0.0,
+                nesterov: false,
+            },
+            "adam" => lstmc::model::Optimizer::Adam {
+                learning_rate: lr,
+                beta_1: tr["beta_1"].as_f64().unwrap(),
+                beta_2: tr["beta_2"].as_f64().unwrap(),
+                epsilon: tr["epsilon"].as_f64().unwrap(),
+            },
+            other => panic!("{}: optimizer {other}", self.name),
+        }
+    }
+
+    /// The loss of the `loss` block.
+    pub fn loss_kind(&self) -> lstmc::model::Loss {
+        match self.json["loss"]["name"].as_str().unwrap() {
+            "mse" => lstmc::model::Loss::Mse,
+            "categorical_crossentropy" => lstmc::model::Loss::CategoricalCrossentropy,
+            other => panic!("{}: loss {other}", self.name),
+        }
+    }
+}
+
+/// Inputs of a gradient function: x, the weights, zero states, dy.
+pub fn gradient_inputs(
+    g: &lstmc::ir::Function,
+    x: &ArrayD<f64>,
+    w: &Weights,
+    dy: &ArrayD<f64>,
+) -> Vec<ArrayD<f64>> {
+    use lstmc::ir::InputRole;
+    g.input_roles
+        .iter()
+        .zip(&g.block(g.entry).params)
+        .map(|(r, &p)| match r {
+            InputRole::X => x.clone(),
+            InputRole::Weight { layer, name } => w.get(*layer, name).unwrap().clone(),
+            InputRole::State { .. } => ArrayD::zeros(g.shape(p)),
+            InputRole::DY => dy.clone(),
+        })
+        .collect()
+}
+
+/// `[{layer, name, shape, data}]` as `layers.{layer}.{name}` tensors.
+fn named(list: &Value) -> BTreeMap<String, ArrayD<f64>> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                format!("layers.{}.{}", w["layer"], w["name"].as_str().unwrap()),
+                array(w),
+            )
+        })
+        .collect()
+}
+
+impl Fixture {
     pub fn weights(&self, spec: &ModelSpec) -> Weights {
         Weights::from_named(spec, self.named_weights("weights"), &self.name).unwrap()
     }
