@@ -39,3 +39,24 @@ fn compiling_and_dropping_1000_models_keeps_memory_bounded() {
         "resident memory grew by {grown} KiB over 1,000 compile/drop cycles"
     );
 }
+
+#[test]
+fn working_memory_beyond_the_limit_is_refused_before_allocating() {
+    let spec =
+        lstmc::front::load("big.model", b"LSTM 1024 input_dim=8 input_length=1024\n").unwrap();
+    let f = lstmc::ir::lower::lower(
+        &spec,
+        lstmc::ir::lower::Shapes {
+            batch: 4096,
+            time: 1024,
+        },
+    )
+    .unwrap();
+    let err = lstmc::jit::compile(f, &lstmc::jit::Options::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("GiB of working memory") && err.contains("use a smaller batch size"),
+        "{err}"
+    );
+}

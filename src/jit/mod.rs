@@ -23,6 +23,10 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Linkage, Module};
 use std::time::{Duration, Instant};
 
+/// The most working memory (the arena) one compiled function may plan: refused up front
+/// rather than failing to allocate.
+pub const MAX_ARENA_BYTES: usize = 16 << 30;
+
 /// How to compile.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
@@ -75,6 +79,16 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
     verify(&func)?;
     let plan = plan::plan(&func)?;
     plan.check_bounds(&func)?;
+    let bytes = plan.arena_len.saturating_mul(4);
+    if bytes > MAX_ARENA_BYTES {
+        return Err(Error::Usage(format!(
+            "model `{}` needs {:.1} GiB of working memory at this batch size and length, more than lstmc allows ({} GiB); \
+             use a smaller batch size",
+            func.name,
+            bytes as f64 / (1u64 << 30) as f64,
+            MAX_ARENA_BYTES >> 30
+        )));
+    }
 
     let mut jb = JITBuilder::with_isa(isa()?, default_libcall_names());
     for (name, ptr) in native::host_symbols() {
