@@ -227,15 +227,25 @@ pub fn bench(args: BenchArgs) -> Result<(), Error> {
                 1
             };
         let mut y = vec![0.0f32; w.input[0] * per_sample];
-        let flops = 2.0 * (w.input[1] * w.input[0] * w.gates * w.units * (w.input[2] + w.units)) as f64;
+        let flops =
+            2.0 * (w.input[1] * w.input[0] * w.gates * w.units * (w.input[2] + w.units)) as f64;
         if args.phase != Phase::Train {
             let t = measure(args.budget, || model.predict_into(&x, &shape, &mut y))?;
             let shapes = lstmc::reference::batch_shapes(&spec, &shape)?;
             let compile_ms = model.compiled(shapes)?.compile_time.as_secs_f64() * 1e3;
-            report(w, "forward", args.threads, &t, flops, serde_json::json!({"compile_ms": (compile_ms * 100.0).round() / 100.0}));
+            report(
+                w,
+                "forward",
+                args.threads,
+                &t,
+                flops,
+                serde_json::json!({"compile_ms": (compile_ms * 100.0).round() / 100.0}),
+            );
         }
         if args.phase != Phase::Forward && w.id != "custom" {
-            train_phase(w, &spec, &weights, &x, &shape, options, &args, &mut rng, flops)?;
+            train_phase(
+                w, &spec, &weights, &x, &shape, options, &args, &mut rng, flops,
+            )?;
         }
     }
     Ok(())
@@ -258,9 +268,32 @@ fn train_phase(
 ) -> Result<(), Error> {
     use lstmc::model::{Loss, Optimizer};
     let (loss, opt) = match w.id {
-        "W1" => (Loss::Mse, Optimizer::Sgd { learning_rate: 0.01, momentum: 0.0, nesterov: false }),
-        "W2" => (Loss::CategoricalCrossentropy, Optimizer::Adam { learning_rate: 1e-3, beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7 }),
-        _ => (Loss::Mse, Optimizer::Adam { learning_rate: 1e-3, beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7 }),
+        "W1" => (
+            Loss::Mse,
+            Optimizer::Sgd {
+                learning_rate: 0.01,
+                momentum: 0.0,
+                nesterov: false,
+            },
+        ),
+        "W2" => (
+            Loss::CategoricalCrossentropy,
+            Optimizer::Adam {
+                learning_rate: 1e-3,
+                beta_1: 0.9,
+                beta_2: 0.999,
+                epsilon: 1e-7,
+            },
+        ),
+        _ => (
+            Loss::Mse,
+            Optimizer::Adam {
+                learning_rate: 1e-3,
+                beta_1: 0.9,
+                beta_2: 0.999,
+                epsilon: 1e-7,
+            },
+        ),
     };
     let units = spec.layers.last().map_or(0, |l| l.units);
     let mut trainer = lstmc::train::Trainer::new(spec.clone(), weights.clone(), loss, opt, options);
@@ -272,10 +305,17 @@ fn train_phase(
     if w.id == "W2" {
         let samples = 50;
         let xs: Vec<ndarray::ArrayD<f32>> = (0..samples)
-            .map(|_| ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(shape), |_| rng.random::<f32>() * 2.0 - 1.0))
+            .map(|_| {
+                ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(shape), |_| {
+                    rng.random::<f32>() * 2.0 - 1.0
+                })
+            })
             .collect();
         let ts: Vec<ndarray::ArrayD<f64>> = (0..samples)
-            .map(|_| ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[1, units]), one_hot(rng)).expect("sizes agree"))
+            .map(|_| {
+                ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[1, units]), one_hot(rng))
+                    .expect("sizes agree")
+            })
             .collect();
         let t = measure(args.budget, || {
             for (xb, tb) in xs.iter().zip(&ts) {
@@ -289,22 +329,49 @@ fn train_phase(
             s.sort_by(f64::total_cmp);
             quantile(&s, 0.5)
         };
-        report(w, "epoch", args.threads, &t, 0.0, serde_json::json!({"steps": samples, "extrapolated_2000_epochs_s": (median * 2000.0 / 1e6 * 100.0).round() / 100.0}));
+        report(
+            w,
+            "epoch",
+            args.threads,
+            &t,
+            0.0,
+            serde_json::json!({"steps": samples, "extrapolated_2000_epochs_s": (median * 2000.0 / 1e6 * 100.0).round() / 100.0}),
+        );
         return Ok(());
     }
-    let xa = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), x.to_vec()).map_err(|e| Error::Internal(e.to_string()))?;
-    let target = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[w.input[0], units]), |_| rng.random::<f64>() * 2.0 - 1.0);
-    let t = measure(args.budget, || trainer.train_on_batch(&xa, &target).map(|_| ()))?;
-    report(w, "train", args.threads, &t, 3.0 * flops, serde_json::json!({}));
+    let xa = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), x.to_vec())
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let target = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[w.input[0], units]), |_| {
+        rng.random::<f64>() * 2.0 - 1.0
+    });
+    let t = measure(args.budget, || {
+        trainer.train_on_batch(&xa, &target).map(|_| ())
+    })?;
+    report(
+        w,
+        "train",
+        args.threads,
+        &t,
+        3.0 * flops,
+        serde_json::json!({}),
+    );
     Ok(())
 }
 
 /// Prints one measurement in the peers' fields (plus `extra`).
-fn report(w: &Workload, phase: &str, threads: usize, t: &Timing, flops: f64, extra: serde_json::Value) {
+fn report(
+    w: &Workload,
+    phase: &str,
+    threads: usize,
+    t: &Timing,
+    flops: f64,
+    extra: serde_json::Value,
+) {
     let mut sorted = t.per_call_us.clone();
     sorted.sort_by(f64::total_cmp);
     let median = quantile(&sorted, 0.5);
-    let gflops = (["W3", "W4", "W5", "custom"].contains(&w.id) && flops > 0.0).then(|| (flops / (median * 1e3) * 100.0).round() / 100.0);
+    let gflops = (["W3", "W4", "W5", "custom"].contains(&w.id) && flops > 0.0)
+        .then(|| (flops / (median * 1e3) * 100.0).round() / 100.0);
     let mut line = serde_json::json!({
         "peer": "lstmc",
         "version": env!("CARGO_PKG_VERSION"),
@@ -327,4 +394,3 @@ fn report(w: &Workload, phase: &str, threads: usize, t: &Timing, flops: f64, ext
     }
     outln!("{line}");
 }
-
