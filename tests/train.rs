@@ -39,3 +39,49 @@ fn every_fixture_train_block_on_native_code() {
         }
     }
 }
+
+#[test]
+fn a_diverging_run_stops_naming_epoch_and_batch_and_keeps_finite_weights() {
+    use lstmc::data::Dataset;
+    use lstmc::model::{Loss, Optimizer, ResetStates};
+    use lstmc::train::FitOptions;
+    let spec = lstmc::front::load(
+        "d.model",
+        b"LSTM 4 input_dim=2 input_length=3 activation=linear\nDense 1\n",
+    )
+    .unwrap();
+    let w = lstmc::weights::Weights::init(&spec, 1);
+    let x = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[8, 3, 2]), |i| {
+        (i[0] + i[1] + i[2]) as f64 * 0.3
+    });
+    let y = ndarray::ArrayD::from_elem(ndarray::IxDyn(&[8, 1]), 1.0);
+    let data = Dataset { x, y: Some(y) };
+    let opt = Optimizer::Sgd {
+        learning_rate: 1e12,
+        momentum: 0.0,
+        nesterov: false,
+    };
+    let mut t = Trainer::new(spec, w, Loss::Mse, opt, lstmc::jit::Options::default());
+    let fo = FitOptions {
+        loss: Loss::Mse,
+        optimizer: opt,
+        epochs: 50,
+        batch_size: 2,
+        shuffle: false,
+        reset_states: ResetStates::Epoch,
+        validation_split: 0.0,
+        seed: 0,
+    };
+    let err = t.fit(&data, &fo, |_| {}).unwrap_err().to_string();
+    assert!(
+        err.contains("training diverged") && err.contains("at epoch") && err.contains("batch"),
+        "{err}"
+    );
+    assert!(
+        t.weights
+            .tensors
+            .iter()
+            .all(|(_, a)| a.iter().all(|v| v.is_finite())),
+        "the kept weights are finite"
+    );
+}
