@@ -221,7 +221,18 @@ pub fn load(spec: &ModelSpec, base: &Path) -> Result<Option<Dataset>> {
     let set = match &data.source {
         DataSource::Builtin {
             window, features, ..
-        } => butterfly(*window, *features)?,
+        } => {
+            let mut set = butterfly(*window, *features)?;
+            // A model without a time axis (the tutorial's MLP) takes a window as one row.
+            if !spec.input.sequence {
+                let n = set.x.shape()[0];
+                set.x = set
+                    .x
+                    .into_shape_with_order(IxDyn(&[n, window * features]))
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+            }
+            set
+        }
         DataSource::Npy { x, .. } if x.is_empty() => return Ok(None),
         DataSource::Npy { x, y } => Dataset {
             x: crate::arrays::read(&base.join(x), Some("x"))?,

@@ -2,7 +2,7 @@
 //! rows, and the checks that refuse data that does not fit the model.
 
 use lstmc::data::{self, butterfly, note_code, note_name, Dataset};
-use ndarray::{ArrayD, IxDyn};
+use ndarray::{ArrayD, Ix2, IxDyn};
 use std::collections::HashMap;
 
 fn spec(src: &str) -> lstmc::model::ModelSpec {
@@ -158,4 +158,16 @@ fn npy_data_with_mismatched_counts_is_refused() {
     let s = spec("LSTM 4 input_dim=1 input_length=2\nDense 1\ndata x=\"x.npy\" y=\"y.npy\"\n");
     let err = data::load(&s, dir.path()).unwrap_err().to_string();
     assert!(err.contains("x has 5 samples but y has 4"), "{err}");
+}
+
+#[test]
+fn a_model_without_time_axis_gets_each_window_as_one_row() {
+    let s = spec("Dense 8 input_dim=4 activation=relu\nDense 12 activation=softmax\ndata builtin=butterfly window=4 features=1\n");
+    let d = data::load(&s, std::path::Path::new(".")).unwrap().unwrap();
+    assert_eq!(d.x.shape(), &[50, 4]);
+    let x = d.x.into_dimensionality::<Ix2>().unwrap();
+    assert_eq!(
+        x.row(0).to_vec(),
+        [11.0 / 13.0, 9.0 / 13.0, 2.0 / 13.0, 10.0 / 13.0]
+    );
 }

@@ -379,7 +379,12 @@ fn play_back(
             .flat_map(|&c| lstmc::data::encode_note(c, features))
             .map(|v| v as f32)
             .collect();
-        let x = ArrayD::from_shape_vec(IxDyn(&[1, window, features]), xs)
+        let shape: Vec<usize> = if spec.input.sequence {
+            vec![1, window, features]
+        } else {
+            vec![1, window * features]
+        };
+        let x = ArrayD::from_shape_vec(IxDyn(&shape), xs)
             .map_err(|e| Error::Internal(e.to_string()))?;
         let y = t.predict_batch(&x)?;
         codes.push(argmax(y.as_slice().unwrap_or(&[])));
@@ -390,7 +395,6 @@ fn play_back(
         .zip(lstmc::data::BUTTERFLY.iter())
         .filter(|(a, b)| a == b)
         .count();
-    let _ = spec;
     if json {
         outln!(
             "{}",
