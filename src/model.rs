@@ -307,6 +307,57 @@ impl Loss {
         "sparse_categorical_crossentropy",
         "binary_crossentropy",
     ];
+
+    /// Parses a loss name.
+    pub fn from_name(s: &str) -> Option<Loss> {
+        Some(match s {
+            "mse" => Loss::Mse,
+            "mae" => Loss::Mae,
+            "categorical_crossentropy" => Loss::CategoricalCrossentropy,
+            "sparse_categorical_crossentropy" => Loss::SparseCategoricalCrossentropy,
+            "binary_crossentropy" => Loss::BinaryCrossentropy,
+            _ => return None,
+        })
+    }
+}
+
+impl Optimizer {
+    /// The names, as written.
+    pub const NAMES: [&'static str; 3] = ["sgd", "adam", "rmsprop"];
+
+    /// The optimizer named, with Keras 3's default hyper-parameters.
+    pub fn keras_default(name: &str) -> Option<Optimizer> {
+        Some(match name {
+            "sgd" => Optimizer::Sgd {
+                learning_rate: 0.01,
+                momentum: 0.0,
+                nesterov: false,
+            },
+            "adam" => Optimizer::Adam {
+                learning_rate: 0.001,
+                beta_1: 0.9,
+                beta_2: 0.999,
+                epsilon: 1e-7,
+            },
+            "rmsprop" => Optimizer::Rmsprop {
+                learning_rate: 0.001,
+                rho: 0.9,
+                momentum: 0.0,
+                epsilon: 1e-7,
+            },
+            _ => return None,
+        })
+    }
+
+    /// The same optimizer with another learning rate.
+    pub fn with_learning_rate(mut self, lr: f64) -> Optimizer {
+        match &mut self {
+            Optimizer::Sgd { learning_rate, .. }
+            | Optimizer::Adam { learning_rate, .. }
+            | Optimizer::Rmsprop { learning_rate, .. } => *learning_rate = lr,
+        }
+        self
+    }
 }
 
 /// Optimizers with their hyper-parameters (Keras 3 defaults).

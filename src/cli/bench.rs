@@ -267,34 +267,16 @@ fn train_phase(
     flops: f64,
 ) -> Result<(), Error> {
     use lstmc::model::{Loss, Optimizer};
+    // The contract: W1 SGD at 0.01, the others Adam at 1e-3 (Keras's defaults for both).
     let (loss, opt) = match w.id {
-        "W1" => (
-            Loss::Mse,
-            Optimizer::Sgd {
-                learning_rate: 0.01,
-                momentum: 0.0,
-                nesterov: false,
-            },
-        ),
+        "W1" => (Loss::Mse, Optimizer::keras_default("sgd")),
         "W2" => (
             Loss::CategoricalCrossentropy,
-            Optimizer::Adam {
-                learning_rate: 1e-3,
-                beta_1: 0.9,
-                beta_2: 0.999,
-                epsilon: 1e-7,
-            },
+            Optimizer::keras_default("adam"),
         ),
-        _ => (
-            Loss::Mse,
-            Optimizer::Adam {
-                learning_rate: 1e-3,
-                beta_1: 0.9,
-                beta_2: 0.999,
-                epsilon: 1e-7,
-            },
-        ),
+        _ => (Loss::Mse, Optimizer::keras_default("adam")),
     };
+    let opt = opt.expect("known optimizers");
     let units = spec.layers.last().map_or(0, |l| l.units);
     let mut trainer = lstmc::train::Trainer::new(spec.clone(), weights.clone(), loss, opt, options);
     let one_hot = |rng: &mut rand_pcg::Pcg64Mcg| {

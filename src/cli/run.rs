@@ -84,79 +84,20 @@ pub enum Engine {
 }
 
 fn loss_named(name: &str) -> Result<Loss, Error> {
-    Ok(match name {
-        "mse" => Loss::Mse,
-        "mae" => Loss::Mae,
-        "categorical_crossentropy" => Loss::CategoricalCrossentropy,
-        "sparse_categorical_crossentropy" => Loss::SparseCategoricalCrossentropy,
-        "binary_crossentropy" => Loss::BinaryCrossentropy,
-        other => {
-            return Err(Error::Usage(format!(
-                "no loss `{other}`; the losses are {}",
-                Loss::NAMES.join(", ")
-            )))
-        }
+    Loss::from_name(name).ok_or_else(|| {
+        Error::Usage(format!(
+            "no loss `{name}`; the losses are {}",
+            Loss::NAMES.join(", ")
+        ))
     })
 }
 
-fn with_learning_rate(o: Optimizer, lr: f64) -> Optimizer {
-    match o {
-        Optimizer::Sgd {
-            momentum, nesterov, ..
-        } => Optimizer::Sgd {
-            learning_rate: lr,
-            momentum,
-            nesterov,
-        },
-        Optimizer::Adam {
-            beta_1,
-            beta_2,
-            epsilon,
-            ..
-        } => Optimizer::Adam {
-            learning_rate: lr,
-            beta_1,
-            beta_2,
-            epsilon,
-        },
-        Optimizer::Rmsprop {
-            rho,
-            momentum,
-            epsilon,
-            ..
-        } => Optimizer::Rmsprop {
-            learning_rate: lr,
-            rho,
-            momentum,
-            epsilon,
-        },
-    }
-}
-
 fn optimizer_named(name: &str) -> Result<Optimizer, Error> {
-    Ok(match name {
-        "sgd" => Optimizer::Sgd {
-            learning_rate: 0.01,
-            momentum: 0.0,
-            nesterov: false,
-        },
-        "adam" => Optimizer::Adam {
-            learning_rate: 0.001,
-            beta_1: 0.9,
-            beta_2: 0.999,
-            epsilon: 1e-7,
-        },
-        "rmsprop" => Optimizer::Rmsprop {
-            learning_rate: 0.001,
-            rho: 0.9,
-            momentum: 0.0,
-            epsilon: 1e-7,
-        },
-        other => {
-            return Err(Error::Usage(format!(
-                "no optimizer `{other}`; the optimizers are sgd, adam, rmsprop"
-            )))
-        }
+    Optimizer::keras_default(name).ok_or_else(|| {
+        Error::Usage(format!(
+            "no optimizer `{name}`; the optimizers are {}",
+            Optimizer::NAMES.join(", ")
+        ))
     })
 }
 
@@ -217,7 +158,7 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
             (None, None) => optimizer_named("rmsprop")?,
         };
         if let Some(lr) = args.learning_rate {
-            optimizer = with_learning_rate(optimizer, lr);
+            optimizer = optimizer.with_learning_rate(lr);
         }
         let fit = spec.fit.clone();
         let batch_size = args

@@ -689,13 +689,7 @@ impl Checker {
     fn compile(&mut self, st: &Statement) -> Option<CompileSpec> {
         self.no_positionals(st, "compile");
         let opts = self.options(st, options::COMPILE, "`compile`");
-        let loss = match opts.name("loss").unwrap_or("mse") {
-            "mse" => Loss::Mse,
-            "mae" => Loss::Mae,
-            "categorical_crossentropy" => Loss::CategoricalCrossentropy,
-            "sparse_categorical_crossentropy" => Loss::SparseCategoricalCrossentropy,
-            _ => Loss::BinaryCrossentropy,
-        };
+        let loss = Loss::from_name(opts.name("loss").unwrap_or("mse")).expect("table lists losses");
         let opt_name = opts.name("optimizer").unwrap_or("rmsprop");
         let allowed: &[&str] = match opt_name {
             "sgd" => &["momentum", "nesterov"],
@@ -729,26 +723,44 @@ impl Checker {
                 }
             }
         }
-        let lr = opts.num("learning_rate");
-        let optimizer = match opt_name {
-            "sgd" => Optimizer::Sgd {
-                learning_rate: lr.unwrap_or(0.01),
-                momentum: opts.num("momentum").unwrap_or(0.0),
-                nesterov: opts.flag("nesterov").unwrap_or(false),
-            },
-            "adam" => Optimizer::Adam {
-                learning_rate: lr.unwrap_or(0.001),
-                beta_1: opts.num("beta_1").unwrap_or(0.9),
-                beta_2: opts.num("beta_2").unwrap_or(0.999),
-                epsilon: opts.num("epsilon").unwrap_or(1e-7),
-            },
-            _ => Optimizer::Rmsprop {
-                learning_rate: lr.unwrap_or(0.001),
-                rho: opts.num("rho").unwrap_or(0.9),
-                momentum: opts.num("momentum").unwrap_or(0.0),
-                epsilon: opts.num("epsilon").unwrap_or(1e-7),
-            },
+        // Keras 3's defaults, then what the statement sets.
+        let mut optimizer = Optimizer::keras_default(opt_name).expect("table lists optimizers");
+        if let Some(lr) = opts.num("learning_rate") {
+            optimizer = optimizer.with_learning_rate(lr);
+        }
+        let set = |name: &str, v: &mut f64| {
+            if let Some(x) = opts.num(name) {
+                *v = x;
+            }
         };
+        match &mut optimizer {
+            Optimizer::Sgd {
+                momentum, nesterov, ..
+            } => {
+                set("momentum", momentum);
+                *nesterov = opts.flag("nesterov").unwrap_or(false);
+            }
+            Optimizer::Adam {
+                beta_1,
+                beta_2,
+                epsilon,
+                ..
+            } => {
+                set("beta_1", beta_1);
+                set("beta_2", beta_2);
+                set("epsilon", epsilon);
+            }
+            Optimizer::Rmsprop {
+                rho,
+                momentum,
+                epsilon,
+                ..
+            } => {
+                set("rho", rho);
+                set("momentum", momentum);
+                set("epsilon", epsilon);
+            }
+        }
         let metrics = match opts.name("metrics") {
             Some("accuracy") => vec![Metric::Accuracy],
             Some("mae") => vec![Metric::Mae],
