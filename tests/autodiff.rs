@@ -51,11 +51,7 @@ fn every_fixture_gradient_equals_keras() {
         let spec = fx.spec();
         let w = fx.weights(&spec);
         let l = &fx.json["loss"];
-        let kind = if l["name"] == "mse" {
-            Loss::Mse
-        } else {
-            Loss::CategoricalCrossentropy
-        };
+        let kind = fx.loss_kind();
         let (value, got) = grads(
             &spec,
             &w,
@@ -95,11 +91,7 @@ fn every_fixture_train_block_is_reproduced() {
         let shape_refs: Vec<&[usize]> = shapes.iter().map(|s| s.as_slice()).collect();
         let mut opt = OptimizerState::new(kind, &shape_refs);
         let l = &fx.json["loss"];
-        let loss_kind = if l["name"] == "mse" {
-            Loss::Mse
-        } else {
-            Loss::CategoricalCrossentropy
-        };
+        let loss_kind = fx.loss_kind();
         let x = array(&fx.batches()[0]["x"]);
         let target = array(&l["target"]);
         for (k, want) in tr["losses"].as_array().unwrap().iter().enumerate() {

@@ -80,11 +80,7 @@ fn fixture_gradients_through_the_jit() {
         let spec = fx.spec();
         let w = fx.weights(&spec);
         let l = &fx.json["loss"];
-        let kind = if l["name"] == "mse" {
-            Loss::Mse
-        } else {
-            Loss::CategoricalCrossentropy
-        };
+        let kind = fx.loss_kind();
         for (role, want, got) in both(
             &spec,
             &w,

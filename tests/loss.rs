@@ -14,11 +14,7 @@ fn fixture_losses_equal_keras() {
     for name in fixture_names() {
         let fx = load(&name);
         let l = &fx.json["loss"];
-        let kind = match l["name"].as_str().unwrap() {
-            "mse" => Loss::Mse,
-            "categorical_crossentropy" => Loss::CategoricalCrossentropy,
-            other => panic!("{name}: loss {other}"),
-        };
+        let kind = fx.loss_kind();
         let spec = fx.spec();
         let w = fx.weights(&spec);
         // On the first batch, from zero states.

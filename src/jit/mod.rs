@@ -27,6 +27,9 @@ use std::time::{Duration, Instant};
 /// rather than failing to allocate.
 pub const MAX_ARENA_BYTES: usize = 16 << 30;
 
+/// Fills in the signature of a host function.
+type SignatureFn = fn(&mut cranelift_codegen::ir::Signature);
+
 /// How to compile.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
@@ -105,34 +108,31 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         .declare_function("forward", Linkage::Export, &ctx.func.signature)
         .map_err(cl_err)?;
     ctx.func.name = UserFuncName::user(0, id.as_u32());
-    let mut gemm_sig = module.make_signature();
-    codegen::gemm_signature(&mut gemm_sig);
-    let gemm_id = module
-        .declare_function("lstmc_gemm", Linkage::Import, &gemm_sig)
-        .map_err(cl_err)?;
-    let mut softmax_sig = module.make_signature();
-    codegen::softmax_signature(&mut softmax_sig);
-    let softmax_id = module
-        .declare_function("lstmc_softmax", Linkage::Import, &softmax_sig)
-        .map_err(cl_err)?;
-    let mut gs_sig = module.make_signature();
-    codegen::gemm_strided_signature(&mut gs_sig);
-    let gs_id = module
-        .declare_function("lstmc_gemm_strided", Linkage::Import, &gs_sig)
-        .map_err(cl_err)?;
-    let mut sg_sig = module.make_signature();
-    codegen::softmax_grad_signature(&mut sg_sig);
-    let sg_id = module
-        .declare_function("lstmc_softmax_grad", Linkage::Import, &sg_sig)
-        .map_err(cl_err)?;
+    // The host functions generated code calls, each with its signature.
+    let imports: [(&str, SignatureFn); 4] = [
+        ("lstmc_gemm", codegen::gemm_signature),
+        ("lstmc_softmax", codegen::softmax_signature),
+        ("lstmc_gemm_strided", codegen::gemm_strided_signature),
+        ("lstmc_softmax_grad", codegen::softmax_grad_signature),
+    ];
+    let mut ids = Vec::with_capacity(imports.len());
+    for (name, signature) in imports {
+        let mut sig = module.make_signature();
+        signature(&mut sig);
+        ids.push(
+            module
+                .declare_function(name, Linkage::Import, &sig)
+                .map_err(cl_err)?,
+        );
+    }
     let mut fctx = FunctionBuilderContext::new();
     {
         let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
         let hosts = codegen::Hosts {
-            gemm: module.declare_func_in_func(gemm_id, b.func),
-            softmax: module.declare_func_in_func(softmax_id, b.func),
-            gemm_strided: module.declare_func_in_func(gs_id, b.func),
-            softmax_grad: module.declare_func_in_func(sg_id, b.func),
+            gemm: module.declare_func_in_func(ids[0], b.func),
+            softmax: module.declare_func_in_func(ids[1], b.func),
+            gemm_strided: module.declare_func_in_func(ids[2], b.func),
+            softmax_grad: module.declare_func_in_func(ids[3], b.func),
         };
         codegen::emit(&func, &plan, &options.tuning, &mut b, hosts)?;
         b.finalize(module.target_config());
