@@ -3,7 +3,7 @@
 //! accepts, optimized or not.
 
 use crate::ir::{BinOp, Block, FNode, Function, FusedKernel, Op, Value};
-use crate::model::Activation;
+use crate::model::{Activation, Loss};
 use ndarray::{Array2, ArrayD, Axis, IxDyn};
 
 /// A failure to run a function: wrong inputs, or IR the verifier should have refused.
@@ -96,6 +96,42 @@ fn exec(
                     let t =
                         ndarray::stack(Axis(1), &views).map_err(|e| InterpError(e.to_string()))?;
                     env[r.index()] = Some(Slot::Tensor(t));
+                }
+                continue;
+            }
+            Op::LossGrad(kind) => {
+                // Targets are dense: sparse class indices arrive one-hot.
+                let kind = match kind {
+                    Loss::SparseCategoricalCrossentropy => Loss::CategoricalCrossentropy,
+                    k => *k,
+                };
+                let (value, dy) = crate::loss::loss(kind, &arg(env, 0)?, &arg(env, 1)?)
+                    .map_err(|e| InterpError(e.to_string()))?;
+                env[inst.results[0].index()] =
+                    Some(Slot::Tensor(ArrayD::from_elem(IxDyn(&[1]), value)));
+                env[inst.results[1].index()] = Some(Slot::Tensor(dy));
+                continue;
+            }
+            Op::Update(kind) => {
+                let std = |a: ArrayD<f64>| a.as_standard_layout().into_owned();
+                let (mut w, g, mut s1, mut s2) = (
+                    std(arg(env, 0)?),
+                    std(arg(env, 1)?),
+                    std(arg(env, 2)?),
+                    std(arg(env, 3)?),
+                );
+                let rate = arg(env, 4)?.iter().next().copied().unwrap_or(0.0);
+                let contiguous = "fresh arrays are contiguous";
+                crate::optim::update(
+                    *kind,
+                    rate,
+                    w.as_slice_mut().expect(contiguous),
+                    g.as_slice().expect(contiguous),
+                    s1.as_slice_mut().expect(contiguous),
+                    s2.as_slice_mut().expect(contiguous),
+                );
+                for (&r, v) in inst.results.iter().zip([w, s1, s2]) {
+                    env[r.index()] = Some(Slot::Tensor(v));
                 }
                 continue;
             }

@@ -19,14 +19,38 @@ pub const EPSILON: f64 = 1e-7;
 /// targets are class indices shaped like `y` without its last axis (or with a
 /// last axis of 1).
 pub fn loss(kind: Loss, y: &ArrayD<f64>, t: &ArrayD<f64>) -> Result<(f64, ArrayD<f64>)> {
-    let c = *y
-        .shape()
+    let dense_t = dense_targets(kind, y.shape(), t)?;
+    let c = *y.shape().last().unwrap_or(&1);
+    let rows = y.len() / c.max(1);
+    let y = y.as_standard_layout();
+    let ys = y.as_slice().expect("standard layout");
+    let ts = dense_t.as_slice().expect("standard layout");
+    let mut grad = vec![0.0; ys.len()];
+    let mut total = 0.0;
+    let n = rows as f64;
+    for r in 0..rows {
+        total += row(
+            kind,
+            &ys[r * c..(r + 1) * c],
+            &ts[r * c..(r + 1) * c],
+            &mut grad[r * c..(r + 1) * c],
+            n,
+        );
+    }
+    let grad = ArrayD::from_shape_vec(y.raw_dim(), grad).expect("sizes agree");
+    Ok((total / n, grad))
+}
+
+/// The targets `t` for a prediction shaped `y_shape`, checked and dense (standard layout):
+/// sparse class indices become one-hot rows.
+pub fn dense_targets(kind: Loss, y_shape: &[usize], t: &ArrayD<f64>) -> Result<ArrayD<f64>> {
+    let c = *y_shape
         .last()
         .ok_or_else(|| Error::Data("the prediction has no axes".into()))?;
-    let rows = y.len() / c.max(1);
-    let dense_t = match kind {
+    let rows = y_shape.iter().product::<usize>() / c.max(1);
+    Ok(match kind {
         Loss::SparseCategoricalCrossentropy => {
-            let lead = &y.shape()[..y.ndim() - 1];
+            let lead = &y_shape[..y_shape.len() - 1];
             let ok = t.shape() == lead || (t.shape().split_last() == Some((&1, lead)));
             if !ok || t.len() != rows {
                 return Err(Error::Data(format!(
@@ -34,7 +58,7 @@ pub fn loss(kind: Loss, y: &ArrayD<f64>, t: &ArrayD<f64>) -> Result<(f64, ArrayD
                     t.shape()
                 )));
             }
-            let mut one_hot = ArrayD::zeros(y.raw_dim());
+            let mut one_hot = ArrayD::zeros(ndarray::IxDyn(y_shape));
             for (r, &cls) in t.iter().enumerate() {
                 if cls < 0.0 || cls.fract() != 0.0 || cls as usize >= c {
                     return Err(Error::Data(format!(
@@ -47,85 +71,77 @@ pub fn loss(kind: Loss, y: &ArrayD<f64>, t: &ArrayD<f64>) -> Result<(f64, ArrayD
             one_hot
         }
         _ => {
-            if t.shape() != y.shape() {
+            if t.shape() != y_shape {
                 return Err(Error::Data(format!(
                     "targets are shaped {:?}, the prediction {:?}",
                     t.shape(),
-                    y.shape()
+                    y_shape
                 )));
             }
             t.as_standard_layout().into_owned()
         }
-    };
-    let y = y.as_standard_layout();
-    let ys = y.as_slice().expect("standard layout");
-    let ts = dense_t.as_slice().expect("standard layout");
-    let mut grad = vec![0.0; ys.len()];
-    let mut total = 0.0;
-    let n = rows as f64;
-    for r in 0..rows {
-        let (yr, tr, gr) = (
-            &ys[r * c..(r + 1) * c],
-            &ts[r * c..(r + 1) * c],
-            &mut grad[r * c..(r + 1) * c],
-        );
-        total += match kind {
-            Loss::Mse => {
-                for j in 0..c {
-                    gr[j] = 2.0 * (yr[j] - tr[j]) / (n * c as f64);
-                }
-                yr.iter()
-                    .zip(tr)
-                    .map(|(a, b)| (a - b) * (a - b))
-                    .sum::<f64>()
-                    / c as f64
+    })
+}
+
+/// One row's loss (before the mean over rows) and its gradient `gr` with respect to
+/// `yr`, for a batch of `n` rows in all: the formulas of [`loss`], shared with the
+/// generated training step's host kernel. Sparse targets arrive one-hot here.
+pub fn row(kind: Loss, yr: &[f64], tr: &[f64], gr: &mut [f64], n: f64) -> f64 {
+    let c = yr.len();
+    match kind {
+        Loss::Mse => {
+            for j in 0..c {
+                gr[j] = 2.0 * (yr[j] - tr[j]) / (n * c as f64);
             }
-            Loss::Mae => {
-                for j in 0..c {
-                    let d = yr[j] - tr[j];
-                    gr[j] = if d > 0.0 {
-                        1.0
-                    } else if d < 0.0 {
-                        -1.0
-                    } else {
-                        0.0
-                    } / (n * c as f64);
-                }
-                yr.iter().zip(tr).map(|(a, b)| (a - b).abs()).sum::<f64>() / c as f64
+            yr.iter()
+                .zip(tr)
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum::<f64>()
+                / c as f64
+        }
+        Loss::Mae => {
+            for j in 0..c {
+                let d = yr[j] - tr[j];
+                gr[j] = if d > 0.0 {
+                    1.0
+                } else if d < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                } / (n * c as f64);
             }
-            Loss::CategoricalCrossentropy | Loss::SparseCategoricalCrossentropy => {
-                // p = y / sum(y); p = clip(p); loss = -sum(t log p).
-                let s: f64 = yr.iter().sum();
-                let mut dp = vec![0.0; c];
-                let mut l = 0.0;
-                for j in 0..c {
-                    let p = yr[j] / s;
-                    let pc = p.clamp(EPSILON, 1.0 - EPSILON);
-                    l -= tr[j] * pc.ln();
-                    if p > EPSILON && p < 1.0 - EPSILON {
-                        dp[j] = -tr[j] / pc / n;
-                    }
+            yr.iter().zip(tr).map(|(a, b)| (a - b).abs()).sum::<f64>() / c as f64
+        }
+        Loss::CategoricalCrossentropy | Loss::SparseCategoricalCrossentropy => {
+            // p = y / sum(y); p = clip(p); loss = -sum(t log p).
+            let s: f64 = yr.iter().sum();
+            let mut dp = vec![0.0; c];
+            let mut l = 0.0;
+            for j in 0..c {
+                let p = yr[j] / s;
+                let pc = p.clamp(EPSILON, 1.0 - EPSILON);
+                l -= tr[j] * pc.ln();
+                if p > EPSILON && p < 1.0 - EPSILON {
+                    dp[j] = -tr[j] / pc / n;
                 }
-                // Through the normalization: d/dy_k = (dp_k - sum_j dp_j p_j) / s.
-                let dot: f64 = (0..c).map(|j| dp[j] * yr[j] / s).sum();
-                for j in 0..c {
-                    gr[j] = (dp[j] - dot) / s;
-                }
-                l
             }
-            Loss::BinaryCrossentropy => {
-                let mut l = 0.0;
-                for j in 0..c {
-                    let p = yr[j].clamp(EPSILON, 1.0 - EPSILON);
-                    l -= tr[j] * p.ln() + (1.0 - tr[j]) * (1.0 - p).ln();
-                    if yr[j] > EPSILON && yr[j] < 1.0 - EPSILON {
-                        gr[j] = -(tr[j] / p - (1.0 - tr[j]) / (1.0 - p)) / (n * c as f64);
-                    }
-                }
-                l / c as f64
+            // Through the normalization: d/dy_k = (dp_k - sum_j dp_j p_j) / s.
+            let dot: f64 = (0..c).map(|j| dp[j] * yr[j] / s).sum();
+            for j in 0..c {
+                gr[j] = (dp[j] - dot) / s;
             }
-        };
+            l
+        }
+        Loss::BinaryCrossentropy => {
+            let mut l = 0.0;
+            for j in 0..c {
+                let p = yr[j].clamp(EPSILON, 1.0 - EPSILON);
+                l -= tr[j] * p.ln() + (1.0 - tr[j]) * (1.0 - p).ln();
+                if yr[j] > EPSILON && yr[j] < 1.0 - EPSILON {
+                    gr[j] = -(tr[j] / p - (1.0 - tr[j]) / (1.0 - p)) / (n * c as f64);
+                }
+            }
+            l / c as f64
+        }
     }
-    let grad = ArrayD::from_shape_vec(y.raw_dim(), grad).expect("sizes agree");
-    Ok((total / n, grad))
 }

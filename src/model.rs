@@ -308,6 +308,17 @@ impl Loss {
         "binary_crossentropy",
     ];
 
+    /// The name, as written.
+    pub fn name(self) -> &'static str {
+        match self {
+            Loss::Mse => Loss::NAMES[0],
+            Loss::Mae => Loss::NAMES[1],
+            Loss::CategoricalCrossentropy => Loss::NAMES[2],
+            Loss::SparseCategoricalCrossentropy => Loss::NAMES[3],
+            Loss::BinaryCrossentropy => Loss::NAMES[4],
+        }
+    }
+
     /// Parses a loss name.
     pub fn from_name(s: &str) -> Option<Loss> {
         Some(match s {
@@ -347,6 +358,52 @@ impl Optimizer {
             },
             _ => return None,
         })
+    }
+
+    /// The name and hyper-parameters, as `lstmc ir` prints them.
+    pub fn describe(&self) -> String {
+        match *self {
+            Optimizer::Sgd {
+                learning_rate,
+                momentum,
+                nesterov,
+            } => format!("sgd lr={learning_rate} momentum={momentum} nesterov={nesterov}"),
+            Optimizer::Adam {
+                learning_rate,
+                beta_1,
+                beta_2,
+                epsilon,
+            } => {
+                format!("adam lr={learning_rate} beta_1={beta_1} beta_2={beta_2} epsilon={epsilon}")
+            }
+            Optimizer::Rmsprop {
+                learning_rate,
+                rho,
+                momentum,
+                epsilon,
+            } => format!(
+                "rmsprop lr={learning_rate} rho={rho} momentum={momentum} epsilon={epsilon}"
+            ),
+        }
+    }
+
+    /// The learning rate of step `t` (1-based) as the update rule uses it: Adam's is
+    /// bias-corrected, `lr · sqrt(1 - beta_2^t) / (1 - beta_1^t)`, as Keras 3 computes it.
+    pub fn step_rate(&self, t: u64) -> f64 {
+        match *self {
+            Optimizer::Adam {
+                learning_rate,
+                beta_1,
+                beta_2,
+                ..
+            } => {
+                let t = t as f64;
+                learning_rate * (1.0 - beta_2.powf(t)).sqrt() / (1.0 - beta_1.powf(t))
+            }
+            Optimizer::Sgd { learning_rate, .. } | Optimizer::Rmsprop { learning_rate, .. } => {
+                learning_rate
+            }
+        }
     }
 
     /// The same optimizer with another learning rate.

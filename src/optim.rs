@@ -47,7 +47,7 @@ impl OptimizerState {
                 grads.len()
             )));
         }
-        let t = (self.iterations + 1) as f64;
+        let rate = self.kind.step_rate(self.iterations + 1);
         for (i, (w, g)) in weights.iter_mut().zip(grads).enumerate() {
             if w.shape() != g.shape() {
                 return Err(Error::Internal(format!(
@@ -56,76 +56,81 @@ impl OptimizerState {
                     w.shape()
                 )));
             }
-            match self.kind {
-                Optimizer::Sgd {
-                    learning_rate: lr,
-                    momentum,
-                    nesterov,
-                } => {
-                    if momentum == 0.0 {
-                        w.zip_mut_with(g, |w, &g| *w -= g * lr);
+            let (Some(w), Some(g), Some(s1), Some(s2)) = (
+                w.as_slice_mut(),
+                g.as_slice(),
+                self.first[i].as_slice_mut(),
+                self.second[i].as_slice_mut(),
+            ) else {
+                return Err(Error::Internal(
+                    "optimizer arrays must be contiguous".into(),
+                ));
+            };
+            update(self.kind, rate, w, g, s1, s2);
+        }
+        self.iterations += 1;
+        Ok(())
+    }
+}
+
+/// One step of `kind` on one weight `w` with gradient `g` and slots `s1`, `s2`, at the
+/// step's learning rate `rate` ([`Optimizer::step_rate`]): Keras 3's `update_step`,
+/// the oracle of the generated updates (the interpreter runs `update` ops with it).
+pub fn update(
+    kind: Optimizer,
+    rate: f64,
+    w: &mut [f64],
+    g: &[f64],
+    s1: &mut [f64],
+    s2: &mut [f64],
+) {
+    match kind {
+        Optimizer::Sgd {
+            momentum, nesterov, ..
+        } => {
+            for k in 0..w.len() {
+                if momentum == 0.0 {
+                    w[k] -= g[k] * rate;
+                } else {
+                    s1[k] = s1[k] * momentum - g[k] * rate;
+                    if nesterov {
+                        w[k] += s1[k] * momentum - g[k] * rate;
                     } else {
-                        let m = &mut self.first[i];
-                        m.zip_mut_with(g, |m, &g| *m = *m * momentum - g * lr);
-                        if nesterov {
-                            ndarray::Zip::from(&mut **w)
-                                .and(&*m)
-                                .and(*g)
-                                .for_each(|w, &m, &g| *w += m * momentum - g * lr);
-                        } else {
-                            w.zip_mut_with(m, |w, &m| *w += m);
-                        }
-                    }
-                }
-                Optimizer::Adam {
-                    learning_rate: lr,
-                    beta_1,
-                    beta_2,
-                    epsilon,
-                } => {
-                    let alpha = lr * (1.0 - beta_2.powf(t)).sqrt() / (1.0 - beta_1.powf(t));
-                    let (m, v) = (&mut self.first[i], &mut self.second[i]);
-                    // Plain slice loops (all four are fresh, contiguous arrays): they vectorize.
-                    let (Some(w), Some(g), Some(m), Some(v)) = (
-                        w.as_slice_mut(),
-                        g.as_slice(),
-                        m.as_slice_mut(),
-                        v.as_slice_mut(),
-                    ) else {
-                        return Err(Error::Internal(
-                            "optimizer arrays must be contiguous".into(),
-                        ));
-                    };
-                    let (b1, b2) = (1.0 - beta_1, 1.0 - beta_2);
-                    for k in 0..w.len() {
-                        m[k] += (g[k] - m[k]) * b1;
-                        v[k] += (g[k] * g[k] - v[k]) * b2;
-                        w[k] -= (m[k] * alpha) / (v[k].sqrt() + epsilon);
-                    }
-                }
-                Optimizer::Rmsprop {
-                    learning_rate: lr,
-                    rho,
-                    momentum,
-                    epsilon,
-                } => {
-                    let vel = &mut self.first[i];
-                    vel.zip_mut_with(g, |v, &g| *v = rho * *v + (1.0 - rho) * g * g);
-                    // Keras 3 adds epsilon to the velocity, inside the square root.
-                    let inc: ArrayD<f64> = ndarray::Zip::from(&*vel)
-                        .and(*g)
-                        .map_collect(|&v, &g| lr * g / (v + epsilon).sqrt());
-                    if momentum > 0.0 {
-                        let mom = &mut self.second[i];
-                        mom.zip_mut_with(&inc, |m, &d| *m = momentum * *m + d);
-                        w.zip_mut_with(mom, |w, &m| *w -= m);
-                    } else {
-                        w.zip_mut_with(&inc, |w, &d| *w -= d);
+                        w[k] += s1[k];
                     }
                 }
             }
         }
-        self.iterations += 1;
-        Ok(())
+        Optimizer::Adam {
+            beta_1,
+            beta_2,
+            epsilon,
+            ..
+        } => {
+            let (b1, b2) = (1.0 - beta_1, 1.0 - beta_2);
+            for k in 0..w.len() {
+                s1[k] += (g[k] - s1[k]) * b1;
+                s2[k] += (g[k] * g[k] - s2[k]) * b2;
+                w[k] -= (s1[k] * rate) / (s2[k].sqrt() + epsilon);
+            }
+        }
+        Optimizer::Rmsprop {
+            rho,
+            momentum,
+            epsilon,
+            ..
+        } => {
+            for k in 0..w.len() {
+                s1[k] = rho * s1[k] + (1.0 - rho) * g[k] * g[k];
+                // Keras 3 adds epsilon to the velocity, inside the square root.
+                let inc = rate * g[k] / (s1[k] + epsilon).sqrt();
+                if momentum > 0.0 {
+                    s2[k] = momentum * s2[k] + inc;
+                    w[k] -= s2[k];
+                } else {
+                    w[k] -= inc;
+                }
+            }
+        }
     }
 }

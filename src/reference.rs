@@ -161,8 +161,11 @@ impl Reference {
                     })?
                 }
                 InputRole::State { layer, slot } => self.states.values[&(*layer, *slot)].clone(),
-                InputRole::DY => {
-                    return Err(Error::Internal("a forward function takes no dy".into()))
+                r @ (InputRole::DY
+                | InputRole::Target
+                | InputRole::Slot { .. }
+                | InputRole::Hyper) => {
+                    return Err(Error::Internal(format!("a forward function takes no {r}")))
                 }
             });
         }
@@ -172,7 +175,7 @@ impl Reference {
         for ((role, _), v) in f.outputs.iter().zip(outs) {
             match role {
                 OutputRole::Y => y = Some(v),
-                OutputRole::Grad(_) => {}
+                OutputRole::Grad(_) | OutputRole::Loss | OutputRole::Updated(_) => {}
                 OutputRole::State { layer, slot } => {
                     if self.spec.layers[*layer].stateful {
                         self.states.values.insert((*layer, *slot), v.clone());

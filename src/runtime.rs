@@ -159,8 +159,11 @@ impl CompiledModel {
                     .map(|role| match role {
                         InputRole::X => Ok(Source::X),
                         InputRole::State { layer, slot } => Ok(Source::State(*layer, slot)),
-                        InputRole::DY => {
-                            Err(Error::Internal("a forward function takes no dy".into()))
+                        r @ (InputRole::DY
+                        | InputRole::Target
+                        | InputRole::Slot { .. }
+                        | InputRole::Hyper) => {
+                            Err(Error::Internal(format!("a forward function takes no {r}")))
                         }
                         InputRole::Weight { layer, name } => self
                             .weights
@@ -279,7 +282,7 @@ impl CompiledModel {
             match role {
                 OutputRole::Y => y = Some(a),
                 OutputRole::State { layer, slot } => states.push((*layer, *slot, a)),
-                OutputRole::Grad(_) => {}
+                OutputRole::Grad(_) | OutputRole::Loss | OutputRole::Updated(_) => {}
             }
         }
         let y = y.ok_or_else(|| Error::Internal("function without output".into()))?;

@@ -1,20 +1,19 @@
 //! Training: Keras's `fit` on native code.
 //!
-//! A step runs the compiled forward function for the prediction, computes the
-//! loss and its gradient on the host ([`crate::loss`]), runs the compiled
-//! gradient function ([`crate::autodiff`]) for the weights' gradients and the
-//! final states, and applies the optimizer ([`crate::optim`]). Stateful layers
-//! start each batch from the previous batch's final states; their gradients
-//! stop at the batch boundary, as in Keras.
+//! A step is one call of a generated function ([`crate::autodiff::train_step`]):
+//! the forward pass saving what the backward pass reads, the loss and its
+//! gradient, backpropagation through time, and the optimizer's update of every
+//! weight and slot, in place. Stateful layers start each batch from the
+//! previous batch's final states; their gradients stop at the batch boundary,
+//! as in Keras.
 
-use crate::autodiff::gradient;
+use crate::autodiff::train_step;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::ir::{lower, GradRole, InputRole, OutputRole};
+use crate::ir::{lower, InputRole, OutputRole};
 use crate::jit::{self, Compiled};
-use crate::loss::loss;
+use crate::loss::{dense_targets, loss};
 use crate::model::{Loss, ModelSpec, Optimizer, ResetStates};
-use crate::optim::OptimizerState;
 use crate::reference::batch_shapes;
 use crate::runtime::{gather, stage};
 use crate::weights::Weights;
@@ -56,25 +55,74 @@ pub struct EpochLog {
     pub validation: Option<(f64, f64)>,
 }
 
+/// The functions compiled for one batch shape, with where each input comes from.
 struct Functions {
     forward: Arc<Compiled>,
-    gradient: Arc<Compiled>,
+    forward_inputs: Vec<Source>,
+    step: Arc<Compiled>,
+    step_inputs: Vec<Source>,
 }
 
-/// A model being trained: f64 master weights, the optimizer, the states.
+/// Where a function input comes from.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    X,
+    Target,
+    Hyper,
+    /// `weights[i]`
+    Weight(usize),
+    /// `slots[i][j]`
+    Slot(usize, usize),
+    /// A state: carried, or zeros.
+    State,
+}
+
+/// A model being trained, on native code: one call per step runs the forward pass,
+/// the loss, the backward pass and the optimizer's update of every weight
+/// ([`crate::autodiff::train_step`]). Weights and optimizer slots are float32, as
+/// Keras keeps them, laid out for the generated code, which updates them in place.
 pub struct Trainer {
     spec: ModelSpec,
-    /// The weights.
-    pub weights: Weights,
-    optimizer: OptimizerState,
+    /// `(layer, name, shape)` of each weight, in the order of the weights given.
+    names: Vec<(usize, &'static str, Vec<usize>)>,
+    /// Staged weights (see [`stage`]).
+    weights: Vec<Vec<f32>>,
+    /// Staged optimizer slots, two per weight.
+    slots: Vec<[Vec<f32>; 2]>,
+    optimizer: Optimizer,
+    /// Steps taken.
+    iterations: u64,
     loss: Loss,
     options: jit::Options,
     funcs: HashMap<lower::Shapes, Functions>,
-    /// Stateful layers' states, by (layer, slot), f32 rows.
-    states: HashMap<(usize, &'static str), ArrayD<f32>>,
+    /// Stateful layers' states by (layer, slot), staged, for the batch size in use.
+    states: Vec<((usize, &'static str), Vec<f32>)>,
     arena: Vec<f32>,
-    /// The weights as the generated code reads them (f32, padded), redone after each update.
-    staged: HashMap<(usize, &'static str), Vec<f32>>,
+    x: Vec<f32>,
+    target: Vec<f32>,
+    hyper: Vec<f32>,
+}
+
+/// Copies an output out of the arena into a staged buffer (rows `padded_stride` apart).
+fn restage(arena: &[f32], loc: &jit::plan::Loc, dst: &mut Vec<f32>) {
+    let stride = jit::plan::padded_stride(loc.rows, loc.cols);
+    dst.resize(jit::plan::padded_len(loc.rows, loc.cols), 0.0);
+    for r in 0..loc.rows {
+        let s = loc.offset as usize + r * loc.row_stride;
+        dst[r * stride..r * stride + loc.cols].copy_from_slice(&arena[s..s + loc.cols]);
+    }
+}
+
+/// Un-stages `rows × cols` values.
+fn unstage(src: &[f32], shape: &[usize]) -> Vec<f32> {
+    let cols = *shape.last().unwrap_or(&1);
+    let rows = shape.iter().product::<usize>() / cols.max(1);
+    let stride = jit::plan::padded_stride(rows, cols);
+    let mut out = Vec::with_capacity(rows * cols);
+    for r in 0..rows {
+        out.extend_from_slice(&src[r * stride..r * stride + cols]);
+    }
+    out
 }
 
 impl Trainer {
@@ -86,38 +134,55 @@ impl Trainer {
         optimizer: Optimizer,
         options: jit::Options,
     ) -> Trainer {
-        let shapes: Vec<Vec<usize>> = weights
-            .tensors
-            .iter()
-            .map(|(_, t)| t.shape().to_vec())
-            .collect();
-        let refs: Vec<&[usize]> = shapes.iter().map(|s| s.as_slice()).collect();
-        Trainer {
-            optimizer: OptimizerState::new(optimizer, &refs),
-            spec,
-            weights,
-            loss: loss_kind,
-            options,
-            funcs: HashMap::new(),
-            states: HashMap::new(),
-            arena: Vec::new(),
-            staged: HashMap::new(),
-        }
-    }
-
-    /// Lays the weights out for the generated code (after every update).
-    fn stage_weights(&mut self) {
-        self.staged.clear();
-        for (i, layer) in self.spec.layers.iter().enumerate() {
+        let mut names = Vec::new();
+        let mut staged = Vec::new();
+        let mut slots = Vec::new();
+        for (i, layer) in spec.layers.iter().enumerate() {
             for w in layer.weights() {
-                if let Some(t) = self.weights.get(i, w.name) {
+                if let Some(t) = weights.get(i, w.name) {
                     let values: Vec<f32> = t.iter().map(|&v| v as f32).collect();
                     let mut s = Vec::new();
                     stage(&values, *t.shape().last().unwrap_or(&1), &mut s);
-                    self.staged.insert((i, w.name), s);
+                    slots.push([vec![0.0; s.len()], vec![0.0; s.len()]]);
+                    staged.push(s);
+                    names.push((i, w.name, t.shape().to_vec()));
                 }
             }
         }
+        Trainer {
+            spec,
+            names,
+            weights: staged,
+            slots,
+            optimizer,
+            iterations: 0,
+            loss: loss_kind,
+            options,
+            funcs: HashMap::new(),
+            states: Vec::new(),
+            arena: Vec::new(),
+            x: Vec::new(),
+            target: Vec::new(),
+            hyper: Vec::new(),
+        }
+    }
+
+    /// The current weights (float32 values, as float64 tensors).
+    pub fn weights(&self) -> Weights {
+        let mut out = Weights::default();
+        for ((layer, name, shape), s) in self.names.iter().zip(&self.weights) {
+            let values: Vec<f64> = unstage(s, shape).into_iter().map(f64::from).collect();
+            out.tensors.push((
+                format!("layers.{layer}.{name}"),
+                ArrayD::from_shape_vec(IxDyn(shape), values).expect("staged sizes agree"),
+            ));
+        }
+        out
+    }
+
+    /// Optimizer steps taken so far.
+    pub fn iterations(&self) -> u64 {
+        self.iterations
     }
 
     /// Zeroes the stateful layers' states.
@@ -125,144 +190,185 @@ impl Trainer {
         self.states.clear();
     }
 
+    fn sources(&self, c: &Compiled) -> Result<Vec<Source>> {
+        c.func
+            .input_roles
+            .iter()
+            .map(|role| {
+                let weight = |layer: usize, name: &str| {
+                    self.names
+                        .iter()
+                        .position(|(l, n, _)| *l == layer && *n == name)
+                        .ok_or_else(|| Error::Internal(format!("no weight layers.{layer}.{name}")))
+                };
+                Ok(match role {
+                    InputRole::X => Source::X,
+                    InputRole::Target => Source::Target,
+                    InputRole::Hyper => Source::Hyper,
+                    InputRole::Weight { layer, name } => Source::Weight(weight(*layer, name)?),
+                    InputRole::Slot { layer, name, index } => {
+                        Source::Slot(weight(*layer, name)?, *index)
+                    }
+                    InputRole::State { .. } => Source::State,
+                    InputRole::DY => {
+                        return Err(Error::Internal("a training step takes no dy".into()))
+                    }
+                })
+            })
+            .collect()
+    }
+
     fn functions(&mut self, shapes: lower::Shapes) -> Result<&Functions> {
         if !self.funcs.contains_key(&shapes) {
             let f = lower::lower(&self.spec, shapes)?;
-            let g = gradient(&f)?;
+            let step = train_step(&f, self.loss, self.optimizer)?;
             let forward = Arc::new(jit::compile(f, &self.options)?);
-            let gradient = Arc::new(jit::compile(g, &self.options)?);
-            self.funcs.insert(shapes, Functions { forward, gradient });
+            let step = Arc::new(jit::compile(step, &self.options)?);
+            let forward_inputs = self.sources(&forward)?;
+            let step_inputs = self.sources(&step)?;
+            self.funcs.insert(
+                shapes,
+                Functions {
+                    forward,
+                    forward_inputs,
+                    step,
+                    step_inputs,
+                },
+            );
         }
         Ok(&self.funcs[&shapes])
     }
 
-    /// Runs a compiled function on x (and dy); returns its outputs by role.
-    fn call(
-        &mut self,
-        c: &Compiled,
-        x: &ArrayD<f32>,
-        dy: Option<&ArrayD<f32>>,
-    ) -> Result<Vec<(OutputRole, ArrayD<f32>)>> {
-        if self.staged.is_empty() {
-            self.stage_weights();
+    /// Runs `c` with its inputs from `sources` (x staged in `self.x`, the target in
+    /// `self.target`), then keeps the stateful layers' final states. Outputs stay in the arena.
+    fn run(&mut self, c: &Compiled, sources: &[Source]) -> Result<()> {
+        if self.arena.len() < c.plan.arena_len {
+            self.arena.resize(c.plan.arena_len, 0.0);
         }
-        let mut staged: Vec<Vec<f32>> = Vec::with_capacity(c.func.input_roles.len());
+        // States: one staged buffer per state input, zeros when none is carried.
+        let mut state_bufs: Vec<Vec<f32>> = Vec::new();
         for (role, &p) in c
             .func
             .input_roles
             .iter()
             .zip(&c.func.block(c.func.entry).params)
         {
-            let shape = c.func.shape(p).to_vec();
-            let values: Vec<f32> = match role {
-                InputRole::X => x.iter().copied().collect(),
-                // Staged already: an empty placeholder, replaced below.
-                InputRole::Weight { .. } => Vec::new(),
-                InputRole::State { layer, slot } => match self.states.get(&(*layer, *slot)) {
-                    Some(s) => s.iter().copied().collect(),
-                    None => vec![0.0; shape.iter().product()],
-                },
-                InputRole::DY => dy
-                    .ok_or_else(|| Error::Internal("dy missing".into()))?
+            if let InputRole::State { layer, slot } = role {
+                let shape = c.func.shape(p);
+                let len = jit::plan::padded_len(
+                    shape[..shape.len() - 1].iter().product(),
+                    *shape.last().unwrap_or(&1),
+                );
+                let carried = self
+                    .states
                     .iter()
-                    .copied()
-                    .collect(),
-            };
-            let mut s = Vec::new();
-            if !matches!(role, InputRole::Weight { .. }) {
-                stage(&values, *shape.last().unwrap_or(&1), &mut s);
+                    .find(|(k, v)| *k == (*layer, *slot) && v.len() == len)
+                    .map(|(_, v)| v.clone());
+                state_bufs.push(carried.unwrap_or_else(|| vec![0.0; len]));
             }
-            staged.push(s);
         }
-        if self.arena.len() < c.plan.arena_len {
-            self.arena.resize(c.plan.arena_len, 0.0);
+        {
+            let Trainer {
+                weights,
+                slots,
+                x,
+                target,
+                hyper,
+                arena,
+                ..
+            } = self;
+            let mut ws: Vec<Option<&mut Vec<f32>>> = weights.iter_mut().map(Some).collect();
+            let mut ss: Vec<[Option<&mut Vec<f32>>; 2]> =
+                slots.iter_mut().map(|[a, b]| [Some(a), Some(b)]).collect();
+            let mut states = state_bufs.iter_mut();
+            let (mut x, mut target, mut hyper) = (Some(x), Some(target), Some(hyper));
+            let mut bufs: Vec<&mut [f32]> = Vec::with_capacity(sources.len());
+            let taken = || Error::Internal("an input is given twice".into());
+            for s in sources {
+                bufs.push(match *s {
+                    Source::X => x.take().ok_or_else(taken)?,
+                    Source::Target => target.take().ok_or_else(taken)?,
+                    Source::Hyper => hyper.take().ok_or_else(taken)?,
+                    Source::Weight(i) => ws[i].take().ok_or_else(taken)?,
+                    Source::Slot(i, j) => ss[i][j].take().ok_or_else(taken)?,
+                    Source::State => states.next().ok_or_else(taken)?,
+                });
+            }
+            c.code.call_mut(&mut bufs, arena)?;
         }
-        let mut refs: Vec<&[f32]> = Vec::with_capacity(staged.len());
-        for (role, s) in c.func.input_roles.iter().zip(&staged) {
-            refs.push(match role {
-                InputRole::Weight { layer, name } => self
-                    .staged
-                    .get(&(*layer, *name))
-                    .ok_or_else(|| Error::Internal(format!("no weight layers.{layer}.{name}")))?,
-                _ => s,
-            });
+        for ((role, _), loc) in c.func.outputs.iter().zip(&c.plan.outputs) {
+            if let OutputRole::State { layer, slot } = role {
+                if self.spec.layers[*layer].stateful {
+                    let key = (*layer, *slot);
+                    match self.states.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, buf)) => restage(&self.arena, loc, buf),
+                        None => {
+                            let mut buf = Vec::new();
+                            restage(&self.arena, loc, &mut buf);
+                            self.states.push((key, buf));
+                        }
+                    }
+                }
+            }
         }
-        c.code.call(&refs, &mut self.arena)?;
-        let mut out = Vec::new();
-        for ((role, v), loc) in c.func.outputs.iter().zip(&c.plan.outputs) {
-            let mut buf = vec![0.0f32; loc.rows * loc.cols];
-            gather(&self.arena, loc, &mut buf);
-            out.push((
-                role.clone(),
-                ArrayD::from_shape_vec(IxDyn(c.func.shape(*v)), buf)
-                    .map_err(|e| Error::Internal(e.to_string()))?,
-            ));
-        }
-        Ok(out)
+        Ok(())
+    }
+
+    /// The output `role` of the last run of `c`, from the arena.
+    fn output(&self, c: &Compiled, role: &OutputRole) -> Result<ArrayD<f32>> {
+        let (k, v) = c
+            .func
+            .outputs
+            .iter()
+            .enumerate()
+            .find(|(_, (r, _))| r == role)
+            .map(|(k, (_, v))| (k, *v))
+            .ok_or_else(|| Error::Internal(format!("no output {role}")))?;
+        let loc = &c.plan.outputs[k];
+        let mut buf = vec![0.0f32; loc.rows * loc.cols];
+        gather(&self.arena, loc, &mut buf);
+        ArrayD::from_shape_vec(IxDyn(c.func.shape(v)), buf)
+            .map_err(|e| Error::Internal(e.to_string()))
     }
 
     /// Predicts one batch, carrying stateful layers' states.
     pub fn predict_batch(&mut self, x: &ArrayD<f32>) -> Result<ArrayD<f32>> {
         let shapes = batch_shapes(&self.spec, x.shape())?;
-        let f = self.functions(shapes)?.forward.clone();
-        let outs = self.call(&f, x, None)?;
-        let mut y = None;
-        for (role, a) in outs {
-            match role {
-                OutputRole::Y => y = Some(a),
-                OutputRole::State { layer, slot } if self.spec.layers[layer].stateful => {
-                    self.states.insert((layer, slot), a);
-                }
-                _ => {}
-            }
-        }
-        y.ok_or_else(|| Error::Internal("no output".into()))
+        let (f, sources) = {
+            let fs = self.functions(shapes)?;
+            (fs.forward.clone(), fs.forward_inputs.clone())
+        };
+        let xs: Vec<f32> = x.iter().copied().collect();
+        stage(&xs, *x.shape().last().unwrap_or(&1), &mut self.x);
+        self.run(&f, &sources)?;
+        self.output(&f, &OutputRole::Y)
     }
 
-    /// One optimizer step on a batch; returns the loss before the update and the accuracy.
+    /// One optimizer step on a batch, in one native call; returns the loss before the
+    /// update and the accuracy of the batch's prediction.
     pub fn train_on_batch(&mut self, x: &ArrayD<f32>, target: &ArrayD<f64>) -> Result<(f64, f64)> {
         let shapes = batch_shapes(&self.spec, x.shape())?;
-        let (f, g) = {
+        let (f, sources) = {
             let fs = self.functions(shapes)?;
-            (fs.forward.clone(), fs.gradient.clone())
+            (fs.step.clone(), fs.step_inputs.clone())
         };
-        let outs = self.call(&f, x, None)?;
-        let y = outs
-            .iter()
-            .find(|(r, _)| *r == OutputRole::Y)
-            .map(|(_, a)| a.mapv(|v| v as f64))
-            .ok_or_else(|| Error::Internal("no output".into()))?;
-        let (value, dy) = loss(self.loss, &y, target)?;
+        let y_shape = c_output_shape(&f, &OutputRole::Y)?;
+        let dense = dense_targets(self.loss, &y_shape, target)?;
+        let xs: Vec<f32> = x.iter().copied().collect();
+        stage(&xs, *x.shape().last().unwrap_or(&1), &mut self.x);
+        let ts: Vec<f32> = dense.iter().map(|&v| v as f32).collect();
+        stage(&ts, *y_shape.last().unwrap_or(&1), &mut self.target);
+        let rate = self.optimizer.step_rate(self.iterations + 1) as f32;
+        stage(&[rate], 1, &mut self.hyper);
+        self.run(&f, &sources)?;
+        self.iterations += 1;
+        let value = self.output(&f, &OutputRole::Loss)?;
+        let y = self.output(&f, &OutputRole::Y)?.mapv(f64::from);
         let acc = accuracy(self.loss, &y, target);
-        let outs = self.call(&g, x, Some(&dy.mapv(|v| v as f32)))?;
-        let mut grads: HashMap<String, ArrayD<f64>> = HashMap::new();
-        for (role, a) in outs {
-            match role {
-                OutputRole::Grad(GradRole(InputRole::Weight { layer, name })) => {
-                    grads.insert(format!("layers.{layer}.{name}"), a.mapv(|v| v as f64));
-                }
-                OutputRole::State { layer, slot } if self.spec.layers[layer].stateful => {
-                    self.states.insert((layer, slot), a);
-                }
-                _ => {}
-            }
-        }
-        let gs: Vec<ArrayD<f64>> = self
-            .weights
-            .tensors
-            .iter()
-            .map(|(n, _)| {
-                grads
-                    .remove(n)
-                    .ok_or_else(|| Error::Internal(format!("no gradient for {n}")))
-            })
-            .collect::<Result<_>>()?;
-        let grefs: Vec<&ArrayD<f64>> = gs.iter().collect();
-        let mut wrefs: Vec<&mut ArrayD<f64>> =
-            self.weights.tensors.iter_mut().map(|(_, t)| t).collect();
-        self.optimizer.step(&mut wrefs, &grefs)?;
-        self.stage_weights();
-        Ok((value, acc))
+        Ok((
+            f64::from(value.iter().next().copied().unwrap_or(f32::NAN)),
+            acc,
+        ))
     }
 
     /// Loss and accuracy over a data set, in batches, states carried (no updates).
@@ -320,8 +426,7 @@ impl Trainer {
         let mut rng = crate::init::stream(o.seed, 7, 7);
         let mut logs = Vec::new();
         for epoch in 1..=o.epochs {
-            let good = self.weights.clone();
-            let good_opt = self.optimizer.clone();
+            let good = (self.weights.clone(), self.slots.clone(), self.iterations);
             let mut order: Vec<usize> = (0..n_train).collect();
             if o.shuffle {
                 for i in (1..order.len()).rev() {
@@ -336,9 +441,7 @@ impl Trainer {
                 let (l, a) = self.train_on_batch(&xb, &tb)?;
                 // Diverged weights give a non-finite loss at the next step.
                 if !l.is_finite() {
-                    self.weights = good;
-                    self.optimizer = good_opt;
-                    self.stage_weights();
+                    (self.weights, self.slots, self.iterations) = good;
                     return Err(Error::Data(format!(
                         "training diverged: the loss is {l} at epoch {epoch}, batch {}; the weights of epoch {} are kept",
                         b + 1,
@@ -405,4 +508,14 @@ pub fn accuracy(kind: Loss, y: &ArrayD<f64>, t: &ArrayD<f64>) -> f64 {
         };
     }
     right as f64 / rows.max(1) as f64
+}
+
+/// The shape of a function output.
+fn c_output_shape(c: &Compiled, role: &OutputRole) -> Result<Vec<usize>> {
+    c.func
+        .outputs
+        .iter()
+        .find(|(r, _)| r == role)
+        .map(|(_, v)| c.func.shape(*v).to_vec())
+        .ok_or_else(|| Error::Internal(format!("no output {role}")))
 }

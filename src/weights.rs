@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::Path;
 
 /// The weights of a model, in model order (layer by layer; kernel, recurrent_kernel, bias).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Weights {
     /// `(name, tensor)` pairs.
     pub tensors: Vec<(String, ArrayD<f64>)>,

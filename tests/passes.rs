@@ -28,7 +28,7 @@ fn run(
             InputRole::X => x.clone(),
             InputRole::Weight { layer, name } => w.get(*layer, name).unwrap().clone(),
             InputRole::State { .. } => s.next().unwrap().clone(),
-            InputRole::DY => unreachable!("forward functions take no dy"),
+            r => unreachable!("forward functions take no {r}"),
         })
         .collect();
     let outs = interp::run(f, &inputs).unwrap();

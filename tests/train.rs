@@ -29,7 +29,7 @@ fn every_fixture_train_block_on_native_code() {
             );
         }
         let want = fx.final_weights(&spec);
-        for ((n, got), (_, want)) in t.weights.tensors.iter().zip(&want.tensors) {
+        for ((n, got), (_, want)) in t.weights().tensors.iter().zip(&want.tensors) {
             for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
                 assert!(
                     (g - w).abs() <= 1e-5 + 1e-4 * w.abs(),
@@ -78,7 +78,7 @@ fn a_diverging_run_stops_naming_epoch_and_batch_and_keeps_finite_weights() {
         "{err}"
     );
     assert!(
-        t.weights
+        t.weights()
             .tensors
             .iter()
             .all(|(_, a)| a.iter().all(|v| v.is_finite())),

@@ -73,6 +73,10 @@ enum Command {
         /// Print the gradient function (forward with its tape, then backward) instead.
         #[arg(long)]
         backward: bool,
+        /// Print the training step instead: forward, loss, backward and the optimizer's
+        /// updates, as the `compile` line says (default: mse and rmsprop, as Keras's).
+        #[arg(long, conflicts_with = "backward")]
+        train: bool,
     },
     /// Compile a model, then train, evaluate and predict as its file and flags say.
     Run(run::RunArgs),
@@ -119,13 +123,14 @@ pub fn main() -> ExitCode {
             no_locations,
             after,
             backward,
+            train,
         } => ir(
             &model,
             batch_size,
             input_length,
             no_locations,
             after.as_deref(),
-            backward,
+            (backward, train),
         ),
         Command::Run(args) => run::run(args),
         Command::Bench(args) => bench::bench(args),
@@ -165,7 +170,7 @@ fn ir(
     time: Option<usize>,
     no_locations: bool,
     after: Option<&str>,
-    backward: bool,
+    (backward, train): (bool, bool),
 ) -> Result<(), Error> {
     let spec = load_model(model)?;
     let shapes = sizes(&spec, batch, time)?;
@@ -173,6 +178,18 @@ fn ir(
     lstmc::ir::verify::verify(&f)?;
     if backward {
         f = lstmc::autodiff::gradient(&f)?;
+        lstmc::ir::verify::verify(&f)?;
+    }
+    if train {
+        let (loss, optimizer) = match &spec.compile {
+            Some(c) => (c.loss, c.optimizer),
+            None => (
+                lstmc::model::Loss::Mse,
+                lstmc::model::Optimizer::keras_default("rmsprop")
+                    .ok_or_else(|| Error::Internal("rmsprop has no defaults".into()))?,
+            ),
+        };
+        f = lstmc::autodiff::train_step(&f, loss, optimizer)?;
         lstmc::ir::verify::verify(&f)?;
     }
     if let Some(pass) = after {

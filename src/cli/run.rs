@@ -8,6 +8,7 @@ use lstmc::train::{FitOptions, Trainer};
 use lstmc::weights::Weights;
 use lstmc::Error;
 use ndarray::{ArrayD, IxDyn};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 /// The built-in example: the Keras tutorial's stateful LSTM.
@@ -193,6 +194,18 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
         }
         let started = std::time::Instant::now();
         let every = (fo.epochs / 20).max(1);
+        // A live bar on a terminal; plain lines every 5% when stderr is a file or pipe.
+        let bar = (!args.quiet && !args.json && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(fo.epochs as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "epoch {pos:>5}/{len} [{bar:30}] {msg} - {elapsed_precise}, {eta} left",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar
+        });
         let result = trainer.fit(data, &fo, |log| {
             if args.json {
                 let mut j = serde_json::json!({"epoch": log.epoch, "loss": log.loss, "accuracy": log.accuracy});
@@ -201,13 +214,23 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
                     j["val_accuracy"] = va.into();
                 }
                 outln!("{j}");
+            } else if let Some(bar) = &bar {
+                let mut msg = format!("loss {:.4} - accuracy {:.4}", log.loss, log.accuracy);
+                if let Some((vl, va)) = log.validation {
+                    msg.push_str(&format!(" - val_loss {vl:.4} - val_accuracy {va:.4}"));
+                }
+                bar.set_message(msg);
+                bar.set_position(log.epoch as u64);
             } else if !args.quiet && (log.epoch % every == 0 || log.epoch == fo.epochs) {
                 let elapsed = started.elapsed().as_secs_f64();
                 let left = elapsed / log.epoch as f64 * (fo.epochs - log.epoch) as f64;
                 eprintln!("epoch {:>5}/{} - loss {:.4} - accuracy {:.4} - {:.1} s, {:.1} s left", log.epoch, fo.epochs, log.loss, log.accuracy, elapsed, left);
             }
         });
-        weights = trainer.weights.clone();
+        if let Some(bar) = bar {
+            bar.finish();
+        }
+        weights = trainer.weights();
         if let Some(path) = &args.save_weights {
             weights.save(path)?;
         }

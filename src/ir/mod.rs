@@ -17,7 +17,7 @@ pub mod print;
 pub mod verify;
 
 use crate::front::Span;
-use crate::model::Activation;
+use crate::model::{Activation, Loss, Optimizer};
 use std::fmt;
 
 macro_rules! entity {
@@ -190,6 +190,14 @@ pub enum Op {
     },
     /// `(s: [B, T, ..]) -> [B, T, ..]`: the time axis reversed.
     ReverseTime,
+    /// `(y: [.., N], t: [.., N]) -> ([1], [.., N])`: the loss of the prediction `y`
+    /// against dense targets `t` (Keras's reduction), and its gradient with respect to `y`.
+    LossGrad(Loss),
+    /// `(w: W, g: W, s1: W, s2: W, hyper: [1]) -> (W, W, W)`: one optimizer step of a
+    /// weight by its gradient, with its two slots; `hyper[0]` is the step's learning
+    /// rate (Adam's bias-corrected one). The results replace `w`, `s1` and `s2`, which
+    /// nothing may read afterwards: code generation updates them in place.
+    Update(Optimizer),
 }
 
 impl Op {
@@ -239,6 +247,8 @@ impl Op {
             Op::PadRow { index, rows } => format!("pad_row[{index}; {rows}]"),
             Op::PadTime { t, steps } => format!("pad_time[{t}; {steps}]"),
             Op::ReverseTime => "reverse_time".into(),
+            Op::LossGrad(l) => format!("loss_grad[{}]", l.name()),
+            Op::Update(o) => format!("update[{}]", o.describe()),
         }
     }
 }
@@ -364,6 +374,20 @@ pub enum InputRole {
     },
     /// The gradient of the loss with respect to the output `y` (backward functions).
     DY,
+    /// The training targets, shaped like `y` (train-step functions).
+    Target,
+    /// An optimizer slot of a weight (train-step functions): 0 is momentum, Adam's `m`
+    /// or RMSprop's velocity, 1 is Adam's `v` or RMSprop's momentum.
+    Slot {
+        /// layer index
+        layer: usize,
+        /// the weight
+        name: &'static str,
+        /// 0 or 1
+        index: usize,
+    },
+    /// The step's learning rate, `[1]` (train-step functions).
+    Hyper,
 }
 
 /// What a function output is.
@@ -380,6 +404,11 @@ pub enum OutputRole {
     },
     /// The gradient of the loss with respect to a function input (backward functions).
     Grad(GradRole),
+    /// The loss of the batch, `[1]` (train-step functions).
+    Loss,
+    /// The new value of an input (a weight or a slot) after an optimizer step, written
+    /// in place of that input (train-step functions).
+    Updated(InputRole),
 }
 
 impl fmt::Display for GradRole {
@@ -399,6 +428,11 @@ impl fmt::Display for InputRole {
             InputRole::Weight { layer, name } => write!(f, "layers.{layer}.{name}"),
             InputRole::State { layer, slot } => write!(f, "state layers.{layer}.{slot}"),
             InputRole::DY => f.write_str("dy"),
+            InputRole::Target => f.write_str("target"),
+            InputRole::Slot { layer, name, index } => {
+                write!(f, "slot{index} layers.{layer}.{name}")
+            }
+            InputRole::Hyper => f.write_str("learning_rate"),
         }
     }
 }
@@ -409,6 +443,8 @@ impl fmt::Display for OutputRole {
             OutputRole::Y => f.write_str("y"),
             OutputRole::State { layer, slot } => write!(f, "state layers.{layer}.{slot}"),
             OutputRole::Grad(g) => write!(f, "{g}"),
+            OutputRole::Loss => f.write_str("loss"),
+            OutputRole::Updated(r) => write!(f, "updated {r}"),
         }
     }
 }
@@ -666,6 +702,25 @@ pub fn infer(op: &Op, args: &[&Ty]) -> Result<Vec<Ty>, IrError> {
             }
             Ok(vec![Ty::Tensor(s.to_vec())])
         }
+        Op::LossGrad(_) => {
+            arity(2)?;
+            let y = tensor(0)?;
+            if tensor(1)? != y || y.is_empty() {
+                return err(format!("targets {:?} for a prediction {:?}", tensor(1)?, y));
+            }
+            Ok(vec![Ty::Tensor(vec![1]), Ty::Tensor(y.to_vec())])
+        }
+        Op::Update(_) => {
+            arity(5)?;
+            let w = tensor(0)?;
+            if (1..4).any(|i| tensor(i).map(|s| s != w).unwrap_or(true)) {
+                return err("weight, gradient and slots differ in shape".into());
+            }
+            if tensor(4)? != [1] {
+                return err("the learning rate is not [1]".into());
+            }
+            Ok(vec![Ty::Tensor(w.to_vec()); 3])
+        }
     }
 }
 
@@ -845,6 +900,15 @@ impl Function {
             counts[v.index()] += 1;
         }
         counts
+    }
+
+    /// Whether the function overwrites some of its inputs (a training step's `update`s).
+    pub fn writes_inputs(&self) -> bool {
+        let mut any = false;
+        self.walk(self.entry, &mut |i| {
+            any |= matches!(self.insts[i.index()].op, Op::Update(_));
+        });
+        any
     }
 
     /// The blocks reachable from the entry (the entry and loop bodies), outer before inner.

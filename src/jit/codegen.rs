@@ -12,6 +12,7 @@
 use super::math;
 use super::plan::{Base, Loc, Plan};
 use crate::ir::{BinOp, FNode, Function, FusedKernel, IrError, Op, Value as IrValue};
+use crate::model::Optimizer;
 use cranelift_codegen::ir::{
     condcodes::IntCC, types, AbiParam, FuncRef, InstBuilder, MemFlagsData, Signature, Type, Value,
 };
@@ -76,8 +77,17 @@ pub fn softmax_grad_signature(sig: &mut Signature) {
     }
 }
 
+/// The signature of `lstmc_loss(kind, y, ys, t, ts, dy, dys, rows, cols, out)`.
+pub fn loss_signature(sig: &mut Signature) {
+    for _ in 0..10 {
+        sig.params.push(AbiParam::new(types::I64));
+    }
+}
+
 /// Host functions the generated code calls.
 pub struct Hosts {
+    /// `lstmc_loss`
+    pub loss: FuncRef,
     /// `lstmc_gemm`
     pub gemm: FuncRef,
     /// `lstmc_softmax`
@@ -101,10 +111,16 @@ pub fn emit(
     b.switch_to_block(entry);
     let table = b.block_params(entry)[0];
     let arena = b.block_params(entry)[1];
+    // A training step writes its weights and slots in place: then no input is read-only.
+    let read_input = if f.writes_inputs() {
+        MemFlagsData::new().with_notrap()
+    } else {
+        MemFlagsData::new().with_notrap().with_readonly()
+    };
     let flags = Flags {
         table: MemFlagsData::trusted().with_readonly(),
         write: MemFlagsData::new().with_notrap(),
-        read_input: MemFlagsData::new().with_notrap().with_readonly(),
+        read_input,
     };
     let mut inputs = Vec::new();
     for i in 0..f.input_roles.len() {
@@ -411,6 +427,31 @@ impl Emitter<'_, '_> {
                     };
                     self.copy(&src, &at)?;
                 }
+                Op::LossGrad(kind) => {
+                    let (y, t) = (self.val(d.args[0])?, self.val(d.args[1])?);
+                    let (value, dy) = (self.val(d.results[0])?, self.val(d.results[1])?);
+                    let args = [
+                        self.imm(super::host::loss_code(*kind)),
+                        y.ptr,
+                        self.imm(y.stride / 4),
+                        t.ptr,
+                        self.imm(t.stride / 4),
+                        dy.ptr,
+                        self.imm(dy.stride / 4),
+                        self.imm(y.rows as i64),
+                        self.imm(y.cols as i64),
+                        value.ptr,
+                    ];
+                    self.b.ins().call(self.hosts.loss, &args);
+                }
+                Op::Update(kind) => {
+                    let ms: Vec<Mat> = d
+                        .args
+                        .iter()
+                        .map(|&a| self.val(a))
+                        .collect::<Result<_, _>>()?;
+                    self.update(*kind, &ms)?;
+                }
                 Op::ReverseTime => {
                     let (src, out) = (self.val(d.args[0])?, self.val(d.results[0])?);
                     let steps = self.f.shape(d.args[0])[1];
@@ -661,6 +702,109 @@ impl Emitter<'_, '_> {
                 }
                 for (o, &node) in k.outputs.iter().enumerate() {
                     e.store(t[node], out_rows[o], off);
+                }
+                Ok(())
+            })
+        })
+    }
+
+    /// One optimizer step, in place, on `w`, with gradient `g`, slots `s1`, `s2` and the
+    /// step's learning rate `rate[0]` (`ms` in that order): the formulas of
+    /// [`crate::optim::update`], in f32 as Keras runs them. Only a row's real columns are
+    /// written: a weight's padding stays zero.
+    fn update(&mut self, kind: Optimizer, ms: &[Mat]) -> Result<(), IrError> {
+        let (w, g, s1, s2, hyper) = (ms[0], ms[1], ms[2], ms[3], ms[4]);
+        let rate = self
+            .b
+            .ins()
+            .load(types::F32, self.flags.write, hyper.ptr, 0);
+        self.counted(w.rows, |e, r| {
+            let (wr, gr, ar, br) = (e.row(&w, r), e.row(&g, r), e.row(&s1, r), e.row(&s2, r));
+            e.columns(w.cols, false, |e, off, ty| {
+                let c = |e: &mut Self, v: f64| math::cst(e.b, ty, v as f32);
+                let lr = if ty == types::F32 {
+                    rate
+                } else {
+                    e.b.ins().splat(ty, rate)
+                };
+                let wv = e.load(ty, &w, wr, off);
+                let gv = e.load(ty, &g, gr, off);
+                let grad_step = e.b.ins().fmul(gv, lr);
+                match kind {
+                    Optimizer::Sgd {
+                        momentum, nesterov, ..
+                    } => {
+                        if momentum == 0.0 {
+                            let nw = e.b.ins().fsub(wv, grad_step);
+                            e.store(nw, wr, off);
+                        } else {
+                            let mv = e.load(ty, &s1, ar, off);
+                            let mom = c(e, momentum);
+                            let mm = e.b.ins().fmul(mv, mom);
+                            let m = e.b.ins().fsub(mm, grad_step);
+                            e.store(m, ar, off);
+                            let nw = if nesterov {
+                                let mm = e.b.ins().fmul(m, mom);
+                                let d = e.b.ins().fsub(mm, grad_step);
+                                e.b.ins().fadd(wv, d)
+                            } else {
+                                e.b.ins().fadd(wv, m)
+                            };
+                            e.store(nw, wr, off);
+                        }
+                    }
+                    Optimizer::Adam {
+                        beta_1,
+                        beta_2,
+                        epsilon,
+                        ..
+                    } => {
+                        let (mv, vv) = (e.load(ty, &s1, ar, off), e.load(ty, &s2, br, off));
+                        let (b1, b2, eps) = (c(e, 1.0 - beta_1), c(e, 1.0 - beta_2), c(e, epsilon));
+                        let d = e.b.ins().fsub(gv, mv);
+                        let d = e.b.ins().fmul(d, b1);
+                        let m = e.b.ins().fadd(mv, d);
+                        let gg = e.b.ins().fmul(gv, gv);
+                        let d = e.b.ins().fsub(gg, vv);
+                        let d = e.b.ins().fmul(d, b2);
+                        let v = e.b.ins().fadd(vv, d);
+                        e.store(m, ar, off);
+                        e.store(v, br, off);
+                        let num = e.b.ins().fmul(m, lr);
+                        let root = e.b.ins().sqrt(v);
+                        let den = e.b.ins().fadd(root, eps);
+                        let step = e.b.ins().fdiv(num, den);
+                        let nw = e.b.ins().fsub(wv, step);
+                        e.store(nw, wr, off);
+                    }
+                    Optimizer::Rmsprop {
+                        rho,
+                        momentum,
+                        epsilon,
+                        ..
+                    } => {
+                        let vv = e.load(ty, &s1, ar, off);
+                        let (rh, one_rh, eps) = (c(e, rho), c(e, 1.0 - rho), c(e, epsilon));
+                        let a = e.b.ins().fmul(rh, vv);
+                        let gg = e.b.ins().fmul(one_rh, gv);
+                        let gg = e.b.ins().fmul(gg, gv);
+                        let v = e.b.ins().fadd(a, gg);
+                        e.store(v, ar, off);
+                        let ve = e.b.ins().fadd(v, eps);
+                        let root = e.b.ins().sqrt(ve);
+                        let inc = e.b.ins().fdiv(grad_step, root);
+                        let nw = if momentum > 0.0 {
+                            let mv = e.load(ty, &s2, br, off);
+                            let mom = c(e, momentum);
+                            let mm = e.b.ins().fmul(mom, mv);
+                            let m = e.b.ins().fadd(mm, inc);
+                            e.store(m, br, off);
+                            e.b.ins().fsub(wv, m)
+                        } else {
+                            e.b.ins().fsub(wv, inc)
+                        };
+                        e.store(nw, wr, off);
+                    }
                 }
                 Ok(())
             })

@@ -23,3 +23,46 @@ pub fn softmax_row(x: &[f32], y: &mut [f32]) {
         *o /= sum;
     }
 }
+
+/// The loss code of `lstmc_loss`'s first argument (generated code passes it as an integer).
+pub fn loss_code(kind: crate::model::Loss) -> i64 {
+    crate::model::Loss::NAMES
+        .iter()
+        .position(|n| *n == kind.name())
+        .map_or(0, |p| p as i64)
+}
+
+/// The loss over `rows` rows of `cols` (rows `*_stride` apart in each buffer) and its
+/// gradient into `dy`: [`crate::loss::row`] in f64 on each row, then the mean.
+#[allow(clippy::too_many_arguments)]
+pub fn loss_rows(
+    code: i64,
+    y: &[f32],
+    ys: usize,
+    t: &[f32],
+    ts: usize,
+    dy: &mut [f32],
+    dys: usize,
+    rows: usize,
+    cols: usize,
+) -> f32 {
+    let kind = crate::model::Loss::NAMES
+        .get(code as usize)
+        .and_then(|n| crate::model::Loss::from_name(n))
+        .unwrap_or(crate::model::Loss::Mse);
+    let mut yr = vec![0.0f64; cols];
+    let mut tr = vec![0.0f64; cols];
+    let mut gr = vec![0.0f64; cols];
+    let mut total = 0.0;
+    for r in 0..rows {
+        for j in 0..cols {
+            yr[j] = f64::from(y[r * ys + j]);
+            tr[j] = f64::from(t[r * ts + j]);
+        }
+        total += crate::loss::row(kind, &yr, &tr, &mut gr, rows as f64);
+        for j in 0..cols {
+            dy[r * dys + j] = gr[j] as f32;
+        }
+    }
+    (total / rows.max(1) as f64) as f32
+}

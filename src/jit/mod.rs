@@ -109,7 +109,8 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         .map_err(cl_err)?;
     ctx.func.name = UserFuncName::user(0, id.as_u32());
     // The host functions generated code calls, each with its signature.
-    let imports: [(&str, SignatureFn); 4] = [
+    let imports: [(&str, SignatureFn); 5] = [
+        ("lstmc_loss", codegen::loss_signature),
         ("lstmc_gemm", codegen::gemm_signature),
         ("lstmc_softmax", codegen::softmax_signature),
         ("lstmc_gemm_strided", codegen::gemm_strided_signature),
@@ -129,10 +130,11 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
     {
         let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
         let hosts = codegen::Hosts {
-            gemm: module.declare_func_in_func(ids[0], b.func),
-            softmax: module.declare_func_in_func(ids[1], b.func),
-            gemm_strided: module.declare_func_in_func(ids[2], b.func),
-            softmax_grad: module.declare_func_in_func(ids[3], b.func),
+            loss: module.declare_func_in_func(ids[0], b.func),
+            gemm: module.declare_func_in_func(ids[1], b.func),
+            softmax: module.declare_func_in_func(ids[2], b.func),
+            gemm_strided: module.declare_func_in_func(ids[3], b.func),
+            softmax_grad: module.declare_func_in_func(ids[4], b.func),
         };
         codegen::emit(&func, &plan, &options.tuning, &mut b, hosts)?;
         b.finalize(module.target_config());
@@ -146,7 +148,14 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
     };
     module.clear_context(&mut ctx);
     module.finalize_definitions().map_err(cl_err)?;
-    let code = NativeCode::new(module, id, plan.input_lens.clone(), plan.arena_len);
+    let writes_inputs = func.writes_inputs();
+    let code = NativeCode::new(
+        module,
+        id,
+        plan.input_lens.clone(),
+        plan.arena_len,
+        writes_inputs,
+    );
     Ok(Compiled {
         func,
         plan,

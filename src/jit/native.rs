@@ -9,8 +9,10 @@
 //!   buffer's planned length ([`super::plan::Plan::check_bounds`]).
 //! - [`NativeCode::call`] checks, before every call, that it receives exactly
 //!   the planned number of inputs, each of exactly its planned length, and an
-//!   arena at least as long as planned. Inputs are only read; the arena is
-//!   exclusively borrowed for the call.
+//!   arena at least as long as planned. The arena is exclusively borrowed for
+//!   the call. Inputs are only read, except by a function that writes them (a
+//!   training step's in-place updates), which only [`NativeCode::call_mut`]
+//!   runs, with every input exclusively borrowed.
 //! - The host functions are called only by that code, with pointers and
 //!   sizes from the same checked plan.
 //! - The executable memory is freed when the `NativeCode` is dropped; the
@@ -29,6 +31,7 @@ pub struct NativeCode {
     entry: Entry,
     input_lens: Vec<usize>,
     arena_len: usize,
+    writes_inputs: bool,
 }
 
 impl std::fmt::Debug for NativeCode {
@@ -47,6 +50,7 @@ impl NativeCode {
         id: FuncId,
         input_lens: Vec<usize>,
         arena_len: usize,
+        writes_inputs: bool,
     ) -> NativeCode {
         let ptr = module.get_finalized_function(id);
         // SAFETY: `id` was defined with the signature (i64, i64) -> () of the
@@ -57,6 +61,7 @@ impl NativeCode {
             entry,
             input_lens,
             arena_len,
+            writes_inputs,
         }
     }
 
@@ -65,8 +70,44 @@ impl NativeCode {
         self.arena_len
     }
 
-    /// Runs the function: `inputs` in the function's input order, each of its planned length.
+    /// Whether the function writes its inputs (a training step updating weights in place):
+    /// then it runs only by [`NativeCode::call_mut`].
+    pub fn writes_inputs(&self) -> bool {
+        self.writes_inputs
+    }
+
+    /// Runs a function that only reads its inputs: `inputs` in the function's input
+    /// order, each of its planned length.
     pub fn call(&self, inputs: &[&[f32]], arena: &mut [f32]) -> Result<()> {
+        if self.writes_inputs {
+            return Err(Error::Internal(
+                "this function updates its inputs: call it with call_mut".into(),
+            ));
+        }
+        const ON_STACK: usize = 32;
+        if inputs.len() <= ON_STACK {
+            let mut ptrs = [(std::ptr::null::<f32>(), 0usize); ON_STACK];
+            for (slot, x) in ptrs.iter_mut().zip(inputs) {
+                *slot = (x.as_ptr(), x.len());
+            }
+            return self.checked_call(&ptrs[..inputs.len()], arena);
+        }
+        let ptrs: Vec<(*const f32, usize)> = inputs.iter().map(|x| (x.as_ptr(), x.len())).collect();
+        self.checked_call(&ptrs, arena)
+    }
+
+    /// Runs a function that may write its inputs (each exclusively borrowed for the call).
+    pub fn call_mut(&self, inputs: &mut [&mut [f32]], arena: &mut [f32]) -> Result<()> {
+        let ptrs: Vec<(*const f32, usize)> = inputs
+            .iter_mut()
+            .map(|x| (x.as_mut_ptr() as *const f32, x.len()))
+            .collect();
+        self.checked_call(&ptrs, arena)
+    }
+
+    /// Checks every buffer against the plan, then calls. `inputs` are (pointer, length) of
+    /// live borrows held by the caller for the whole call.
+    fn checked_call(&self, inputs: &[(*const f32, usize)], arena: &mut [f32]) -> Result<()> {
         if inputs.len() != self.input_lens.len() {
             return Err(Error::Internal(format!(
                 "{} inputs given, {} planned",
@@ -74,11 +115,10 @@ impl NativeCode {
                 self.input_lens.len()
             )));
         }
-        for (i, (x, &want)) in inputs.iter().zip(&self.input_lens).enumerate() {
-            if x.len() != want {
+        for (i, (&(_, len), &want)) in inputs.iter().zip(&self.input_lens).enumerate() {
+            if len != want {
                 return Err(Error::Internal(format!(
-                    "input {i} has {} elements, {want} planned",
-                    x.len()
+                    "input {i} has {len} elements, {want} planned"
                 )));
             }
         }
@@ -94,12 +134,12 @@ impl NativeCode {
         let mut small = [std::ptr::null::<f32>(); ON_STACK];
         let heap: Vec<*const f32>;
         let table: &[*const f32] = if inputs.len() <= ON_STACK {
-            for (slot, x) in small.iter_mut().zip(inputs) {
-                *slot = x.as_ptr();
+            for (slot, &(p, _)) in small.iter_mut().zip(inputs) {
+                *slot = p;
             }
             &small[..inputs.len()]
         } else {
-            heap = inputs.iter().map(|x| x.as_ptr()).collect();
+            heap = inputs.iter().map(|&(p, _)| p).collect();
             &heap
         };
         // SAFETY: see the module documentation; every buffer was checked above.
@@ -233,9 +273,50 @@ extern "C" fn lstmc_softmax_grad(
     }
 }
 
+/// The loss of `rows` rows and its gradient (see [`crate::jit::host::loss_rows`]); the
+/// loss goes to `out[0]`.
+#[allow(clippy::too_many_arguments)]
+extern "C" fn lstmc_loss(
+    code: u64,
+    y: *const f32,
+    ys: u64,
+    t: *const f32,
+    ts: u64,
+    dy: *mut f32,
+    dys: u64,
+    rows: u64,
+    cols: u64,
+    out: *mut f32,
+) {
+    let (rows, cols) = (rows as usize, cols as usize);
+    let span = |stride: u64| (rows.max(1) - 1) * stride as usize + cols;
+    // SAFETY: called by generated code with pointers and sizes from a bounds-checked plan;
+    // `y`, `t`, `dy` and `out` are distinct slots (of the arena, or inputs for `t`).
+    let (y, t, dy, out) = unsafe {
+        (
+            std::slice::from_raw_parts(y, span(ys)),
+            std::slice::from_raw_parts(t, span(ts)),
+            std::slice::from_raw_parts_mut(dy, span(dys)),
+            &mut *out,
+        )
+    };
+    *out = crate::jit::host::loss_rows(
+        code as i64,
+        y,
+        ys as usize,
+        t,
+        ts as usize,
+        dy,
+        dys as usize,
+        rows,
+        cols,
+    );
+}
+
 /// The host symbols generated code may call, for `JITBuilder::symbol`.
-pub fn host_symbols() -> [(&'static str, *const u8); 4] {
+pub fn host_symbols() -> [(&'static str, *const u8); 5] {
     [
+        ("lstmc_loss", lstmc_loss as *const u8),
         ("lstmc_gemm", lstmc_gemm as *const u8),
         ("lstmc_softmax", lstmc_softmax as *const u8),
         ("lstmc_gemm_strided", lstmc_gemm_strided as *const u8),

@@ -189,6 +189,7 @@ pub fn plan(f: &Function) -> Result<Plan, IrError> {
     let mut alias: HashMap<Value, Value> = HashMap::new();
     let mut def_pos: Vec<usize> = vec![0; n];
     let mut input_lens = Vec::new();
+    let mut updates: Vec<Inst> = Vec::new();
 
     for (i, &p) in f.block(f.entry).params.iter().enumerate() {
         let (rows, cols) = matrix(f.shape(p));
@@ -293,6 +294,23 @@ pub fn plan(f: &Function) -> Result<Plan, IrError> {
                 }
             }
             Op::Yield => {}
+            Op::Update(_) => {
+                // In place: the new weight and slots are written over the inputs.
+                for (&r, &a) in d
+                    .results
+                    .iter()
+                    .zip([d.args[0], d.args[2], d.args[3]].iter())
+                {
+                    let l = locs[a.index()]
+                        .filter(|l| matches!(l.base, Base::Input(_)) && l.k.is_none())
+                        .ok_or_else(|| {
+                            IrError(format!("{i}: update of a value that is not an input"))
+                        })?;
+                    locs[r.index()] = Some(l);
+                    root[r.index()] = root[a.index()];
+                }
+                updates.push(i);
+            }
             _ => {
                 for &r in &d.results {
                     if f.ty(r) != &Ty::Index {
@@ -332,6 +350,18 @@ pub fn plan(f: &Function) -> Result<Plan, IrError> {
             }
             for &r in &d.results {
                 touch(r, end, &mut last);
+            }
+        }
+    }
+    // An update overwrites its inputs: nothing may read them after it.
+    for &u in &updates {
+        let at = lin.pos[&u];
+        let d = f.inst(u);
+        for a in [d.args[0], d.args[2], d.args[3]] {
+            if last[root[a.index()].index()] > at {
+                return Err(IrError(format!(
+                    "{u}: {a} is read after its update, which overwrites it"
+                )));
             }
         }
     }
@@ -396,13 +426,14 @@ pub fn plan(f: &Function) -> Result<Plan, IrError> {
         }
     }
     for (role, v) in &f.outputs {
-        if !matches!(
+        let in_arena = matches!(
             locs[v.index()],
             Some(Loc {
                 base: Base::Arena,
                 ..
             })
-        ) {
+        );
+        if !in_arena && !matches!(role, crate::ir::OutputRole::Updated(_)) {
             return Err(IrError(format!("output {role} does not live in the arena")));
         }
     }

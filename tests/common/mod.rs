@@ -172,6 +172,7 @@ pub fn gradient_inputs(
             InputRole::Weight { layer, name } => w.get(*layer, name).unwrap().clone(),
             InputRole::State { .. } => ArrayD::zeros(g.shape(p)),
             InputRole::DY => dy.clone(),
+            r => panic!("a gradient function takes no {r}"),
         })
         .collect()
 }
