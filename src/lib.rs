@@ -13,7 +13,12 @@ pub mod ir;
 pub mod model;
 pub mod weights;
 
+pub use api::{CompileOptions, Model, Network};
 pub use error::{Error, Result};
+pub use runtime::{Predictor, Stream};
+pub use train::{EpochLog, FitOptions};
+pub use weights::Weights;
+pub mod api;
 pub mod autodiff;
 pub mod data;
 pub mod jit;

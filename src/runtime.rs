@@ -11,7 +11,7 @@ use crate::reference::{batch_shapes, join_batches, split_batches, States};
 use crate::weights::Weights;
 use ndarray::{ArrayD, IxDyn};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The result of one batch.
 #[derive(Clone, Debug)]
@@ -22,20 +22,168 @@ pub struct BatchOutput {
     pub states: Vec<(usize, &'static str, ArrayD<f32>)>,
 }
 
-/// A model with its weights, compiled to native code on first use of each batch shape.
+/// A model with its weights, compiled to native code on first use of each batch shape,
+/// with one stream of states (Keras's model-held states).
+///
+/// For predictions from many threads at once, take a [`Predictor`]
+/// ([`CompiledModel::predictor`]): it shares the native code and the weights, and each
+/// stateful sequence gets its own [`Stream`].
 #[derive(Debug)]
 pub struct CompiledModel {
+    shared: Arc<Shared>,
+    stream: Stream,
+}
+
+/// A compiled function with where each of its inputs comes from.
+type Entry = (Arc<Compiled>, Arc<[Source]>);
+
+/// What threads share: the model, its staged weights, and the native code compiled so far.
+#[derive(Debug)]
+struct Shared {
     spec: ModelSpec,
     /// Staged weights, with their layer and name.
     weights: Vec<((usize, &'static str), Vec<f32>)>,
-    states: States<f32>,
-    cache: HashMap<lower::Shapes, Arc<Compiled>>,
-    /// The most recently used function, with where each of its inputs comes from.
-    last: Option<(lower::Shapes, Arc<Compiled>, Arc<[Source]>)>,
+    /// Compiled functions by sizes; kept when the weights change (the code reads them).
+    cache: Arc<Mutex<HashMap<lower::Shapes, Entry>>>,
     options: jit::Options,
+}
+
+/// One stream of batches through a model: the states of its stateful layers (one row per
+/// batch row, carried from call to call) and the scratch memory of its calls.
+///
+/// ```
+/// use ndarray::{ArrayD, IxDyn};
+/// let mut net = lstmc::Model::parse("LSTM 3 input_dim=1 input_length=1 batch_size=1 stateful\n")?
+///     .compile(&Default::default())?;
+/// let p = net.predictor();
+/// let (mut a, mut b) = (p.stream(), p.stream()); // two sequences, served side by side
+/// let one = ArrayD::<f32>::ones(IxDyn(&[1, 1, 1]));
+/// let a1 = p.predict_stream(&mut a, &one)?.y;
+/// let a2 = p.predict_stream(&mut a, &one)?.y;
+/// let b1 = p.predict_stream(&mut b, &one)?.y;
+/// assert_eq!(a1, b1); // b starts from zeros, as a did
+/// assert_ne!(a1, a2); // a carried its state
+/// # Ok::<(), lstmc::Error>(())
+/// ```
+#[derive(Debug, Default)]
+pub struct Stream {
+    states: States<f32>,
     arena: Vec<f32>,
     /// x and the states, laid out for the generated code, reused from call to call.
     staged: Vec<Vec<f32>>,
+    /// The most recently used function.
+    last: Option<(lower::Shapes, Entry)>,
+}
+
+impl Stream {
+    /// Zeroes the stateful layers' states (Keras's `reset_states`).
+    ///
+    /// ```
+    /// use ndarray::{ArrayD, IxDyn};
+    /// let mut net = lstmc::Model::parse("GRU 2 input_dim=1 input_length=2 batch_size=1 stateful\n")?
+    ///     .compile(&Default::default())?;
+    /// let p = net.predictor();
+    /// let mut s = p.stream();
+    /// let x = ArrayD::<f32>::ones(IxDyn(&[1, 2, 1]));
+    /// let first = p.predict_stream(&mut s, &x)?.y;
+    /// s.reset_states();
+    /// assert_eq!(p.predict_stream(&mut s, &x)?.y, first);
+    /// # Ok::<(), lstmc::Error>(())
+    /// ```
+    pub fn reset_states(&mut self) {
+        self.states.reset();
+    }
+
+    /// The carried states of the stateful layers: `(layer, "h" or "c", [batch, units])`,
+    /// none before the first call.
+    ///
+    /// ```
+    /// let mut net = lstmc::Model::parse("LSTM 2 input_dim=1 input_length=2 batch_size=3 stateful\n")?
+    ///     .compile(&Default::default())?;
+    /// let p = net.predictor();
+    /// let mut s = p.stream();
+    /// p.predict_stream(&mut s, &ndarray::ArrayD::ones(ndarray::IxDyn(&[3, 2, 1])))?;
+    /// let names: Vec<_> = s.states().iter().map(|(l, n, a)| (*l, *n, a.shape().to_vec())).collect();
+    /// assert_eq!(names, [(0, "h", vec![3, 2]), (0, "c", vec![3, 2])]);
+    /// # Ok::<(), lstmc::Error>(())
+    /// ```
+    pub fn states(&self) -> Vec<(usize, &'static str, ArrayD<f32>)> {
+        let mut v: Vec<_> = self
+            .states
+            .values
+            .iter()
+            .map(|(&(l, s), a)| (l, s, a.clone()))
+            .collect();
+        v.sort_by_key(|&(l, s, _)| (l, s != "h"));
+        v
+    }
+}
+
+/// A handle for predicting from many threads at once (`Send + Sync`, cheap to clone):
+/// the native code and the weights of a [`CompiledModel`] as they were when it was made.
+/// Code compiled for a new batch shape by any thread is shared with all.
+///
+/// ```
+/// fn shareable<T: Send + Sync + Clone>(_: &T) {}
+/// let mut net = lstmc::Model::parse("Dense 2 input_dim=2\n")?.compile(&Default::default())?;
+/// shareable(&net.predictor());
+/// # Ok::<(), lstmc::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Predictor {
+    shared: Arc<Shared>,
+}
+
+impl Predictor {
+    /// A new stream: stateful layers start from zero states.
+    ///
+    /// ```
+    /// let mut net = lstmc::Model::parse("LSTM 2 input_dim=1 input_length=2 batch_size=1 stateful\n")?
+    ///     .compile(&Default::default())?;
+    /// assert!(net.predictor().stream().states().is_empty());
+    /// # Ok::<(), lstmc::Error>(())
+    /// ```
+    pub fn stream(&self) -> Stream {
+        Stream::default()
+    }
+
+    /// Runs one batch on `stream`: stateful layers start from, and update, its states.
+    /// Returns the output and every recurrent layer's final states.
+    ///
+    /// ```
+    /// let mut net = lstmc::Model::parse("SimpleRNN 2 input_dim=1 input_length=3\n")?.compile(&Default::default())?;
+    /// let p = net.predictor();
+    /// let out = p.predict_stream(&mut p.stream(), &ndarray::ArrayD::ones(ndarray::IxDyn(&[4, 3, 1])))?;
+    /// assert_eq!(out.y.shape(), &[4, 2]);
+    /// assert_eq!(out.states[0].2, out.y); // a SimpleRNN's output is its last state
+    /// # Ok::<(), lstmc::Error>(())
+    /// ```
+    pub fn predict_stream(&self, stream: &mut Stream, x: &ArrayD<f32>) -> Result<BatchOutput> {
+        self.shared.predict_batch(stream, x)
+    }
+
+    /// Runs one batch from zero states (a stream of one batch).
+    ///
+    /// ```
+    /// let mut net = lstmc::Model::parse("Dense 3 input_dim=2 activation=softmax\n")?.compile(&Default::default())?;
+    /// let y = net.predictor().predict(&ndarray::ArrayD::zeros(ndarray::IxDyn(&[5, 2])))?;
+    /// assert!((y.sum() - 5.0).abs() < 1e-5); // each row sums to one
+    /// # Ok::<(), lstmc::Error>(())
+    /// ```
+    pub fn predict(&self, x: &ArrayD<f32>) -> Result<ArrayD<f32>> {
+        Ok(self.shared.predict_batch(&mut Stream::default(), x)?.y)
+    }
+
+    /// The model.
+    ///
+    /// ```
+    /// let mut net = lstmc::Model::parse("Dense 3 input_dim=2\n")?.compile(&Default::default())?;
+    /// assert_eq!(net.predictor().spec().layers[0].units, 3);
+    /// # Ok::<(), lstmc::Error>(())
+    /// ```
+    pub fn spec(&self) -> &ModelSpec {
+        &self.shared.spec
+    }
 }
 
 /// Where a function input comes from, resolved once per compiled function.
@@ -70,54 +218,75 @@ pub fn gather(arena: &[f32], loc: &jit::plan::Loc, out: &mut [f32]) {
     }
 }
 
+/// Weights staged for generated code: float32, rows padded by [`jit::plan::padded_stride`],
+/// slack at the end.
+fn stage_weights(weights: &Weights) -> Vec<((usize, &'static str), Vec<f32>)> {
+    let mut out = Vec::new();
+    for (name, t) in &weights.tensors {
+        let mut parts = name.splitn(3, '.');
+        let (_, layer, w) = (parts.next(), parts.next(), parts.next());
+        if let (Some(layer), Some(w)) = (layer.and_then(|l| l.parse().ok()), w) {
+            let cols = *t.shape().last().unwrap_or(&1);
+            let values: Vec<f32> = t.iter().map(|&v| v as f32).collect();
+            let mut staged = Vec::new();
+            stage(&values, cols, &mut staged);
+            let name = ["kernel", "recurrent_kernel", "bias"]
+                .into_iter()
+                .find(|n| *n == w);
+            if let Some(name) = name {
+                out.push(((layer, name), staged));
+            }
+        }
+    }
+    out
+}
+
 impl CompiledModel {
     /// A model with `weights`, compiled lazily with `options`.
     pub fn new(spec: ModelSpec, weights: &Weights, options: jit::Options) -> CompiledModel {
-        let mut m = CompiledModel {
-            spec,
-            weights: Vec::new(),
-            states: States::new(),
-            cache: HashMap::new(),
-            last: None,
-            options,
-            arena: Vec::new(),
-            staged: Vec::new(),
-        };
-        m.set_weights(weights);
-        m
+        CompiledModel {
+            shared: Arc::new(Shared {
+                spec,
+                weights: stage_weights(weights),
+                cache: Arc::new(Mutex::new(HashMap::new())),
+                options,
+            }),
+            stream: Stream::default(),
+        }
     }
 
     /// The model.
     pub fn spec(&self) -> &ModelSpec {
-        &self.spec
+        &self.shared.spec
     }
 
-    /// Replaces the weights: float32, laid out as the generated code expects
-    /// (rows padded by [`jit::plan::padded_stride`], slack at the end).
-    pub fn set_weights(&mut self, weights: &Weights) {
-        self.weights.clear();
-        self.last = None;
-        for (name, t) in &weights.tensors {
-            let mut parts = name.splitn(3, '.');
-            let (_, layer, w) = (parts.next(), parts.next(), parts.next());
-            if let (Some(layer), Some(w)) = (layer.and_then(|l| l.parse().ok()), w) {
-                let cols = *t.shape().last().unwrap_or(&1);
-                let values: Vec<f32> = t.iter().map(|&v| v as f32).collect();
-                let mut staged = Vec::new();
-                stage(&values, cols, &mut staged);
-                let name = ["kernel", "recurrent_kernel", "bias"]
-                    .into_iter()
-                    .find(|n| *n == w);
-                if let Some(name) = name {
-                    self.weights.push(((layer, name), staged));
-                }
-            }
+    /// A handle that predicts from any thread with the current weights.
+    pub fn predictor(&self) -> Predictor {
+        Predictor {
+            shared: self.shared.clone(),
         }
+    }
+
+    /// Replaces the weights (the compiled code is kept). Predictors made before keep the
+    /// weights they were made with.
+    pub fn set_weights(&mut self, weights: &Weights) {
+        self.shared = Arc::new(Shared {
+            spec: self.shared.spec.clone(),
+            weights: stage_weights(weights),
+            cache: self.shared.cache.clone(),
+            options: self.shared.options,
+        });
+        self.stream.last = None;
     }
 
     /// Zeroes the stateful layers' states.
     pub fn reset_states(&mut self) {
-        self.states.reset();
+        self.stream.reset_states();
+    }
+
+    /// The carried states (see [`Stream::states`]).
+    pub fn states(&self) -> Vec<(usize, &'static str, ArrayD<f32>)> {
+        self.stream.states()
     }
 
     /// Fixes the batch size of a stateful model anew (Keras: rebuilding it with another
@@ -126,119 +295,15 @@ impl CompiledModel {
         if batch == 0 {
             return Err(Error::Usage("batch size must be at least 1".into()));
         }
-        self.states = States::new();
-        let mut pinned = self.spec.clone();
+        self.stream.states = States::new();
+        let mut pinned = self.shared.spec.clone();
         pinned.input.batch = Some(batch);
-        self.states.admit(&pinned, batch)
+        self.stream.states.admit(&pinned, batch)
     }
 
     /// The compiled function for these sizes (compiled on first use, then cached).
     pub fn compiled(&mut self, shapes: lower::Shapes) -> Result<Arc<Compiled>> {
-        if let Some(c) = self.cache.get(&shapes) {
-            return Ok(c.clone());
-        }
-        let f = lower::lower(&self.spec, shapes)?;
-        let c = Arc::new(jit::compile(f, &self.options)?);
-        self.cache.insert(shapes, c.clone());
-        Ok(c)
-    }
-
-    /// Runs the compiled function on `x` of `shape`; stateful layers start from the carried
-    /// states and the states are updated. The outputs are left in the arena.
-    fn execute(&mut self, x: &[f32], shape: &[usize]) -> Result<Arc<Compiled>> {
-        let shapes = batch_shapes(&self.spec, shape)?;
-        self.states.admit(&self.spec, shapes.batch)?;
-        let (c, sources) = match &self.last {
-            Some((s, c, src)) if *s == shapes => (c.clone(), src.clone()),
-            _ => {
-                let c = self.compiled(shapes)?;
-                let src = c
-                    .func
-                    .input_roles
-                    .iter()
-                    .map(|role| match role {
-                        InputRole::X => Ok(Source::X),
-                        InputRole::State { layer, slot } => Ok(Source::State(*layer, slot)),
-                        r @ (InputRole::DY
-                        | InputRole::Target
-                        | InputRole::Slot { .. }
-                        | InputRole::Hyper) => {
-                            Err(Error::Internal(format!("a forward function takes no {r}")))
-                        }
-                        InputRole::Weight { layer, name } => self
-                            .weights
-                            .iter()
-                            .position(|(k, _)| *k == (*layer, *name))
-                            .map(Source::Weight)
-                            .ok_or_else(|| {
-                                Error::Internal(format!("no weight layers.{layer}.{name}"))
-                            }),
-                    })
-                    .collect::<Result<Arc<[Source]>>>()?;
-                self.last = Some((shapes, c.clone(), src.clone()));
-                (c, src)
-            }
-        };
-        if self.arena.len() < c.plan.arena_len {
-            self.arena.resize(c.plan.arena_len, 0.0);
-        }
-        // Stage x and the states (weights were staged when set).
-        let n = sources.len();
-        self.staged.resize_with(n, Vec::new);
-        let xcols = *shape.last().unwrap_or(&1);
-        for (k, src) in sources.iter().enumerate() {
-            match *src {
-                Source::X => stage(x, xcols, &mut self.staged[k]),
-                Source::State(layer, slot) => {
-                    let s = &self.states.values[&(layer, slot)];
-                    let cols = *s.shape().last().unwrap_or(&1);
-                    stage(
-                        s.as_slice()
-                            .ok_or_else(|| Error::Internal("state not contiguous".into()))?,
-                        cols,
-                        &mut self.staged[k],
-                    );
-                }
-                Source::Weight(_) => {}
-            }
-        }
-        {
-            const ON_STACK: usize = 32;
-            let mut small: [&[f32]; ON_STACK] = [&[]; ON_STACK];
-            let mut heap: Vec<&[f32]> = Vec::new();
-            for (k, src) in sources.iter().enumerate() {
-                let s: &[f32] = match *src {
-                    Source::X | Source::State(..) => &self.staged[k],
-                    Source::Weight(i) => &self.weights[i].1,
-                };
-                if n <= ON_STACK {
-                    small[k] = s;
-                } else {
-                    heap.push(s);
-                }
-            }
-            let inputs = if n <= ON_STACK {
-                &small[..n]
-            } else {
-                &heap[..]
-            };
-            c.code.call(inputs, &mut self.arena)?;
-        }
-        // Carry the stateful layers' final states to the next call.
-        for ((role, _), loc) in c.func.outputs.iter().zip(&c.plan.outputs) {
-            if let OutputRole::State { layer, slot } = role {
-                if self.spec.layers[*layer].stateful {
-                    let dst = self
-                        .states
-                        .values
-                        .get_mut(&(*layer, *slot))
-                        .and_then(|a| a.as_slice_mut())
-                        .ok_or_else(|| Error::Internal("state not contiguous".into()))?;
-                    gather(&self.arena, loc, dst);
-                }
-            }
-        }
-        Ok(c)
+        Ok(self.shared.entry(shapes)?.0)
     }
 
     /// The fast path: predicts one batch `x` of `shape` into `y` (the output's elements in
@@ -252,7 +317,7 @@ impl CompiledModel {
                 shape
             )));
         }
-        let c = self.execute(x, shape)?;
+        let c = self.shared.execute(&mut self.stream, x, shape)?;
         let loc = c.plan.outputs[0];
         if y.len() != loc.rows * loc.cols {
             return Err(Error::Usage(format!(
@@ -261,22 +326,150 @@ impl CompiledModel {
                 loc.rows * loc.cols
             )));
         }
-        gather(&self.arena, &loc, y);
+        gather(&self.stream.arena, &loc, y);
         Ok(())
     }
 
     /// Runs one batch; stateful layers start from, and update, the carried states.
     pub fn predict_batch(&mut self, x: &ArrayD<f32>) -> Result<BatchOutput> {
+        self.shared.predict_batch(&mut self.stream, x)
+    }
+
+    /// Keras's `predict(x, batch_size)`: consecutive batches, states carried.
+    pub fn predict(&mut self, x: &ArrayD<f32>, batch_size: usize) -> Result<ArrayD<f32>> {
+        let chunks = split_batches(&self.shared.spec, x, batch_size)?;
+        let mut ys = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            ys.push(self.predict_batch(&c)?.y);
+        }
+        join_batches(ys)
+    }
+}
+
+impl Shared {
+    /// The compiled function for these sizes and its input sources (compiled on first use).
+    fn entry(&self, shapes: lower::Shapes) -> Result<Entry> {
+        // A poisoned lock only means another thread panicked while compiling: the map
+        // itself is intact (entries are inserted whole).
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = cache.get(&shapes) {
+            return Ok(e.clone());
+        }
+        let f = lower::lower(&self.spec, shapes)?;
+        let c = Arc::new(jit::compile(f, &self.options)?);
+        let src = c
+            .func
+            .input_roles
+            .iter()
+            .map(|role| match role {
+                InputRole::X => Ok(Source::X),
+                InputRole::State { layer, slot } => Ok(Source::State(*layer, slot)),
+                r @ (InputRole::DY
+                | InputRole::Target
+                | InputRole::Slot { .. }
+                | InputRole::Hyper) => {
+                    Err(Error::Internal(format!("a forward function takes no {r}")))
+                }
+                InputRole::Weight { layer, name } => self
+                    .weights
+                    .iter()
+                    .position(|(k, _)| *k == (*layer, *name))
+                    .map(Source::Weight)
+                    .ok_or_else(|| Error::Internal(format!("no weight layers.{layer}.{name}"))),
+            })
+            .collect::<Result<Arc<[Source]>>>()?;
+        let e = (c, src);
+        cache.insert(shapes, e.clone());
+        Ok(e)
+    }
+
+    /// Runs the compiled function on `x` of `shape` in `stream`: stateful layers start from
+    /// its states, which are updated. The outputs are left in its arena.
+    fn execute(&self, stream: &mut Stream, x: &[f32], shape: &[usize]) -> Result<Arc<Compiled>> {
+        let shapes = batch_shapes(&self.spec, shape)?;
+        stream.states.admit(&self.spec, shapes.batch)?;
+        let (c, sources) = match &stream.last {
+            Some((s, e)) if *s == shapes => e.clone(),
+            _ => {
+                let e = self.entry(shapes)?;
+                stream.last = Some((shapes, e.clone()));
+                e
+            }
+        };
+        if stream.arena.len() < c.plan.arena_len {
+            stream.arena.resize(c.plan.arena_len, 0.0);
+        }
+        // Stage x and the states (weights were staged when set).
+        let n = sources.len();
+        stream.staged.resize_with(n, Vec::new);
+        let xcols = *shape.last().unwrap_or(&1);
+        for (k, src) in sources.iter().enumerate() {
+            match *src {
+                Source::X => stage(x, xcols, &mut stream.staged[k]),
+                Source::State(layer, slot) => {
+                    let s = &stream.states.values[&(layer, slot)];
+                    let cols = *s.shape().last().unwrap_or(&1);
+                    stage(
+                        s.as_slice()
+                            .ok_or_else(|| Error::Internal("state not contiguous".into()))?,
+                        cols,
+                        &mut stream.staged[k],
+                    );
+                }
+                Source::Weight(_) => {}
+            }
+        }
+        {
+            const ON_STACK: usize = 32;
+            let mut small: [&[f32]; ON_STACK] = [&[]; ON_STACK];
+            let mut heap: Vec<&[f32]> = Vec::new();
+            for (k, src) in sources.iter().enumerate() {
+                let s: &[f32] = match *src {
+                    Source::X | Source::State(..) => &stream.staged[k],
+                    Source::Weight(i) => &self.weights[i].1,
+                };
+                if n <= ON_STACK {
+                    small[k] = s;
+                } else {
+                    heap.push(s);
+                }
+            }
+            let inputs = if n <= ON_STACK {
+                &small[..n]
+            } else {
+                &heap[..]
+            };
+            c.code.call(inputs, &mut stream.arena)?;
+        }
+        // Carry the stateful layers' final states to the next call.
+        for ((role, _), loc) in c.func.outputs.iter().zip(&c.plan.outputs) {
+            if let OutputRole::State { layer, slot } = role {
+                if self.spec.layers[*layer].stateful {
+                    let dst = stream
+                        .states
+                        .values
+                        .get_mut(&(*layer, *slot))
+                        .and_then(|a| a.as_slice_mut())
+                        .ok_or_else(|| Error::Internal("state not contiguous".into()))?;
+                    gather(&stream.arena, loc, dst);
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    /// Runs one batch in `stream`; returns the output and every recurrent layer's final states.
+    fn predict_batch(&self, stream: &mut Stream, x: &ArrayD<f32>) -> Result<BatchOutput> {
         let x = x.as_standard_layout();
         let xs = x
             .as_slice()
             .ok_or_else(|| Error::Internal("input not contiguous".into()))?;
-        let c = self.execute(xs, x.shape())?;
+        let c = self.execute(stream, xs, x.shape())?;
         let mut y = None;
         let mut states = Vec::new();
         for (k, ((role, v), loc)) in c.func.outputs.iter().zip(&c.plan.outputs).enumerate() {
             let mut out = vec![0.0; loc.rows * loc.cols];
-            gather(&self.arena, loc, &mut out);
+            gather(&stream.arena, loc, &mut out);
             let a = ArrayD::from_shape_vec(IxDyn(c.func.shape(*v)), out)
                 .map_err(|e| Error::Internal(format!("output {k}: {e}")))?;
             match role {
@@ -287,15 +480,5 @@ impl CompiledModel {
         }
         let y = y.ok_or_else(|| Error::Internal("function without output".into()))?;
         Ok(BatchOutput { y, states })
-    }
-
-    /// Keras's `predict(x, batch_size)`: consecutive batches, states carried.
-    pub fn predict(&mut self, x: &ArrayD<f32>, batch_size: usize) -> Result<ArrayD<f32>> {
-        let chunks = split_batches(&self.spec, x, batch_size)?;
-        let mut ys = Vec::with_capacity(chunks.len());
-        for c in chunks {
-            ys.push(self.predict_batch(&c)?.y);
-        }
-        join_batches(ys)
     }
 }

@@ -42,6 +42,28 @@ pub struct FitOptions {
     pub seed: u64,
 }
 
+impl FitOptions {
+    /// The model's `fit` line with `loss` and `optimizer`, Keras's defaults where the line is
+    /// silent: one epoch, the model's batch size or 32, shuffled, states reset every epoch.
+    pub fn for_model(spec: &ModelSpec, loss: Loss, optimizer: Optimizer) -> FitOptions {
+        let fit = spec.fit.as_ref();
+        FitOptions {
+            loss,
+            optimizer,
+            epochs: fit.map_or(1, |f| f.epochs),
+            batch_size: spec
+                .input
+                .batch
+                .or(fit.and_then(|f| f.batch_size))
+                .unwrap_or(32),
+            shuffle: fit.and_then(|f| f.shuffle).unwrap_or(true),
+            reset_states: fit.map_or(ResetStates::Epoch, |f| f.reset_states),
+            validation_split: fit.map_or(0.0, |f| f.validation_split),
+            seed: fit.and_then(|f| f.seed).unwrap_or(0),
+        }
+    }
+}
+
 /// One epoch's results.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EpochLog {
@@ -190,6 +212,117 @@ impl Trainer {
         self.states.clear();
     }
 
+    /// The carried states of the stateful layers: `(layer, "h" or "c", [batch, units])`,
+    /// none before the first batch or after [`Trainer::reset_states`].
+    pub fn states(&self) -> Vec<(usize, &'static str, ArrayD<f32>)> {
+        let mut v: Vec<_> = self
+            .states
+            .iter()
+            .map(|&((layer, slot), ref buf)| {
+                let units = self.spec.layers[layer].units;
+                // Staged rows: one row (its own stride), or `padded_stride(2+)` apart.
+                let rows = if buf.len() == jit::plan::padded_len(1, units) {
+                    1
+                } else {
+                    (buf.len() - jit::plan::SLACK) / jit::plan::padded_stride(2, units)
+                };
+                let shape = [rows, units];
+                let a = ArrayD::from_shape_vec(IxDyn(&shape), unstage(buf, &shape))
+                    .expect("staged sizes agree");
+                (layer, slot, a)
+            })
+            .collect();
+        v.sort_by_key(|&(l, s, _)| (l, s != "h"));
+        v
+    }
+
+    /// Sets the carried state `slot` (`"h"`, or `"c"` for an LSTM) of stateful layer `layer`
+    /// to `value`, shaped `[batch, units]`; the next batch must have that batch size.
+    pub fn set_state(&mut self, layer: usize, slot: &str, value: &ArrayD<f32>) -> Result<()> {
+        let l = self.spec.layers.get(layer).ok_or_else(|| {
+            Error::Usage(format!(
+                "model `{}` has {} layers; there is no layer {layer}",
+                self.spec.name,
+                self.spec.layers.len()
+            ))
+        })?;
+        if !l.stateful {
+            return Err(Error::Usage(format!(
+                "layer {layer} ({}) is not stateful: it starts every batch from zeros",
+                l.kind.name()
+            )));
+        }
+        let slots: &[&'static str] = if l.kind == crate::model::LayerKind::Lstm {
+            &["h", "c"]
+        } else {
+            &["h"]
+        };
+        let slot = *slots.iter().find(|s| **s == slot).ok_or_else(|| {
+            Error::Usage(format!(
+                "layer {layer} ({}) has states {}; not `{slot}`",
+                l.kind.name(),
+                slots.join(" and ")
+            ))
+        })?;
+        if value.ndim() != 2 || value.shape()[1] != l.units {
+            return Err(Error::Usage(format!(
+                "state {slot} of layer {layer} is [batch, {}]; got {:?}",
+                l.units,
+                value.shape()
+            )));
+        }
+        if value.iter().any(|v| !v.is_finite()) {
+            return Err(Error::Data(format!(
+                "state {slot} of layer {layer} has NaN or infinite values"
+            )));
+        }
+        let values: Vec<f32> = value.iter().copied().collect();
+        let mut buf = Vec::new();
+        stage(&values, l.units, &mut buf);
+        self.states.retain(|(k, _)| *k != (layer, slot));
+        self.states.push(((layer, slot), buf));
+        Ok(())
+    }
+
+    /// Replaces the weights (the optimizer's slots and step count are kept, as Keras's
+    /// `set_weights` keeps them). Every weight of the model must be given, with its shape.
+    pub fn set_weights(&mut self, weights: &Weights) -> Result<()> {
+        let mut staged = Vec::with_capacity(self.names.len());
+        for (layer, name, shape) in &self.names {
+            let t = weights.get(*layer, name).ok_or_else(|| {
+                Error::Weights(format!("weight layers.{layer}.{name} is missing"))
+            })?;
+            if t.shape() != shape.as_slice() {
+                return Err(Error::Weights(format!(
+                    "weight layers.{layer}.{name} is shaped {:?}; the model needs {:?}",
+                    t.shape(),
+                    shape
+                )));
+            }
+            let values: Vec<f32> = t.iter().map(|&v| v as f32).collect();
+            let mut s = Vec::new();
+            stage(&values, *shape.last().unwrap_or(&1), &mut s);
+            staged.push(s);
+        }
+        self.weights = staged;
+        Ok(())
+    }
+
+    /// The model.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// The loss it trains with.
+    pub fn loss(&self) -> Loss {
+        self.loss
+    }
+
+    /// The optimizer it trains with.
+    pub fn optimizer(&self) -> Optimizer {
+        self.optimizer
+    }
+
     fn sources(&self, c: &Compiled) -> Result<Vec<Source>> {
         c.func
             .input_roles
@@ -259,12 +392,17 @@ impl Trainer {
                     shape[..shape.len() - 1].iter().product(),
                     *shape.last().unwrap_or(&1),
                 );
-                let carried = self
-                    .states
-                    .iter()
-                    .find(|(k, v)| *k == (*layer, *slot) && v.len() == len)
-                    .map(|(_, v)| v.clone());
-                state_bufs.push(carried.unwrap_or_else(|| vec![0.0; len]));
+                let carried = self.states.iter().find(|(k, _)| *k == (*layer, *slot));
+                match carried {
+                    Some((_, v)) if v.len() == len => state_bufs.push(v.clone()),
+                    Some(_) => {
+                        return Err(Error::Usage(format!(
+                            "model `{}` is stateful and carries states for another batch size                              than this batch of {}; call reset_states() first, which starts                              from zero states",
+                            self.spec.name, shape[0]
+                        )))
+                    }
+                    None => state_bufs.push(vec![0.0; len]),
+                }
             }
         }
         {

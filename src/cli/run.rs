@@ -2,7 +2,7 @@
 
 use clap::Args;
 use lstmc::data::{self, Dataset};
-use lstmc::model::{DataSource, Loss, ModelSpec, Optimizer, ResetStates};
+use lstmc::model::{DataSource, Loss, ModelSpec, Optimizer};
 use lstmc::reference::Reference;
 use lstmc::train::{FitOptions, Trainer};
 use lstmc::weights::Weights;
@@ -161,26 +161,19 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
         if let Some(lr) = args.learning_rate {
             optimizer = optimizer.with_learning_rate(lr);
         }
-        let fit = spec.fit.clone();
-        let batch_size = args
-            .batch_size
-            .or(spec.input.batch)
-            .or(fit.as_ref().and_then(|f| f.batch_size))
-            .unwrap_or(32);
+        let defaults = FitOptions::for_model(&spec, loss, optimizer);
+        let batch_size = args.batch_size.unwrap_or(defaults.batch_size);
         let shuffle = if args.no_shuffle {
             false
         } else {
-            args.shuffle || fit.as_ref().and_then(|f| f.shuffle).unwrap_or(true)
+            args.shuffle || defaults.shuffle
         };
         let fo = FitOptions {
-            loss,
-            optimizer,
-            epochs: args.epochs.or(fit.as_ref().map(|f| f.epochs)).unwrap_or(1),
+            epochs: args.epochs.unwrap_or(defaults.epochs),
             batch_size,
             shuffle,
-            reset_states: fit.as_ref().map_or(ResetStates::Epoch, |f| f.reset_states),
-            validation_split: fit.as_ref().map_or(0.0, |f| f.validation_split),
             seed,
+            ..defaults
         };
         let mut trainer = Trainer::new(spec.clone(), weights.clone(), loss, optimizer, options);
         if !args.quiet && !args.json {
