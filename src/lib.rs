@@ -4,6 +4,8 @@
 //! checked by the [`front`] end into a [`model::ModelSpec`], lowered into the
 //! [`ir`], and run by the [`interp`] (the reference oracle).
 
+#![deny(unsafe_code)]
+
 pub mod arrays;
 pub mod error;
 pub mod front;

@@ -17,6 +17,12 @@
 //!   sizes from the same checked plan.
 //! - The executable memory is freed when the `NativeCode` is dropped; the
 //!   function pointer never leaves it, so no call can follow the free.
+//!
+//! The C ABI ([`capi`]) lives here too: it dereferences the pointers a C
+//! caller passes, after checking each for NULL and each buffer's length
+//! against the shapes it claims, and catches every panic at the boundary.
+
+pub mod capi;
 
 use crate::error::{Error, Result};
 use cranelift_jit::JITModule;
