@@ -3,6 +3,8 @@
 //! linked against the static and the dynamic library; and every misuse in
 //! `tests/c/errors.c` gets its status and message.
 
+mod common;
+
 use lstmc::{CompileOptions, Model};
 use ndarray::{ArrayD, IxDyn};
 use std::path::{Path, PathBuf};
@@ -47,33 +49,21 @@ fn the_header_is_generated_from_the_code() {
 
 /// The static and dynamic libraries, built by cargo (a test build makes only the rlib).
 fn libraries() -> (PathBuf, PathBuf) {
-    let out = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--lib", "--message-format=json"])
-        .current_dir(ROOT)
-        .output()
-        .expect("cargo runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (mut a, mut so) = (None, None);
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "lstmc" {
-            for f in msg["filenames"].as_array().into_iter().flatten() {
-                let f = PathBuf::from(f.as_str().unwrap_or_default());
-                match f.extension().and_then(|e| e.to_str()) {
-                    Some("a") => a = Some(f),
-                    Some("so") | Some("dylib") => so = Some(f),
-                    _ => {}
-                }
-            }
-        }
-    }
-    (a.expect("a staticlib"), so.expect("a cdylib"))
+    let files = common::cargo_build(&["--lib"], "lstmc");
+    let find = |exts: &[&str]| {
+        files
+            .iter()
+            .find(|f| {
+                f.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| exts.contains(&e))
+            })
+            .cloned()
+    };
+    (
+        find(&["a"]).expect("a staticlib"),
+        find(&["so", "dylib"]).expect("a cdylib"),
+    )
 }
 
 /// Compiles C `sources` into `exe`, linked against `lib` (static or dynamic).

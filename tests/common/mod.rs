@@ -9,6 +9,7 @@ use ndarray::{ArrayD, IxDyn};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::process::Command;
 
 pub mod random;
 
@@ -214,4 +215,40 @@ pub fn assert_close(what: &str, got: &ArrayD<f64>, want: &ArrayD<f64>, tol: f64)
             "{what}: element {i}: got {g}, want {w} (tolerance {tol})"
         );
     }
+}
+
+/// Builds `args` (`--lib`, `--example NAME`) in release mode with the test's own cargo
+/// and returns the files cargo reports for the target named `target`.
+pub fn cargo_build(args: &[&str], target: &str) -> Vec<PathBuf> {
+    let out = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--message-format=json"])
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut files = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if msg["reason"] == "compiler-artifact" && msg["target"]["name"] == target {
+            files.extend(
+                msg["filenames"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|f| f.as_str())
+                    .map(PathBuf::from),
+            );
+            if let Some(exe) = msg["executable"].as_str() {
+                files.push(PathBuf::from(exe));
+            }
+        }
+    }
+    files
 }
