@@ -153,3 +153,56 @@ fn c_programs_built_against_both_libraries() {
         assert!(report.contains("0 failures"), "{report}");
     }
 }
+
+/// The README's C program: compiled against the static library and run; it trains
+/// and predicts as the Rust API does with the same seed, and reports a wrong length.
+#[test]
+fn the_readme_c_program() {
+    let readme = std::fs::read_to_string(format!("{ROOT}/README.md")).unwrap();
+    let program = readme
+        .split("```c\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a C block in the README");
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("prog.c");
+    std::fs::write(&source, program).unwrap();
+    let (static_lib, _) = libraries();
+    let exe = dir.path().join("prog");
+    cc(source.to_str().unwrap(), &static_lib, &exe);
+    let out = Command::new(&exe).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+
+    // The same model, seed, data and steps through the Rust API.
+    let mut net = Model::parse(
+        "GRU 8 input_dim=2 input_length=5\nDense 1\ncompile loss=mse optimizer=sgd learning_rate=0.1\n",
+    )
+    .unwrap()
+    .compile(&CompileOptions {
+        seed: 3,
+        ..Default::default()
+    })
+    .unwrap();
+    let x = ArrayD::from_shape_fn(IxDyn(&[3, 5, 2]), |i| {
+        ((i[0] * 10 + i[1] * 2 + i[2]) % 7) as f32 / 7.0
+    });
+    let target = ArrayD::from_shape_vec(IxDyn(&[3, 1]), vec![1.0f32, 0.0, 1.0]).unwrap();
+    let mut loss = 0.0;
+    for _ in 0..10 {
+        loss = net.train_on_batch(x.view(), target.view()).unwrap().0;
+    }
+    let y = net.predict(x.view()).unwrap();
+    let want = format!(
+        "loss {loss:.6}\ny {:.6} {:.6} {:.6}",
+        y[[0, 0]],
+        y[[1, 0]],
+        y[[2, 0]]
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("refused: x has 31 elements"),
+        "{stdout}"
+    );
+    assert_eq!(lines[1..].join("\n"), want);
+}
