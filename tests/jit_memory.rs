@@ -28,15 +28,21 @@ fn compiling_and_dropping_1000_models_keeps_memory_bounded() {
     for _ in 0..50 {
         cycle();
     }
-    let before = resident_kib();
-    for _ in 0..1000 {
-        cycle();
+    // Two windows of 500: a leak grows resident memory in both, while a one-off
+    // growth (an allocator arena, another test's thread, the machine's load) shows in
+    // one at most; the CI run once saw 2.7 MiB appear during a single window.
+    let mut windows = Vec::new();
+    for _ in 0..2 {
+        let before = resident_kib();
+        for _ in 0..500 {
+            cycle();
+        }
+        windows.push(resident_kib().saturating_sub(before));
     }
-    let grown = resident_kib().saturating_sub(before);
-    // A leak of the code alone (>= 4 KiB page per module) would be >= 4,000 KiB.
+    // A leak of the code alone (>= 4 KiB page per module) would be >= 2,000 KiB a window.
     assert!(
-        grown < 2048,
-        "resident memory grew by {grown} KiB over 1,000 compile/drop cycles"
+        windows.iter().any(|&g| g < 1024),
+        "resident memory grew by {windows:?} KiB over two windows of 500 compile/drop cycles"
     );
 }
 
