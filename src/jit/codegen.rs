@@ -31,6 +31,11 @@ pub struct Tuning {
     pub threads: usize,
     /// Matmuls of at least this many multiply-adds use all threads.
     pub parallel_min: usize,
+    /// Adam's updates call the host's 512-bit kernel (`lstmc_adam`): on by default where
+    /// the CPU has AVX-512F. Square roots and divisions bound the update, and
+    /// Cranelift's 128-bit ones took a third of the tutorial's training step
+    /// (`lstmc bench W2 --phase train`: see the commit that added this).
+    pub wide_updates: bool,
 }
 
 impl Default for Tuning {
@@ -45,6 +50,7 @@ impl Default for Tuning {
             gemm_crossover: 1 << 18,
             threads: 1,
             parallel_min: 1 << 20,
+            wide_updates: super::native::wide_updates(),
         }
     }
 }
@@ -77,6 +83,16 @@ pub fn softmax_grad_signature(sig: &mut Signature) {
     }
 }
 
+/// The signature of `lstmc_adam(w, ws, g, gs, m, ms, v, vs, rows, cols, rate, b1, b2, eps)`.
+pub fn adam_signature(sig: &mut Signature) {
+    for _ in 0..10 {
+        sig.params.push(AbiParam::new(types::I64));
+    }
+    for _ in 0..4 {
+        sig.params.push(AbiParam::new(types::F32));
+    }
+}
+
 /// The signature of `lstmc_loss(kind, y, ys, t, ts, dy, dys, rows, cols, out)`.
 pub fn loss_signature(sig: &mut Signature) {
     for _ in 0..10 {
@@ -96,6 +112,8 @@ pub struct Hosts {
     pub gemm_strided: FuncRef,
     /// `lstmc_softmax_grad`
     pub softmax_grad: FuncRef,
+    /// `lstmc_adam`
+    pub adam: FuncRef,
 }
 
 /// Emits the body of the forward function into `b` (whose entry block has the two pointer parameters).
@@ -718,6 +736,30 @@ impl Emitter<'_, '_> {
             .b
             .ins()
             .load(types::F32, self.flags.write, hyper.ptr, 0);
+        if let (
+            Optimizer::Adam {
+                beta_1,
+                beta_2,
+                epsilon,
+                ..
+            },
+            true,
+        ) = (kind, self.tuning.wide_updates)
+        {
+            let mut args = Vec::with_capacity(14);
+            for m in [w, g, s1, s2] {
+                args.push(m.ptr);
+                args.push(self.imm(m.stride / 4));
+            }
+            args.push(self.imm(w.rows as i64));
+            args.push(self.imm(w.cols as i64));
+            args.push(rate);
+            for k in [1.0 - beta_1, 1.0 - beta_2, epsilon] {
+                args.push(self.b.ins().f32const(k as f32));
+            }
+            self.b.ins().call(self.hosts.adam, &args);
+            return Ok(());
+        }
         self.counted(w.rows, |e, r| {
             let (wr, gr, ar, br) = (e.row(&w, r), e.row(&g, r), e.row(&s1, r), e.row(&s2, r));
             e.columns(w.cols, false, |e, off, ty| {

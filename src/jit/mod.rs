@@ -111,12 +111,13 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         .map_err(cl_err)?;
     ctx.func.name = UserFuncName::user(0, id.as_u32());
     // The host functions generated code calls, each with its signature.
-    let imports: [(&str, SignatureFn); 5] = [
+    let imports: [(&str, SignatureFn); 6] = [
         ("lstmc_loss", codegen::loss_signature),
         ("lstmc_gemm", codegen::gemm_signature),
         ("lstmc_softmax", codegen::softmax_signature),
         ("lstmc_gemm_strided", codegen::gemm_strided_signature),
         ("lstmc_softmax_grad", codegen::softmax_grad_signature),
+        ("lstmc_adam", codegen::adam_signature),
     ];
     let mut ids = Vec::with_capacity(imports.len());
     for (name, signature) in imports {
@@ -137,6 +138,7 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
             softmax: module.declare_func_in_func(ids[2], b.func),
             gemm_strided: module.declare_func_in_func(ids[3], b.func),
             softmax_grad: module.declare_func_in_func(ids[4], b.func),
+            adam: module.declare_func_in_func(ids[5], b.func),
         };
         codegen::emit(&func, &plan, &options.tuning, &mut b, hosts)?;
         b.finalize(module.target_config());

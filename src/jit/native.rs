@@ -319,9 +319,99 @@ extern "C" fn lstmc_loss(
     );
 }
 
+/// Whether this CPU runs [`lstmc_adam`]'s 512-bit kernel (else generated code
+/// updates with 128-bit vectors).
+pub fn wide_updates() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Adam's update of `rows × cols` parameters in place (rows `*s` elements apart):
+/// `m += (g - m)·b1; v += (g² - v)·b2; w -= m·rate / (√v + eps)`, with `b1 = 1 - β1`,
+/// `b2 = 1 - β2` and the step's bias-corrected `rate`. The same operations in the same
+/// order as the generated 128-bit code, so the same bits, 16 lanes at a time (square
+/// roots and divisions bound this loop). Emitted only when [`wide_updates`] holds.
+#[allow(clippy::too_many_arguments)]
+extern "C" fn lstmc_adam(
+    w: *mut f32,
+    ws: u64,
+    g: *const f32,
+    gs: u64,
+    m: *mut f32,
+    ms: u64,
+    v: *mut f32,
+    vs: u64,
+    rows: u64,
+    cols: u64,
+    rate: f32,
+    b1: f32,
+    b2: f32,
+    eps: f32,
+) {
+    let cols = cols as usize;
+    for r in 0..rows as usize {
+        // SAFETY: called by generated code with pointers and sizes from a bounds-checked plan;
+        // the four rows are distinct slots (weights, gradient and the two moment slots).
+        let (w, g, m, v) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(w.add(r * ws as usize), cols),
+                std::slice::from_raw_parts(g.add(r * gs as usize), cols),
+                std::slice::from_raw_parts_mut(m.add(r * ms as usize), cols),
+                std::slice::from_raw_parts_mut(v.add(r * vs as usize), cols),
+            )
+        };
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: generated code calls this only when the CPU has AVX-512F.
+        unsafe {
+            adam_row_avx512(w, g, m, v, [rate, b1, b2, eps])
+        };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn adam_row_avx512(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: [f32; 4]) {
+    use std::arch::x86_64::*;
+    let n = w.len().min(g.len()).min(m.len()).min(v.len());
+    let [rate, b1, b2, eps] = k.map(|x| _mm512_set1_ps(x));
+    let mut i = 0;
+    while i < n {
+        let mask: __mmask16 = if n - i >= 16 {
+            0xffff
+        } else {
+            (1u16 << (n - i)) - 1
+        };
+        // SAFETY: lanes `i..i + 16` under `mask` lie within the four slices (`i < n`, and
+        // the mask stops at `n`); masked-off lanes are neither read nor written.
+        unsafe {
+            let gv = _mm512_maskz_loadu_ps(mask, g.as_ptr().add(i));
+            let mv = _mm512_maskz_loadu_ps(mask, m.as_ptr().add(i));
+            let vv = _mm512_maskz_loadu_ps(mask, v.as_ptr().add(i));
+            let wv = _mm512_maskz_loadu_ps(mask, w.as_ptr().add(i));
+            let mv = _mm512_add_ps(mv, _mm512_mul_ps(_mm512_sub_ps(gv, mv), b1));
+            let gg = _mm512_mul_ps(gv, gv);
+            let vv = _mm512_add_ps(vv, _mm512_mul_ps(_mm512_sub_ps(gg, vv), b2));
+            let num = _mm512_mul_ps(mv, rate);
+            let den = _mm512_add_ps(_mm512_sqrt_ps(vv), eps);
+            let wv = _mm512_sub_ps(wv, _mm512_div_ps(num, den));
+            _mm512_mask_storeu_ps(m.as_mut_ptr().add(i), mask, mv);
+            _mm512_mask_storeu_ps(v.as_mut_ptr().add(i), mask, vv);
+            _mm512_mask_storeu_ps(w.as_mut_ptr().add(i), mask, wv);
+        }
+        i += 16;
+    }
+}
+
 /// The host symbols generated code may call, for `JITBuilder::symbol`.
-pub fn host_symbols() -> [(&'static str, *const u8); 5] {
+pub fn host_symbols() -> [(&'static str, *const u8); 6] {
     [
+        ("lstmc_adam", lstmc_adam as *const u8),
         ("lstmc_loss", lstmc_loss as *const u8),
         ("lstmc_gemm", lstmc_gemm as *const u8),
         ("lstmc_softmax", lstmc_softmax as *const u8),
