@@ -98,6 +98,9 @@ pub struct BenchArgs {
     /// Override the host-GEMM crossover (multiply-adds), for measuring it.
     #[arg(long)]
     pub gemm_crossover: Option<usize>,
+    /// Override the size (multiply-adds) from which host GEMMs use every thread.
+    #[arg(long)]
+    pub parallel_min: Option<usize>,
 }
 
 struct Timing {
@@ -205,6 +208,9 @@ pub fn bench(args: BenchArgs) -> Result<(), Error> {
         }
         if let Some(v) = args.gemm_crossover {
             options.tuning.gemm_crossover = v;
+        }
+        if let Some(v) = args.parallel_min {
+            options.tuning.parallel_min = v;
         }
         let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(0);
         let x: Vec<f32> = (0..w.input.iter().product::<usize>())
