@@ -194,6 +194,19 @@ fn exec(
                     .assign(&d);
                 out
             }
+            Op::ConcatLast { starts, total } => {
+                let mut shape = arg(env, 0)?.shape().to_vec();
+                *shape.last_mut().expect("concatenated values have axes") = *total;
+                let mut out = ArrayD::zeros(IxDyn(&shape));
+                let last = Axis(out.ndim() - 1);
+                for (k, &start) in starts.iter().enumerate() {
+                    let d = arg(env, k)?;
+                    let len = *d.shape().last().unwrap_or(&0);
+                    out.slice_axis_mut(last, (start..start + len).into())
+                        .assign(&d);
+                }
+                out
+            }
             Op::PadRow { index, rows } => {
                 let d = arg(env, 0)?;
                 let mut out = ArrayD::zeros(IxDyn(&[*rows, d.len()]));

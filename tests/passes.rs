@@ -149,3 +149,122 @@ fn each_pass_matches_its_golden_file() {
     }
     assert!(failures.is_empty(), "IR differs from: {failures:?}");
 }
+
+/// The training step of an LSTM whose recurrent kernel (32×128) is large enough for
+/// autodiff to defer its gradient past the loop, with inputs for the interpreter.
+fn lstm_train_step() -> (Function, Vec<ArrayD<f64>>) {
+    let spec = lstmc::front::load(
+        "m.model",
+        b"LSTM 32 input_dim=3 input_length=20 batch_size=2\nDense 2\ncompile loss=mse optimizer=adam\n",
+    )
+    .unwrap();
+    let w = lstmc::weights::Weights::init(&spec, 3);
+    let forward = lower::lower(&spec, lower::Shapes { batch: 2, time: 20 }).unwrap();
+    let opt = lstmc::model::Optimizer::keras_default("adam").unwrap();
+    let step = lstmc::autodiff::train_step(&forward, lstmc::model::Loss::Mse, opt).unwrap();
+    let x = ArrayD::from_shape_fn(ndarray::IxDyn(&[2, 20, 3]), |i| {
+        ((i[0] * 60 + i[1] * 3 + i[2]) % 7) as f64 / 7.0 - 0.4
+    });
+    let inputs: Vec<ArrayD<f64>> = step
+        .input_roles
+        .iter()
+        .zip(&step.block(step.entry).params)
+        .map(|(r, &p)| match r {
+            InputRole::X => x.clone(),
+            InputRole::Weight { layer, name } => w.get(*layer, name).unwrap().clone(),
+            InputRole::Target => ArrayD::from_elem(step.shape(p), 0.3),
+            InputRole::Hyper => ArrayD::from_elem(step.shape(p), 1e-3),
+            _ => ArrayD::from_elem(step.shape(p), 0.01), // the optimizer's slots
+        })
+        .collect();
+    (step, inputs)
+}
+
+/// `step` optimized up to `pass`, checked to compute what `step` does.
+fn optimized_alike(step: &Function, pass: &str, inputs: &[ArrayD<f64>]) -> Function {
+    let mut after = step.clone();
+    passes::optimize(&mut after, &Options::default(), Some(pass)).unwrap();
+    let want = interp::run(step, inputs).unwrap();
+    let got = interp::run(&after, inputs).unwrap();
+    assert_eq!(got.len(), want.len());
+    for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+        assert_close(&format!("after {pass}, output {k}"), a, b, 1e-12);
+    }
+    after
+}
+
+/// The instructions of every loop body and of the entry, with their ops.
+fn ops(f: &Function) -> Vec<lstmc::ir::Op> {
+    let mut out = Vec::new();
+    f.walk(f.entry, &mut |i| out.push(f.inst(i).op.clone()));
+    out
+}
+
+/// `cse` on a training step: autodiff builds each step's gate adjoint `dz` twice (for
+/// `dz · Uᵀ` and for the weight gradient deferred past the loop, as it is for a recurrent
+/// kernel of at least 4,096 weights); after the pass the backward loop computes and
+/// stacks it once, no block holds two equal instructions, and the step's loss and
+/// updates are the same numbers.
+#[test]
+fn cse_merges_the_repeated_adjoints_of_a_training_step() {
+    use lstmc::ir::Op;
+    let (step, inputs) = lstm_train_step();
+    // The widest stacked results of the backward (last) loop: `dz` over time.
+    let stacked_dz = |f: &Function| {
+        let mut loops = Vec::new();
+        f.walk(f.entry, &mut |i| {
+            if let Op::Loop { .. } = f.inst(i).op {
+                loops.push(i);
+            }
+        });
+        let d = f.inst(*loops.last().unwrap());
+        d.results[d.args.len()..]
+            .iter()
+            .filter(|&&r| f.shape(r).last() == Some(&128))
+            .count()
+    };
+    let before = optimized_alike(&step, "dce", &inputs);
+    let after = optimized_alike(&step, "cse", &inputs);
+    assert_eq!(stacked_dz(&before), 2);
+    assert_eq!(stacked_dz(&after), 1);
+    for b in after.reachable_blocks() {
+        let insts = &after.block(b).insts;
+        for (k, &i) in insts.iter().enumerate() {
+            let d = after.inst(i);
+            let equal = insts[..k].iter().any(|&j| {
+                let e = after.inst(j);
+                e.op == d.op && e.args == d.args && !matches!(d.op, Op::Zeros(_))
+            });
+            assert!(!equal, "{} repeated after cse", d.op.mnemonic());
+        }
+    }
+}
+
+/// `concat` on a training step: the four gates' zero-padded adjoints and their sum
+/// become one `concat_last` of the four, with the same numbers.
+#[test]
+fn concat_joins_the_padded_gate_adjoints() {
+    use lstmc::ir::Op;
+    let (step, inputs) = lstm_train_step();
+    let before = optimized_alike(&step, "cse", &inputs);
+    let pads = |f: &Function| {
+        ops(f)
+            .iter()
+            .filter(|op| matches!(op, Op::PadLast { .. }))
+            .count()
+    };
+    assert!(pads(&before) >= 4, "the adjoints are padded before");
+    let after = optimized_alike(&step, "concat", &inputs);
+    assert_eq!(pads(&after), 0);
+    let concats: Vec<Op> = ops(&after)
+        .into_iter()
+        .filter(|op| matches!(op, Op::ConcatLast { .. }))
+        .collect();
+    assert!(!concats.is_empty());
+    for op in concats {
+        let Op::ConcatLast { starts, total } = op else {
+            unreachable!()
+        };
+        assert_eq!((starts, total), (vec![0, 32, 64, 96], 128));
+    }
+}

@@ -174,6 +174,15 @@ pub enum Op {
         /// width of the result
         total: usize,
     },
+    /// `(d_0: [.., l_0], d_1: [.., l_1], ..) -> [.., total]`: each `d_i` at columns
+    /// `starts[i]..starts[i] + l_i`, zeros elsewhere; the ranges do not overlap. A sum
+    /// of `pad_last`s (the adjoint of a value split into gates), built in one pass.
+    ConcatLast {
+        /// first column of each operand
+        starts: Vec<usize>,
+        /// width of the result
+        total: usize,
+    },
     /// `(d: [N]) -> [rows, N]`: `d` as row `index`, zeros elsewhere.
     PadRow {
         /// the row
@@ -244,6 +253,10 @@ impl Op {
             Op::ActGrad(a) => format!("{}_grad", a.name()),
             Op::SoftmaxGrad => "softmax_grad".into(),
             Op::PadLast { start, total } => format!("pad_last[{start}; {total}]"),
+            Op::ConcatLast { starts, total } => {
+                let s: Vec<String> = starts.iter().map(|s| s.to_string()).collect();
+                format!("concat_last[{}; {total}]", s.join(", "))
+            }
             Op::PadRow { index, rows } => format!("pad_row[{index}; {rows}]"),
             Op::PadTime { t, steps } => format!("pad_time[{t}; {steps}]"),
             Op::ReverseTime => "reverse_time".into(),
@@ -679,6 +692,27 @@ pub fn infer(op: &Op, args: &[&Ty]) -> Result<Vec<Ty>, IrError> {
                 }
                 _ => err("slice does not fit".into()),
             }
+        }
+        Op::ConcatLast { starts, total } => {
+            arity(starts.len())?;
+            let lead = match tensor(0)?.split_last() {
+                Some((_, lead)) => lead.to_vec(),
+                None => return err("operands need an axis".into()),
+            };
+            let mut ranges = Vec::with_capacity(starts.len());
+            for (i, &start) in starts.iter().enumerate() {
+                match tensor(i)?.split_last() {
+                    Some((&len, l)) if l == lead.as_slice() && start + len <= *total => {
+                        ranges.push((start, start + len));
+                    }
+                    _ => return err(format!("operand {i} does not fit")),
+                }
+            }
+            ranges.sort();
+            if ranges.windows(2).any(|w| w[0].1 > w[1].0) {
+                return err("operands overlap".into());
+            }
+            Ok(vec![Ty::Tensor([lead.as_slice(), &[*total]].concat())])
         }
         Op::PadRow { index, rows } => {
             arity(1)?;

@@ -423,6 +423,25 @@ impl Emitter<'_, '_> {
                     };
                     self.copy(&src, &at)?;
                 }
+                Op::ConcatLast { starts, .. } => {
+                    let out = self.val(d.results[0])?;
+                    let pieces: Vec<Mat> = d
+                        .args
+                        .iter()
+                        .map(|&a| self.val(a))
+                        .collect::<Result<_, _>>()?;
+                    if pieces.iter().map(|p| p.cols).sum::<usize>() < out.cols {
+                        self.fill_zero(&out)?;
+                    }
+                    for (src, &start) in pieces.iter().zip(starts) {
+                        let at = Mat {
+                            ptr: self.b.ins().iadd_imm_s(out.ptr, (start * 4) as i64),
+                            cols: src.cols,
+                            ..out
+                        };
+                        self.copy(src, &at)?;
+                    }
+                }
                 Op::PadRow { index, .. } => {
                     let (src, out) = (self.val(d.args[0])?, self.val(d.results[0])?);
                     self.fill_zero(&out)?;

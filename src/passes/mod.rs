@@ -7,6 +7,8 @@
 //! meaning: the interpreter gives the same numbers before and after (a
 //! property test holds the whole pipeline to that).
 
+pub mod concat;
+pub mod cse;
 pub mod dce;
 pub mod fold;
 pub mod fuse_elementwise;
@@ -75,6 +77,16 @@ pub const PASSES: &[Pass] = &[
         name: "dce",
         about: "dead-code elimination",
         run: dce::run,
+    },
+    Pass {
+        name: "cse",
+        about: "common subexpressions merged (autodiff's repeated adjoints), then dead code again",
+        run: cse::run,
+    },
+    Pass {
+        name: "concat",
+        about: "sums of zero-padded pieces (a split value's adjoint) into one concatenation",
+        run: concat::run,
     },
     Pass {
         name: "fuse-elementwise",
