@@ -6,6 +6,15 @@ use crate::front::Diagnostics;
 use std::path::PathBuf;
 
 /// Everything that can go wrong in lstmc.
+///
+/// ```
+/// let err = lstmc::Model::parse("Dense 2 input_dim=3\n")?
+///     .compile(&Default::default())?
+///     .predict(ndarray::ArrayD::zeros(ndarray::IxDyn(&[1, 4])).view())
+///     .unwrap_err();
+/// assert!(matches!(err, lstmc::Error::Usage(_)) && !err.is_internal());
+/// # Ok::<(), lstmc::Error>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The `.model` file has errors (rendered with source snippets by `Display`).
@@ -35,6 +44,11 @@ pub enum Error {
 
 impl Error {
     /// An I/O error about `path`.
+    ///
+    /// ```
+    /// let e = lstmc::Error::io("w.safetensors", std::io::ErrorKind::NotFound.into());
+    /// assert!(e.to_string().starts_with("w.safetensors: "));
+    /// ```
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
         Error::Io {
             path: path.into(),
@@ -43,6 +57,11 @@ impl Error {
     }
 
     /// Whether this is lstmc's fault rather than the input's.
+    ///
+    /// ```
+    /// assert!(lstmc::Error::Internal("bug".into()).is_internal());
+    /// assert!(!lstmc::Error::Data("NaN in x".into()).is_internal());
+    /// ```
     pub fn is_internal(&self) -> bool {
         matches!(self, Error::Internal(_))
     }
@@ -61,4 +80,12 @@ impl From<crate::interp::InterpError> for Error {
 }
 
 /// `Result` with lstmc's [`Error`].
+///
+/// ```
+/// fn parse(src: &str) -> lstmc::Result<usize> {
+///     Ok(lstmc::Model::parse(src)?.spec().layers.len())
+/// }
+/// assert_eq!(parse("Dense 1 input_dim=1\nDense 2\n").unwrap(), 2);
+/// assert!(parse("Dense").is_err());
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;

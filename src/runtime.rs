@@ -14,6 +14,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// The result of one batch.
+///
+/// ```
+/// let mut net = lstmc::Model::parse("LSTM 3 input_dim=1 input_length=2\nDense 1\n")?
+///     .compile(&Default::default())?;
+/// let p = net.predictor();
+/// let out = p.predict_stream(&mut p.stream(), &ndarray::ArrayD::ones(ndarray::IxDyn(&[4, 2, 1])))?;
+/// assert_eq!(out.y.shape(), &[4, 1]);
+/// let slots: Vec<_> = out.states.iter().map(|(layer, slot, s)| (*layer, *slot, s.shape().to_vec())).collect();
+/// assert_eq!(slots, [(0, "h", vec![4, 3]), (0, "c", vec![4, 3])]);
+/// # Ok::<(), lstmc::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct BatchOutput {
     /// The model output.

@@ -22,6 +22,19 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Settings of a training run (the `compile` and `fit` statements, flags applied).
+///
+/// ```
+/// let src = "Dense 1 input_dim=2\ncompile loss=mse\nfit epochs=7 batch_size=4 shuffle=false\n";
+/// let mut net = lstmc::Model::parse(src)?
+///     .compile(&Default::default())?;
+/// let mut o: lstmc::FitOptions = net.fit_options();
+/// assert_eq!((o.epochs, o.batch_size, o.shuffle), (7, 4, false));
+/// o.validation_split = 0.25; // the last quarter of the samples, as Keras takes them
+/// let x = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[8, 2]));
+/// let logs = net.fit(x.view(), x.slice(ndarray::s![.., ..1]).into_dyn(), &o)?;
+/// assert!(logs[0].validation.is_some());
+/// # Ok::<(), lstmc::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct FitOptions {
     /// The loss.
@@ -45,6 +58,15 @@ pub struct FitOptions {
 impl FitOptions {
     /// The model's `fit` line with `loss` and `optimizer`, Keras's defaults where the line is
     /// silent: one epoch, the model's batch size or 32, shuffled, states reset every epoch.
+    ///
+    /// ```
+    /// use lstmc::model::{Loss, Optimizer};
+    /// let model = lstmc::Model::parse("GRU 4 input_dim=1 input_length=3\n")?;
+    /// let adam = Optimizer::keras_default("adam").unwrap();
+    /// let o = lstmc::FitOptions::for_model(model.spec(), Loss::Mse, adam);
+    /// assert_eq!((o.epochs, o.batch_size, o.shuffle), (1, 32, true));
+    /// # Ok::<(), lstmc::Error>(())
+    /// ```
     pub fn for_model(spec: &ModelSpec, loss: Loss, optimizer: Optimizer) -> FitOptions {
         let fit = spec.fit.as_ref();
         FitOptions {
@@ -65,6 +87,20 @@ impl FitOptions {
 }
 
 /// One epoch's results.
+///
+/// ```
+/// let mut net = lstmc::Model::parse("Dense 2 input_dim=1 activation=softmax\n\
+///                                    compile loss=categorical_crossentropy metrics=accuracy\n")?
+///     .compile(&Default::default())?;
+/// let x = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[4, 1]));
+/// let y = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[4, 2]), |i| (i[1] == 0) as u8 as f32);
+/// let mut o = net.fit_options();
+/// o.epochs = 3;
+/// let logs: Vec<lstmc::EpochLog> = net.fit(x.view(), y.view(), &o)?;
+/// assert_eq!(logs.iter().map(|l| l.epoch).collect::<Vec<_>>(), [1, 2, 3]);
+/// assert!(logs.iter().all(|l| (0.0..=1.0).contains(&l.accuracy) && l.validation.is_none()));
+/// # Ok::<(), lstmc::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct EpochLog {
     /// 1-based.

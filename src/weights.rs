@@ -12,6 +12,16 @@ use std::io::Write;
 use std::path::Path;
 
 /// The weights of a model, in model order (layer by layer; kernel, recurrent_kernel, bias).
+///
+/// ```
+/// let model = lstmc::Model::parse("LSTM 3 input_dim=2 input_length=4\nDense 1\n")?;
+/// let w = lstmc::Weights::init(model.spec(), 0);
+/// let names: Vec<&str> = w.tensors.iter().map(|(n, _)| n.as_str()).collect();
+/// assert_eq!(names, ["layers.0.kernel", "layers.0.recurrent_kernel", "layers.0.bias",
+///                    "layers.1.kernel", "layers.1.bias"]);
+/// assert_eq!(w.get(0, "recurrent_kernel").unwrap().shape(), &[3, 12]); // gates i, f, c, o
+/// # Ok::<(), lstmc::Error>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Weights {
     /// `(name, tensor)` pairs.
@@ -19,12 +29,26 @@ pub struct Weights {
 }
 
 /// The file name of weight `name` of layer `layer`.
+///
+/// ```
+/// assert_eq!(lstmc::weights::weight_name(2, "bias"), "layers.2.bias");
+/// ```
 pub fn weight_name(layer: usize, name: &str) -> String {
     format!("layers.{layer}.{name}")
 }
 
 impl Weights {
-    /// Fresh weights from the layers' initializers.
+    /// Fresh weights from the layers' initializers (Keras's: Glorot uniform kernels,
+    /// orthogonal recurrent kernels, zero biases with an LSTM's forget gate at one),
+    /// drawn from `seed`.
+    ///
+    /// ```
+    /// let model = lstmc::Model::parse("LSTM 2 input_dim=1 input_length=1\n")?;
+    /// let (a, b) = (lstmc::Weights::init(model.spec(), 7), lstmc::Weights::init(model.spec(), 7));
+    /// assert_eq!(a, b);
+    /// assert_eq!(a.get(0, "bias").unwrap().as_slice().unwrap(), &[0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+    /// # Ok::<(), lstmc::Error>(())
+    /// ```
     pub fn init(spec: &ModelSpec, seed: u64) -> Weights {
         let mut tensors = Vec::new();
         for (i, layer) in spec.layers.iter().enumerate() {
@@ -40,6 +64,16 @@ impl Weights {
     }
 
     /// Checks named tensors against the model: none missing, none extra, each of Keras's shape.
+    ///
+    /// ```
+    /// use std::collections::BTreeMap;
+    /// let model = lstmc::Model::parse("Dense 2 input_dim=3\n")?;
+    /// let mut named = BTreeMap::new();
+    /// named.insert("layers.0.kernel".to_string(), ndarray::ArrayD::zeros(ndarray::IxDyn(&[3, 2])));
+    /// let err = lstmc::Weights::from_named(model.spec(), named, "mine").unwrap_err();
+    /// assert!(err.to_string().contains("missing tensor `layers.0.bias`"));
+    /// # Ok::<(), lstmc::Error>(())
+    /// ```
     pub fn from_named(
         spec: &ModelSpec,
         mut named: BTreeMap<String, ArrayD<f64>>,
@@ -85,18 +119,48 @@ impl Weights {
     }
 
     /// The tensor named `layers.{layer}.{name}`.
+    ///
+    /// ```
+    /// let model = lstmc::Model::parse("SimpleRNN 5 input_dim=2 input_length=3\n")?;
+    /// let w = lstmc::Weights::init(model.spec(), 0);
+    /// assert_eq!(w.get(0, "kernel").unwrap().shape(), &[2, 5]);
+    /// assert!(w.get(1, "kernel").is_none());
+    /// # Ok::<(), lstmc::Error>(())
+    /// ```
     pub fn get(&self, layer: usize, name: &str) -> Option<&ArrayD<f64>> {
         let key = weight_name(layer, name);
         self.tensors.iter().find(|(n, _)| *n == key).map(|(_, t)| t)
     }
 
-    /// Reads a safetensors file (float32 or float64 tensors).
+    /// Reads a safetensors file (float32 or float64 tensors), checked against the model.
+    ///
+    /// ```
+    /// let model = lstmc::Model::parse("GRU 3 input_dim=2 input_length=4\n")?;
+    /// let w = lstmc::Weights::init(model.spec(), 1);
+    /// let path = std::env::temp_dir().join(format!("lstmc-doc-{}.safetensors", std::process::id()));
+    /// w.save(&path)?;
+    /// let back = lstmc::Weights::load(model.spec(), &path)?; // float32 on disk
+    /// for ((name, a), (_, b)) in back.tensors.iter().zip(&w.tensors) {
+    ///     assert_eq!(a, &b.mapv(|v| v as f32 as f64), "{name}");
+    /// }
+    /// std::fs::remove_file(&path).unwrap();
+    /// # Ok::<(), lstmc::Error>(())
+    /// ```
     pub fn load(spec: &ModelSpec, path: &Path) -> Result<Weights> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         Weights::from_safetensors(spec, &bytes, &path.display().to_string())
     }
 
-    /// Parses safetensors bytes.
+    /// Parses safetensors bytes; `origin` names them in errors.
+    ///
+    /// ```
+    /// let small = lstmc::Model::parse("Dense 2 input_dim=3\n")?;
+    /// let big = lstmc::Model::parse("Dense 4 input_dim=3\n")?;
+    /// let bytes = lstmc::Weights::init(small.spec(), 0).to_safetensors()?;
+    /// let err = lstmc::Weights::from_safetensors(big.spec(), &bytes, "small.safetensors").unwrap_err();
+    /// assert!(err.to_string().contains("layers.0.kernel"));
+    /// # Ok::<(), lstmc::Error>(())
+    /// ```
     pub fn from_safetensors(spec: &ModelSpec, bytes: &[u8], origin: &str) -> Result<Weights> {
         let st = SafeTensors::deserialize(bytes).map_err(|e| {
             Error::Weights(format!("{origin} is not a valid safetensors file: {e}"))
@@ -133,6 +197,14 @@ impl Weights {
     }
 
     /// The weights as safetensors bytes (float32).
+    ///
+    /// ```
+    /// let model = lstmc::Model::parse("Dense 2 input_dim=3\n")?;
+    /// let w = lstmc::Weights::init(model.spec(), 0);
+    /// let back = lstmc::Weights::from_safetensors(model.spec(), &w.to_safetensors()?, "bytes")?;
+    /// assert_eq!(back.get(0, "kernel").unwrap().mapv(|v| v as f32), w.get(0, "kernel").unwrap().mapv(|v| v as f32));
+    /// # Ok::<(), lstmc::Error>(())
+    /// ```
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
         let buffers: Vec<(String, Vec<usize>, Vec<u8>)> = self
             .tensors
@@ -154,7 +226,14 @@ impl Weights {
             .map_err(|e| Error::Internal(format!("safetensors: {e}")))
     }
 
-    /// Writes the weights to `path` atomically.
+    /// Writes the weights to `path` atomically (see [`write_atomic`]).
+    ///
+    /// ```
+    /// let model = lstmc::Model::parse("Dense 1 input_dim=1\n")?;
+    /// let err = lstmc::Weights::init(model.spec(), 0).save("/nonexistent/dir/w.safetensors".as_ref());
+    /// assert!(matches!(err, Err(lstmc::Error::Io { .. })));
+    /// # Ok::<(), lstmc::Error>(())
+    /// ```
     pub fn save(&self, path: &Path) -> Result<()> {
         write_atomic(path, &self.to_safetensors()?)
     }
@@ -162,6 +241,15 @@ impl Weights {
 
 /// Writes `bytes` to `path` so that `path` holds either its old content or all
 /// of the new, never a part: temporary file in the same folder, fsync, rename.
+///
+/// ```
+/// let path = std::env::temp_dir().join(format!("lstmc-atomic-{}", std::process::id()));
+/// lstmc::weights::write_atomic(&path, b"old")?;
+/// lstmc::weights::write_atomic(&path, b"new")?;
+/// assert_eq!(std::fs::read(&path).unwrap(), b"new");
+/// std::fs::remove_file(&path).unwrap();
+/// # Ok::<(), lstmc::Error>(())
+/// ```
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
