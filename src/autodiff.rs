@@ -270,7 +270,12 @@ fn rule(
             d.add(g, a(1), db)?;
         }
         Op::Act(act) => {
-            let dx = d.emit(g, Op::ActGrad(*act), &[fwd(a(0)), fwd(r), dy])?;
+            // The pre-activation goes to the tape only where the derivative needs it.
+            let dx = if act.grad_from_output() {
+                d.emit(g, Op::ActGrad(*act), &[fwd(r), dy])?
+            } else {
+                d.emit(g, Op::ActGrad(*act), &[fwd(a(0)), fwd(r), dy])?
+            };
             d.add(g, a(0), dx)?;
         }
         Op::OneMinus => d.sub(g, a(0), dy)?,

@@ -169,7 +169,12 @@ fn exec(
                     .into_dyn()
             }
             Op::ActGrad(a) => {
-                let (x, y, dy) = (arg(env, 0)?, arg(env, 1)?, arg(env, 2)?);
+                // Without `x`, the derivative reads `y` only (it is passed for both).
+                let (x, y, dy) = if a.grad_from_output() {
+                    (arg(env, 0)?, arg(env, 0)?, arg(env, 1)?)
+                } else {
+                    (arg(env, 0)?, arg(env, 1)?, arg(env, 2)?)
+                };
                 let mut out = dy.clone();
                 ndarray::Zip::from(&mut out)
                     .and(&x)

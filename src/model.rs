@@ -93,6 +93,17 @@ impl Activation {
         "softmax",
     ];
 
+    /// Whether the derivative is a function of the output alone (`1 - y²` for tanh,
+    /// `y·(1 - y)` for sigmoid, as TensorFlow's and JAX's gradients compute them), so
+    /// that a training step need not keep the pre-activation for the backward pass.
+    /// ReLU and hard sigmoid take theirs from the input, as Keras does.
+    pub fn grad_from_output(self) -> bool {
+        matches!(
+            self,
+            Activation::Linear | Activation::Tanh | Activation::Sigmoid | Activation::Softmax
+        )
+    }
+
     /// The name as written.
     pub fn name(self) -> &'static str {
         match self {

@@ -268,3 +268,22 @@ fn concat_joins_the_padded_gate_adjoints() {
         assert_eq!((starts, total), (vec![0, 32, 64, 96], 128));
     }
 }
+
+/// The tape of an optimized LSTM training step holds what the backward pass reads and
+/// no more: per step the previous `h` and `c`, the four gate activations and `tanh(c)`.
+/// Sigmoid and tanh derivatives come from their outputs, so no pre-activation is kept.
+#[test]
+fn the_lstm_tape_holds_seven_values_per_step() {
+    use lstmc::ir::Op;
+    let (step, inputs) = lstm_train_step();
+    let f = optimized_alike(&step, "fuse-elementwise", &inputs);
+    let mut loops = Vec::new();
+    f.walk(f.entry, &mut |i| {
+        if let Op::Loop { .. } = f.inst(i).op {
+            loops.push(i);
+        }
+    });
+    let forward = f.inst(loops[0]);
+    let stacked = forward.results.len() - forward.args.len();
+    assert_eq!(stacked, 7, "{}", lstmc::ir::print::print(&f, None));
+}

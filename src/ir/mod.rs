@@ -163,7 +163,9 @@ pub enum Op {
     MatMulAT,
     /// `(d: [.., N]) -> [N]`: sum over the leading axes (gradient of a bias).
     SumRows,
-    /// `(x: T, y: T, dy: T) -> T`: `dy · act'(x)` with `y = act(x)`.
+    /// `(x: T, y: T, dy: T) -> T`: `dy · act'(x)` with `y = act(x)`; `(y: T, dy: T) -> T`
+    /// for an activation whose derivative is a function of `y`
+    /// ([`Activation::grad_from_output`]).
     ActGrad(Activation),
     /// `(y: [.., N], dy: [.., N]) -> [.., N]`: `y · (dy - sum(dy · y))` over the last axis.
     SoftmaxGrad,
@@ -668,10 +670,11 @@ pub fn infer(op: &Op, args: &[&Ty]) -> Result<Vec<Ty>, IrError> {
                 None => err("sum of a scalar".into()),
             }
         }
-        Op::ActGrad(_) => {
-            arity(3)?;
+        Op::ActGrad(a) => {
+            let n = if a.grad_from_output() { 2 } else { 3 };
+            arity(n)?;
             let x = tensor(0)?;
-            if tensor(1)? != x || tensor(2)? != x {
+            if (1..n).any(|i| !tensor(i).is_ok_and(|t| t == x)) {
                 return err("operands differ in shape".into());
             }
             Ok(vec![Ty::Tensor(x.to_vec())])

@@ -391,8 +391,10 @@ impl Emitter<'_, '_> {
                         .collect::<Result<_, _>>()?;
                     let out = self.val(d.results[0])?;
                     let act = *act;
-                    self.map(&ins, &out, &|b, ty, v| {
-                        math::activation_grad(b, ty, act, v[0], v[1], v[2])
+                    self.map(&ins, &out, &|b, ty, v| match v {
+                        // Without `x`, the derivative reads `y` only (it is passed for both).
+                        &[y, dy] => math::activation_grad(b, ty, act, y, y, dy),
+                        _ => math::activation_grad(b, ty, act, v[0], v[1], v[2]),
                     })?;
                 }
                 Op::SoftmaxGrad => {
