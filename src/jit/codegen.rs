@@ -14,7 +14,7 @@ use super::plan::{Base, Loc, Plan};
 use crate::ir::{BinOp, FNode, Function, FusedKernel, IrError, Op, Value as IrValue};
 use crate::model::Optimizer;
 use cranelift_codegen::ir::{
-    condcodes::IntCC, types, AbiParam, FuncRef, InstBuilder, MemFlagsData, Signature, Type, Value,
+    condcodes::IntCC, types, FuncRef, InstBuilder, MemFlagsData, Type, Value,
 };
 use cranelift_frontend::{FunctionBuilder, Variable};
 use std::collections::HashMap;
@@ -52,51 +52,6 @@ impl Default for Tuning {
             parallel_min: 1 << 20,
             wide_updates: super::native::wide_updates(),
         }
-    }
-}
-
-/// The signature of `lstmc_gemm(m, n, k, a, lda, b, ldb, c, ldc, threads)`.
-pub fn gemm_signature(sig: &mut Signature) {
-    for _ in 0..10 {
-        sig.params.push(AbiParam::new(types::I64));
-    }
-}
-
-/// The signature of `lstmc_softmax(src, src_stride, dst, dst_stride, rows, cols)`.
-pub fn softmax_signature(sig: &mut Signature) {
-    for _ in 0..6 {
-        sig.params.push(AbiParam::new(types::I64));
-    }
-}
-
-/// The signature of `lstmc_gemm_strided(m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, c, c_rs, threads)`.
-pub fn gemm_strided_signature(sig: &mut Signature) {
-    for _ in 0..12 {
-        sig.params.push(AbiParam::new(types::I64));
-    }
-}
-
-/// The signature of `lstmc_softmax_grad(y, ys, dy, dys, out, os, rows, cols)`.
-pub fn softmax_grad_signature(sig: &mut Signature) {
-    for _ in 0..8 {
-        sig.params.push(AbiParam::new(types::I64));
-    }
-}
-
-/// The signature of `lstmc_adam(w, ws, g, gs, m, ms, v, vs, rows, cols, rate, b1, b2, eps)`.
-pub fn adam_signature(sig: &mut Signature) {
-    for _ in 0..10 {
-        sig.params.push(AbiParam::new(types::I64));
-    }
-    for _ in 0..4 {
-        sig.params.push(AbiParam::new(types::F32));
-    }
-}
-
-/// The signature of `lstmc_loss(kind, y, ys, t, ts, dy, dys, rows, cols, out)`.
-pub fn loss_signature(sig: &mut Signature) {
-    for _ in 0..10 {
-        sig.params.push(AbiParam::new(types::I64));
     }
 }
 

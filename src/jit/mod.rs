@@ -29,9 +29,6 @@ use std::time::{Duration, Instant};
 /// rather than failing to allocate.
 pub const MAX_ARENA_BYTES: usize = 16 << 30;
 
-/// Fills in the signature of a host function.
-type SignatureFn = fn(&mut cranelift_codegen::ir::Signature);
-
 /// How to compile.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
@@ -110,19 +107,29 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         .declare_function("forward", Linkage::Export, &ctx.func.signature)
         .map_err(cl_err)?;
     ctx.func.name = UserFuncName::user(0, id.as_u32());
-    // The host functions generated code calls, each with its signature.
-    let imports: [(&str, SignatureFn); 6] = [
-        ("lstmc_loss", codegen::loss_signature),
-        ("lstmc_gemm", codegen::gemm_signature),
-        ("lstmc_softmax", codegen::softmax_signature),
-        ("lstmc_gemm_strided", codegen::gemm_strided_signature),
-        ("lstmc_softmax_grad", codegen::softmax_grad_signature),
-        ("lstmc_adam", codegen::adam_signature),
+    // The host functions generated code calls (`native.rs`), with their parameters: so
+    // many 64-bit integers and pointers, then so many f32s.
+    let imports: [(&str, usize, usize); 6] = [
+        // (kind, y, ys, t, ts, dy, dys, rows, cols, out)
+        ("lstmc_loss", 10, 0),
+        // (m, n, k, a, lda, b, ldb, c, ldc, threads)
+        ("lstmc_gemm", 10, 0),
+        // (src, src_stride, dst, dst_stride, rows, cols)
+        ("lstmc_softmax", 6, 0),
+        // (m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, c, c_rs, threads)
+        ("lstmc_gemm_strided", 12, 0),
+        // (y, ys, dy, dys, out, os, rows, cols)
+        ("lstmc_softmax_grad", 8, 0),
+        // (w, ws, g, gs, m, ms, v, vs, rows, cols; rate, b1, b2, eps)
+        ("lstmc_adam", 10, 4),
     ];
     let mut ids = Vec::with_capacity(imports.len());
-    for (name, signature) in imports {
+    for (name, ints, floats) in imports {
         let mut sig = module.make_signature();
-        signature(&mut sig);
+        sig.params
+            .extend(std::iter::repeat_n(AbiParam::new(types::I64), ints));
+        sig.params
+            .extend(std::iter::repeat_n(AbiParam::new(types::F32), floats));
         ids.push(
             module
                 .declare_function(name, Linkage::Import, &sig)
