@@ -416,24 +416,20 @@ impl Trainer {
         }
         // States: one staged buffer per state input, zeros when none is carried.
         let mut state_bufs: Vec<Vec<f32>> = Vec::new();
-        for (role, &p) in c
-            .func
-            .input_roles
-            .iter()
-            .zip(&c.func.block(c.func.entry).params)
-        {
+        for (role, p) in c.func.inputs() {
             if let InputRole::State { layer, slot } = role {
                 let shape = c.func.shape(p);
                 let len = jit::plan::padded_len(
                     shape[..shape.len() - 1].iter().product(),
                     *shape.last().unwrap_or(&1),
                 );
-                let carried = self.states.iter().find(|(k, _)| *k == (*layer, *slot));
+                let carried = self.states.iter().find(|(k, _)| *k == (layer, slot));
                 match carried {
                     Some((_, v)) if v.len() == len => state_bufs.push(v.clone()),
                     Some(_) => {
                         return Err(Error::Usage(format!(
-                            "model `{}` is stateful and carries states for another batch size                              than this batch of {}; call reset_states() first, which starts                              from zero states",
+                            "model `{}` is stateful and carries states for another batch size than this \
+                             batch of {}; call reset_states() first, which starts from zero states",
                             self.spec.name, shape[0]
                         )))
                     }

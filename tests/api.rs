@@ -177,4 +177,29 @@ fn errors_are_typed() {
     let mut w = net.weights();
     w.tensors.pop();
     assert!(matches!(net.set_weights(&w), Err(Error::Weights(_))));
+    // A stateful model trained on one batch size, then given another, says what to do.
+    let mut net =
+        Model::parse("SimpleRNN 3 input_dim=1 input_length=2 stateful\ncompile loss=mse\n")
+            .unwrap()
+            .compile(&Default::default())
+            .unwrap();
+    let (x1, y1) = (
+        ArrayD::<f32>::zeros(IxDyn(&[1, 2, 1])),
+        ArrayD::<f32>::zeros(IxDyn(&[1, 3])),
+    );
+    let (x2, y2) = (
+        ArrayD::<f32>::zeros(IxDyn(&[2, 2, 1])),
+        ArrayD::<f32>::zeros(IxDyn(&[2, 3])),
+    );
+    net.train_on_batch(x1.view(), y1.view()).unwrap();
+    match net.train_on_batch(x2.view(), y2.view()) {
+        Err(Error::Usage(m)) => assert_eq!(
+            m,
+            "model `model` is stateful and carries states for another batch size than this \
+             batch of 2; call reset_states() first, which starts from zero states"
+        ),
+        other => panic!("{other:?}"),
+    }
+    net.reset_states();
+    net.train_on_batch(x2.view(), y2.view()).unwrap();
 }

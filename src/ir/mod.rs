@@ -907,6 +907,15 @@ impl Function {
         self.def_inst(v).map(|i| &self.insts[i.index()].op)
     }
 
+    /// The inputs: each entry parameter with its role, in order.
+    pub fn inputs(&self) -> Vec<(InputRole, Value)> {
+        self.input_roles
+            .iter()
+            .cloned()
+            .zip(self.block(self.entry).params.iter().copied())
+            .collect()
+    }
+
     /// Replaces every use of `old` (operands of reachable instructions, outputs) by `new`.
     pub fn replace_uses(&mut self, old: Value, new: Value) {
         let mut all = Vec::new();
