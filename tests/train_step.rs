@@ -296,9 +296,10 @@ proptest! {
                 prop_assert!((a - b).abs() <= 1e-3 * scale, "{} {opt:?} {kind:?}: {n}[{i}] native {a}, interpreter {b}", m.text);
             }
         }
-        // Adam's 512-bit host kernel and the generated 128-bit update give the same bits.
+        // Adam's and RMSprop's 512-bit host kernels and the generated 128-bit updates give
+        // the same bits.
         let wide = lstmc::jit::Options::default();
-        if matches!(opt, Optimizer::Adam { .. }) && wide.tuning.wide_updates {
+        if matches!(opt, Optimizer::Adam { .. } | Optimizer::Rmsprop { .. }) && wide.tuning.wide_updates {
             let mut narrow = wide;
             narrow.tuning.wide_updates = false;
             let mut n = lstmc::train::Trainer::new(spec.clone(), w0.clone(), kind, opt, narrow);
@@ -306,7 +307,7 @@ proptest! {
                 n.train_on_batch(&xf, &target).unwrap();
             }
             for ((name, a), (_, b)) in n.weights().tensors.iter().zip(&t.weights().tensors) {
-                prop_assert!(a == b, "{}: {name} differs between the 128-bit and 512-bit Adam", m.text);
+                prop_assert!(a == b, "{}: {name} differs between the 128-bit and 512-bit {opt:?}", m.text);
             }
         }
     }

@@ -31,10 +31,10 @@ pub struct Tuning {
     pub threads: usize,
     /// Matmuls of at least this many multiply-adds use all threads.
     pub parallel_min: usize,
-    /// Adam's updates call the host's 512-bit kernel (`lstmc_adam`): on by default where
-    /// the CPU has AVX-512F. Square roots and divisions bound the update, and
-    /// Cranelift's 128-bit ones took a third of the tutorial's training step
-    /// (`lstmc bench W2 --phase train`: see the commit that added this).
+    /// Adam's and RMSprop's updates call the host's 512-bit kernels (`lstmc_update`): on
+    /// by default where the CPU has AVX-512F. Square roots and divisions bound these
+    /// updates, and Cranelift's 128-bit ones took a third of the tutorial's training
+    /// step (`lstmc bench W2 --phase train`: see the commit that added this).
     pub wide_updates: bool,
 }
 
@@ -67,8 +67,8 @@ pub struct Hosts {
     pub gemm_strided: FuncRef,
     /// `lstmc_softmax_grad`
     pub softmax_grad: FuncRef,
-    /// `lstmc_adam`
-    pub adam: FuncRef,
+    /// `lstmc_update`
+    pub update: FuncRef,
 }
 
 /// Emits the body of the forward function into `b` (whose entry block has the two pointer parameters).
@@ -712,17 +712,23 @@ impl Emitter<'_, '_> {
             .b
             .ins()
             .load(types::F32, self.flags.write, hyper.ptr, 0);
-        if let (
+        let wide = match kind {
             Optimizer::Adam {
                 beta_1,
                 beta_2,
                 epsilon,
                 ..
-            },
-            true,
-        ) = (kind, self.tuning.wide_updates)
-        {
-            let mut args = Vec::with_capacity(14);
+            } => Some((0, [1.0 - beta_1, 1.0 - beta_2, epsilon, 0.0])),
+            Optimizer::Rmsprop {
+                rho,
+                momentum,
+                epsilon,
+                ..
+            } => Some((1, [rho, 1.0 - rho, epsilon, momentum])),
+            Optimizer::Sgd { .. } => None,
+        };
+        if let (Some((code, k)), true) = (wide, self.tuning.wide_updates) {
+            let mut args = vec![self.imm(code)];
             for m in [w, g, s1, s2] {
                 args.push(m.ptr);
                 args.push(self.imm(m.stride / 4));
@@ -730,10 +736,10 @@ impl Emitter<'_, '_> {
             args.push(self.imm(w.rows as i64));
             args.push(self.imm(w.cols as i64));
             args.push(rate);
-            for k in [1.0 - beta_1, 1.0 - beta_2, epsilon] {
+            for k in k {
                 args.push(self.b.ins().f32const(k as f32));
             }
-            self.b.ins().call(self.hosts.adam, &args);
+            self.b.ins().call(self.hosts.update, &args);
             return Ok(());
         }
         self.counted(w.rows, |e, r| {

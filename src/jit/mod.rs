@@ -120,8 +120,8 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         ("lstmc_gemm_strided", 12, 0),
         // (y, ys, dy, dys, out, os, rows, cols)
         ("lstmc_softmax_grad", 8, 0),
-        // (w, ws, g, gs, m, ms, v, vs, rows, cols; rate, b1, b2, eps)
-        ("lstmc_adam", 10, 4),
+        // (code, w, ws, g, gs, s1, s1s, s2, s2s, rows, cols; rate, k0, k1, k2, k3)
+        ("lstmc_update", 11, 5),
     ];
     let mut ids = Vec::with_capacity(imports.len());
     for (name, ints, floats) in imports {
@@ -145,7 +145,7 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
             softmax: module.declare_func_in_func(ids[2], b.func),
             gemm_strided: module.declare_func_in_func(ids[3], b.func),
             softmax_grad: module.declare_func_in_func(ids[4], b.func),
-            adam: module.declare_func_in_func(ids[5], b.func),
+            update: module.declare_func_in_func(ids[5], b.func),
         };
         codegen::emit(&func, &plan, &options.tuning, &mut b, hosts)?;
         b.finalize(module.target_config());

@@ -319,7 +319,7 @@ extern "C" fn lstmc_loss(
     );
 }
 
-/// Whether this CPU runs [`lstmc_adam`]'s 512-bit kernel (else generated code
+/// Whether this CPU runs [`lstmc_update`]'s 512-bit kernels (else generated code
 /// updates with 128-bit vectors).
 pub fn wide_updates() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -332,45 +332,63 @@ pub fn wide_updates() -> bool {
     }
 }
 
-/// Adam's update of `rows × cols` parameters in place (rows `*s` elements apart):
-/// `m += (g - m)·b1; v += (g² - v)·b2; w -= m·rate / (√v + eps)`, with `b1 = 1 - β1`,
-/// `b2 = 1 - β2` and the step's bias-corrected `rate`. The same operations in the same
-/// order as the generated 128-bit code, so the same bits, 16 lanes at a time (square
-/// roots and divisions bound this loop). Emitted only when [`wide_updates`] holds.
+/// An optimizer's update of `rows × cols` parameters in place (rows `*s` elements
+/// apart), 16 lanes at a time: the same operations in the same order as the generated
+/// 128-bit code, so the same bits (square roots and divisions bound these loops).
+/// Emitted only when [`wide_updates`] holds. `code` 0 is Adam, with
+/// `k = [1 - β1, 1 - β2, ε, _]` and slots `m`, `v`; 1 is RMSprop, with
+/// `k = [ρ, 1 - ρ, ε, momentum]` and slots velocity, momentum. `rate` is the step's
+/// learning rate (Adam's bias-corrected).
 #[allow(clippy::too_many_arguments)]
-extern "C" fn lstmc_adam(
+extern "C" fn lstmc_update(
+    code: u64,
     w: *mut f32,
     ws: u64,
     g: *const f32,
     gs: u64,
-    m: *mut f32,
-    ms: u64,
-    v: *mut f32,
-    vs: u64,
+    s1: *mut f32,
+    s1s: u64,
+    s2: *mut f32,
+    s2s: u64,
     rows: u64,
     cols: u64,
     rate: f32,
-    b1: f32,
-    b2: f32,
-    eps: f32,
+    k0: f32,
+    k1: f32,
+    k2: f32,
+    k3: f32,
 ) {
     let cols = cols as usize;
     for r in 0..rows as usize {
         // SAFETY: called by generated code with pointers and sizes from a bounds-checked plan;
-        // the four rows are distinct slots (weights, gradient and the two moment slots).
-        let (w, g, m, v) = unsafe {
+        // the four rows are distinct slots (weights, gradient and the two optimizer slots).
+        let (w, g, s1, s2) = unsafe {
             (
                 std::slice::from_raw_parts_mut(w.add(r * ws as usize), cols),
                 std::slice::from_raw_parts(g.add(r * gs as usize), cols),
-                std::slice::from_raw_parts_mut(m.add(r * ms as usize), cols),
-                std::slice::from_raw_parts_mut(v.add(r * vs as usize), cols),
+                std::slice::from_raw_parts_mut(s1.add(r * s1s as usize), cols),
+                std::slice::from_raw_parts_mut(s2.add(r * s2s as usize), cols),
             )
         };
         #[cfg(target_arch = "x86_64")]
         // SAFETY: generated code calls this only when the CPU has AVX-512F.
         unsafe {
-            adam_row_avx512(w, g, m, v, [rate, b1, b2, eps])
+            if code == 0 {
+                adam_row_avx512(w, g, s1, s2, [rate, k0, k1, k2])
+            } else {
+                rmsprop_row_avx512(w, g, s1, s2, [rate, k0, k1, k2, k3])
+            }
         };
+    }
+}
+
+/// The mask of lanes `i..min(i + 16, n)`.
+#[cfg(target_arch = "x86_64")]
+fn lanes(i: usize, n: usize) -> u16 {
+    if n - i >= 16 {
+        0xffff
+    } else {
+        (1u16 << (n - i)) - 1
     }
 }
 
@@ -380,13 +398,8 @@ fn adam_row_avx512(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: [f
     use std::arch::x86_64::*;
     let n = w.len().min(g.len()).min(m.len()).min(v.len());
     let [rate, b1, b2, eps] = k.map(|x| _mm512_set1_ps(x));
-    let mut i = 0;
-    while i < n {
-        let mask: __mmask16 = if n - i >= 16 {
-            0xffff
-        } else {
-            (1u16 << (n - i)) - 1
-        };
+    for i in (0..n).step_by(16) {
+        let mask = lanes(i, n);
         // SAFETY: lanes `i..i + 16` under `mask` lie within the four slices (`i < n`, and
         // the mask stops at `n`); masked-off lanes are neither read nor written.
         unsafe {
@@ -404,14 +417,45 @@ fn adam_row_avx512(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: [f
             _mm512_mask_storeu_ps(v.as_mut_ptr().add(i), mask, vv);
             _mm512_mask_storeu_ps(w.as_mut_ptr().add(i), mask, wv);
         }
-        i += 16;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn rmsprop_row_avx512(w: &mut [f32], g: &[f32], v: &mut [f32], m: &mut [f32], k: [f32; 5]) {
+    use std::arch::x86_64::*;
+    let n = w.len().min(g.len()).min(m.len()).min(v.len());
+    let momentum = k[4] > 0.0;
+    let [rate, rho, one_rho, eps, mom] = k.map(|x| _mm512_set1_ps(x));
+    for i in (0..n).step_by(16) {
+        let mask = lanes(i, n);
+        // SAFETY: as in `adam_row_avx512`.
+        unsafe {
+            let gv = _mm512_maskz_loadu_ps(mask, g.as_ptr().add(i));
+            let vv = _mm512_maskz_loadu_ps(mask, v.as_ptr().add(i));
+            let wv = _mm512_maskz_loadu_ps(mask, w.as_ptr().add(i));
+            let gg = _mm512_mul_ps(_mm512_mul_ps(one_rho, gv), gv);
+            let vv = _mm512_add_ps(_mm512_mul_ps(rho, vv), gg);
+            _mm512_mask_storeu_ps(v.as_mut_ptr().add(i), mask, vv);
+            let root = _mm512_sqrt_ps(_mm512_add_ps(vv, eps));
+            let inc = _mm512_div_ps(_mm512_mul_ps(gv, rate), root);
+            let step = if momentum {
+                let mv = _mm512_maskz_loadu_ps(mask, m.as_ptr().add(i));
+                let mv = _mm512_add_ps(_mm512_mul_ps(mom, mv), inc);
+                _mm512_mask_storeu_ps(m.as_mut_ptr().add(i), mask, mv);
+                mv
+            } else {
+                inc
+            };
+            _mm512_mask_storeu_ps(w.as_mut_ptr().add(i), mask, _mm512_sub_ps(wv, step));
+        }
     }
 }
 
 /// The host symbols generated code may call, for `JITBuilder::symbol`.
 pub fn host_symbols() -> [(&'static str, *const u8); 6] {
     [
-        ("lstmc_adam", lstmc_adam as *const u8),
+        ("lstmc_update", lstmc_update as *const u8),
         ("lstmc_loss", lstmc_loss as *const u8),
         ("lstmc_gemm", lstmc_gemm as *const u8),
         ("lstmc_softmax", lstmc_softmax as *const u8),
