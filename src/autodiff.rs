@@ -75,7 +75,7 @@ pub fn train_step(
     })?;
     let entry = g.entry;
     let hyper = g.add_input(InputRole::Hyper, vec![1]);
-    let params = g.inputs();
+    let params: Vec<(InputRole, Value)> = g.inputs().collect();
     let mut outputs = Vec::new();
     let mut updates = Vec::new();
     for (role, v) in std::mem::take(&mut g.outputs) {
@@ -166,7 +166,7 @@ fn differentiate(
             rule(&mut g, &mut d, i, &|v| v)?;
         }
     }
-    let params = g.inputs();
+    let params: Vec<(InputRole, Value)> = g.inputs().collect();
     for (role, p) in params {
         if matches!(role, InputRole::X | InputRole::Weight { .. }) {
             let grad = match d.adj.get(&p) {

@@ -524,8 +524,13 @@ impl Trainer {
         };
         let y_shape = c_output_shape(&f, &OutputRole::Y)?;
         let dense = dense_targets(self.loss, &y_shape, target)?;
-        let xs: Vec<f32> = x.iter().copied().collect();
-        stage(&xs, *x.shape().last().unwrap_or(&1), &mut self.x);
+        match x.as_slice() {
+            Some(xs) => stage(xs, *x.shape().last().unwrap_or(&1), &mut self.x),
+            None => {
+                let xs: Vec<f32> = x.iter().copied().collect();
+                stage(&xs, *x.shape().last().unwrap_or(&1), &mut self.x)
+            }
+        }
         let ts: Vec<f32> = dense.iter().map(|&v| v as f32).collect();
         stage(&ts, *y_shape.last().unwrap_or(&1), &mut self.target);
         let rate = self.optimizer.step_rate(self.iterations + 1) as f32;

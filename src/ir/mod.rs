@@ -908,12 +908,11 @@ impl Function {
     }
 
     /// The inputs: each entry parameter with its role, in order.
-    pub fn inputs(&self) -> Vec<(InputRole, Value)> {
+    pub fn inputs(&self) -> impl Iterator<Item = (InputRole, Value)> + '_ {
         self.input_roles
             .iter()
             .cloned()
             .zip(self.block(self.entry).params.iter().copied())
-            .collect()
     }
 
     /// Replaces every use of `old` (operands of reachable instructions, outputs) by `new`.
