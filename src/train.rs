@@ -484,17 +484,26 @@ impl Trainer {
         Ok(())
     }
 
+    /// Where the output `role` of `c` lies (in the arena, after a run).
+    fn output_loc<'c>(&self, c: &'c Compiled, role: &OutputRole) -> Result<&'c jit::plan::Loc> {
+        c.func
+            .outputs
+            .iter()
+            .position(|(r, _)| r == role)
+            .map(|k| &c.plan.outputs[k])
+            .ok_or_else(|| Error::Internal(format!("no output {role}")))
+    }
+
     /// The output `role` of the last run of `c`, from the arena.
     fn output(&self, c: &Compiled, role: &OutputRole) -> Result<ArrayD<f32>> {
-        let (k, v) = c
+        let loc = self.output_loc(c, role)?;
+        let v = c
             .func
             .outputs
             .iter()
-            .enumerate()
-            .find(|(_, (r, _))| r == role)
-            .map(|(k, (_, v))| (k, *v))
+            .find(|(r, _)| r == role)
+            .map(|(_, v)| *v)
             .ok_or_else(|| Error::Internal(format!("no output {role}")))?;
-        let loc = &c.plan.outputs[k];
         let mut buf = vec![0.0f32; loc.rows * loc.cols];
         gather(&self.arena, loc, &mut buf);
         ArrayD::from_shape_vec(IxDyn(c.func.shape(v)), buf)
@@ -537,13 +546,15 @@ impl Trainer {
         stage(&[rate], 1, &mut self.hyper);
         self.run(&f, &sources)?;
         self.iterations += 1;
-        let value = self.output(&f, &OutputRole::Loss)?;
-        let y = self.output(&f, &OutputRole::Y)?.mapv(f64::from);
-        let acc = accuracy(self.loss, &y, target);
-        Ok((
-            f64::from(value.iter().next().copied().unwrap_or(f32::NAN)),
-            acc,
-        ))
+        let loss_at = self.output_loc(&f, &OutputRole::Loss)?;
+        let value = match loss_at.base {
+            jit::plan::Base::Arena => self.arena.get(loss_at.offset as usize).copied(),
+            jit::plan::Base::Input(_) => None,
+        }
+        .ok_or_else(|| Error::Internal("the loss is not in the arena".into()))?;
+        let y = self.output(&f, &OutputRole::Y)?;
+        let acc = accuracy(self.loss, &y.mapv(f64::from), target);
+        Ok((f64::from(value), acc))
     }
 
     /// Loss and accuracy over a data set, in batches, states carried (no updates).
