@@ -166,12 +166,10 @@ fn lstm_train_step() -> (Function, Vec<ArrayD<f64>>) {
         ((i[0] * 60 + i[1] * 3 + i[2]) % 7) as f64 / 7.0 - 0.4
     });
     let inputs: Vec<ArrayD<f64>> = step
-        .input_roles
-        .iter()
-        .zip(&step.block(step.entry).params)
-        .map(|(r, &p)| match r {
+        .inputs()
+        .map(|(r, p)| match r {
             InputRole::X => x.clone(),
-            InputRole::Weight { layer, name } => w.get(*layer, name).unwrap().clone(),
+            InputRole::Weight { layer, name } => w.get(layer, name).unwrap().clone(),
             InputRole::Target => ArrayD::from_elem(step.shape(p), 0.3),
             InputRole::Hyper => ArrayD::from_elem(step.shape(p), 1e-3),
             _ => ArrayD::from_elem(step.shape(p), 0.01), // the optimizer's slots

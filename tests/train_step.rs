@@ -74,18 +74,16 @@ fn interpret_step(
     rate: f64,
 ) -> Vec<(OutputRole, ArrayD<f64>)> {
     let inputs: Vec<ArrayD<f64>> = f
-        .input_roles
-        .iter()
-        .zip(&f.block(f.entry).params)
-        .map(|(r, &p)| match r {
+        .inputs()
+        .map(|(r, p)| match r {
             InputRole::X => x.clone(),
-            InputRole::Weight { layer, name } => w.get(*layer, name).unwrap().clone(),
+            InputRole::Weight { layer, name } => w.get(layer, name).unwrap().clone(),
             InputRole::State { .. } => ArrayD::zeros(f.shape(p)),
             InputRole::Target => target.clone(),
             InputRole::Hyper => ArrayD::from_elem(ndarray::IxDyn(&[1]), rate),
             InputRole::Slot { layer, name, index } => {
                 let key = format!("layers.{layer}.{name}");
-                slots.iter().find(|(n, _)| *n == key).unwrap().1[*index].clone()
+                slots.iter().find(|(n, _)| *n == key).unwrap().1[index].clone()
             }
             InputRole::DY => panic!("a train step takes no dy"),
         })

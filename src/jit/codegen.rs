@@ -251,13 +251,11 @@ impl Emitter<'_, '_> {
                     let a = self.val(d.args[0])?;
                     let c = self.val(d.results[0])?;
                     let args = [
-                        a.ptr,
-                        self.imm(a.stride / 4),
-                        c.ptr,
-                        self.imm(c.stride / 4),
-                        self.imm(c.rows as i64),
-                        self.imm(c.cols as i64),
-                    ];
+                        self.rows_arg(&a),
+                        self.rows_arg(&c),
+                        [self.imm(c.rows as i64), self.imm(c.cols as i64)],
+                    ]
+                    .concat();
                     self.b.ins().call(self.hosts.softmax, &args);
                 }
                 Op::Stack => {
@@ -381,15 +379,12 @@ impl Emitter<'_, '_> {
                         self.val(d.results[0])?,
                     );
                     let args = [
-                        y.ptr,
-                        self.imm(y.stride / 4),
-                        dy.ptr,
-                        self.imm(dy.stride / 4),
-                        out.ptr,
-                        self.imm(out.stride / 4),
-                        self.imm(out.rows as i64),
-                        self.imm(out.cols as i64),
-                    ];
+                        self.rows_arg(&y),
+                        self.rows_arg(&dy),
+                        self.rows_arg(&out),
+                        [self.imm(out.rows as i64), self.imm(out.cols as i64)],
+                    ]
+                    .concat();
                     self.b.ins().call(self.hosts.softmax_grad, &args);
                 }
                 Op::PadLast { start, .. } => {
@@ -447,17 +442,13 @@ impl Emitter<'_, '_> {
                     let (y, t) = (self.val(d.args[0])?, self.val(d.args[1])?);
                     let (value, dy) = (self.val(d.results[0])?, self.val(d.results[1])?);
                     let args = [
-                        self.imm(super::host::loss_code(*kind)),
-                        y.ptr,
-                        self.imm(y.stride / 4),
-                        t.ptr,
-                        self.imm(t.stride / 4),
-                        dy.ptr,
-                        self.imm(dy.stride / 4),
-                        self.imm(y.rows as i64),
-                        self.imm(y.cols as i64),
-                        value.ptr,
-                    ];
+                        &[self.imm(super::host::loss_code(*kind))][..],
+                        &self.rows_arg(&y),
+                        &self.rows_arg(&t),
+                        &self.rows_arg(&dy),
+                        &[self.imm(y.rows as i64), self.imm(y.cols as i64), value.ptr],
+                    ]
+                    .concat();
                     self.b.ins().call(self.hosts.loss, &args);
                 }
                 Op::Update(kind) => {
@@ -504,6 +495,11 @@ impl Emitter<'_, '_> {
 
     fn imm(&mut self, v: i64) -> Value {
         self.b.ins().iconst(types::I64, v)
+    }
+
+    /// A matrix as a host function takes it: its address and its row stride in elements.
+    fn rows_arg(&mut self, m: &Mat) -> [Value; 2] {
+        [m.ptr, self.imm(m.stride / 4)]
     }
 
     fn lp(
@@ -752,8 +748,7 @@ impl Emitter<'_, '_> {
         if let (Some((code, k)), true) = (wide, self.tuning.wide_updates) {
             let mut args = vec![self.imm(code)];
             for m in [w, g, s1, s2] {
-                args.push(m.ptr);
-                args.push(self.imm(m.stride / 4));
+                args.extend(self.rows_arg(&m));
             }
             args.push(self.imm(w.rows as i64));
             args.push(self.imm(w.cols as i64));
@@ -868,17 +863,13 @@ impl Emitter<'_, '_> {
                 1
             };
             let args = [
-                self.imm(m as i64),
-                self.imm(n as i64),
-                self.imm(k as i64),
-                a.ptr,
-                self.imm(a.stride / 4),
-                w.ptr,
-                self.imm(w.stride / 4),
-                c.ptr,
-                self.imm(c.stride / 4),
-                self.imm(threads as i64),
-            ];
+                &[self.imm(m as i64), self.imm(n as i64), self.imm(k as i64)][..],
+                &self.rows_arg(&a),
+                &self.rows_arg(&w),
+                &self.rows_arg(&c),
+                &[self.imm(threads as i64)],
+            ]
+            .concat();
             self.b.ins().call(self.hosts.gemm, &args);
             return Ok(());
         }

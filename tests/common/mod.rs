@@ -165,12 +165,10 @@ pub fn gradient_inputs(
     dy: &ArrayD<f64>,
 ) -> Vec<ArrayD<f64>> {
     use lstmc::ir::InputRole;
-    g.input_roles
-        .iter()
-        .zip(&g.block(g.entry).params)
-        .map(|(r, &p)| match r {
+    g.inputs()
+        .map(|(r, p)| match r {
             InputRole::X => x.clone(),
-            InputRole::Weight { layer, name } => w.get(*layer, name).unwrap().clone(),
+            InputRole::Weight { layer, name } => w.get(layer, name).unwrap().clone(),
             InputRole::State { .. } => ArrayD::zeros(g.shape(p)),
             InputRole::DY => dy.clone(),
             r => panic!("a gradient function takes no {r}"),
