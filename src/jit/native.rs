@@ -23,6 +23,7 @@
 //! against the shapes it claims, and catches every panic at the boundary.
 
 pub mod capi;
+mod pool;
 
 use crate::error::{Error, Result};
 use cranelift_jit::JITModule;
@@ -207,7 +208,9 @@ extern "C" fn lstmc_softmax(
 }
 
 /// `c = a · b` with explicit row and column strides (elements) for `a` and `b`, so that
-/// either is read transposed (the gradient products `d · wᵀ` and `aᵀ · d`).
+/// either is read transposed (the gradient products `d · wᵀ` and `aᵀ · d`). With
+/// `threads > 1`, the columns of `c` (or its rows, when it has more) are split between
+/// the calling thread and the [`pool`]'s workers, each running the single-threaded kernel.
 #[allow(clippy::too_many_arguments)]
 extern "C" fn lstmc_gemm_strided(
     m: u64,
@@ -223,34 +226,83 @@ extern "C" fn lstmc_gemm_strided(
     c_rs: u64,
     threads: u64,
 ) {
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads as usize)
-    } else {
-        gemm::Parallelism::None
+    let product = Product {
+        k: k as usize,
+        a,
+        a_rs: a_rs as usize,
+        a_cs: a_cs as usize,
+        b,
+        b_rs: b_rs as usize,
+        b_cs: b_cs as usize,
+        c,
+        c_rs: c_rs as usize,
     };
-    // SAFETY: called by generated code with pointers and sizes from a bounds-checked plan.
-    unsafe {
-        gemm::gemm(
-            m as usize,
-            n as usize,
-            k as usize,
-            c,
-            1,
-            c_rs as isize,
-            false,
-            a,
-            a_cs as isize,
-            a_rs as isize,
-            b,
-            b_cs as isize,
-            b_rs as isize,
-            0.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            parallelism,
-        )
+    let (m, n) = (m as usize, n as usize);
+    let parts = pool::parts(threads as usize);
+    // Column blocks stay multiples of 16 (one 512-bit vector) where they can.
+    let split = |len: usize, align: usize| (len.div_ceil(parts)).next_multiple_of(align).max(1);
+    if parts == 1 {
+        product.block(0..m, 0..n);
+    } else if n >= m {
+        let step = split(n, 16);
+        pool::run(parts, &|i| {
+            product.block(0..m, (i * step).min(n)..((i + 1) * step).min(n))
+        });
+    } else {
+        let step = split(m, 8);
+        pool::run(parts, &|i| {
+            product.block((i * step).min(m)..((i + 1) * step).min(m), 0..n)
+        });
+    }
+}
+
+/// The operands of one product `c = a · b` (see [`lstmc_gemm_strided`]).
+struct Product {
+    k: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+    b_rs: usize,
+    b_cs: usize,
+    c: *mut f32,
+    c_rs: usize,
+}
+
+// SAFETY: the parts of a split product write disjoint blocks of `c` and only read `a`, `b`.
+unsafe impl Sync for Product {}
+
+impl Product {
+    /// `c[rows, cols] = a[rows, :] · b[:, cols]` on this thread.
+    fn block(&self, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) {
+        if rows.is_empty() || cols.is_empty() {
+            return;
+        }
+        // SAFETY: called by generated code with pointers and sizes from a bounds-checked
+        // plan, for a block inside the planned `m × n` product.
+        unsafe {
+            gemm::gemm(
+                rows.len(),
+                cols.len(),
+                self.k,
+                self.c.add(rows.start * self.c_rs + cols.start),
+                1,
+                self.c_rs as isize,
+                false,
+                self.a.add(rows.start * self.a_rs),
+                self.a_cs as isize,
+                self.a_rs as isize,
+                self.b.add(cols.start * self.b_cs),
+                self.b_cs as isize,
+                self.b_rs as isize,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
     }
 }
 
