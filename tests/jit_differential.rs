@@ -48,7 +48,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
     #[test]
-    fn jit_agrees_with_the_interpreter(m in random_model()) {
+    fn jit_agrees_with_the_interpreter(m in random_model(), split in any::<bool>()) {
         let spec = m.spec();
         let w = m.weights(&spec);
         let xs = m.inputs(&spec, 3);
@@ -69,7 +69,16 @@ proptest! {
             }
         }
         let mut reference = Reference::new(spec.clone(), w.clone());
-        let mut jit = CompiledModel::new(spec.clone(), &w, lstmc::jit::Options::default());
+        // Half the cases as compiled by default; the other half with every product on the
+        // host GEMM and every fused kernel split between two threads.
+        let mut options = lstmc::jit::Options::default();
+        if split {
+            options.tuning.gemm_crossover = 1;
+            options.tuning.parallel_min = 1;
+            options.tuning.parallel_elems = 1;
+            options.tuning.threads = 2;
+        }
+        let mut jit = CompiledModel::new(spec.clone(), &w, options);
         for (call, x) in xs.into_iter().enumerate() {
             let want = reference.predict_batch(&x).unwrap();
             let got = jit.predict_batch(&x.mapv(|v| v as f32)).unwrap();

@@ -289,10 +289,11 @@ proptest! {
             prop_assume!(a.iter().zip(b.iter()).all(|(p, q)| (p - q).abs() <= 1e-4 * scale), "ill-conditioned");
         }
         // Native code, one call per step: as compiled by default, and with every product
-        // on the host GEMM split between two threads.
+        // on the host GEMM and every fused kernel split between two threads.
         let mut split = lstmc::jit::Options::default();
         split.tuning.gemm_crossover = 1;
         split.tuning.parallel_min = 1;
+        split.tuning.parallel_elems = 1;
         split.tuning.threads = 2;
         let xf = x.mapv(|v| v as f32);
         let mut trained = Vec::new();

@@ -14,9 +14,11 @@ use super::plan::{Base, Loc, Plan};
 use crate::ir::{BinOp, FNode, Function, FusedKernel, IrError, Op, Value as IrValue};
 use crate::model::Optimizer;
 use cranelift_codegen::ir::{
-    condcodes::IntCC, types, FuncRef, InstBuilder, MemFlagsData, Type, Value,
+    condcodes::IntCC, types, AbiParam, FuncRef, InstBuilder, MemFlagsData, Signature,
+    StackSlotData, StackSlotKind, Type, Value,
 };
 use cranelift_frontend::{FunctionBuilder, Variable};
+use cranelift_module::{FuncId, Module, ModuleError};
 use std::collections::HashMap;
 
 /// Loops of at most this many iterations are unrolled when generated.
@@ -31,6 +33,10 @@ pub struct Tuning {
     pub threads: usize,
     /// Matmuls of at least this many multiply-adds use all threads.
     pub parallel_min: usize,
+    /// Fused elementwise kernels of at least this many output elements (and two rows)
+    /// are generated as functions of a row range, which `lstmc_rows` splits between
+    /// threads (with `threads > 1` only).
+    pub parallel_elems: usize,
     /// Adam's and RMSprop's updates call the host's 512-bit kernels (`lstmc_update`): on
     /// by default where the CPU has AVX-512F. Square roots and divisions bound these
     /// updates, and Cranelift's 128-bit ones took a third of the tutorial's training
@@ -50,6 +56,7 @@ impl Default for Tuning {
             gemm_crossover: 1 << 18,
             threads: 1,
             parallel_min: 1 << 20,
+            parallel_elems: 1 << 12,
             wide_updates: super::native::wide_updates(),
         }
     }
@@ -72,32 +79,80 @@ pub struct Hosts {
     pub softmax_grad: FuncRef,
     /// `lstmc_update`
     pub update: FuncRef,
+    /// `lstmc_rows`
+    pub rows: FuncRef,
 }
 
-/// Emits the body of the forward function into `b` (whose entry block has the two pointer parameters).
+/// The layout of one operand of an outlined kernel: rows, columns, row stride in bytes,
+/// and whether it is a read-only input.
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    rows: usize,
+    cols: usize,
+    stride: i64,
+    readonly: bool,
+}
+
+/// A fused elementwise kernel outlined into its own function
+/// `extern "C" fn(operands: *const *mut f32, first_row: u64, end_row: u64)`, so that
+/// `lstmc_rows` can run its rows on several threads. The caller passes the operands'
+/// addresses (inputs, then outputs) in a stack slot.
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    /// The function to define.
+    pub id: FuncId,
+    kernel: FusedKernel,
+    ins: Vec<Layout>,
+    outs: Vec<Layout>,
+}
+
+/// The signature of an outlined [`Kernel`].
+pub fn kernel_signature(module: &dyn Module) -> Signature {
+    let mut sig = module.make_signature();
+    sig.params
+        .extend(std::iter::repeat_n(AbiParam::new(types::I64), 3));
+    sig
+}
+
+/// Where generated code declares the functions it outlines.
+pub struct Outline<'a> {
+    /// The module that will define them.
+    pub module: &'a mut dyn Module,
+    /// The kernels declared so far, to define after the calling function.
+    pub kernels: Vec<Kernel>,
+}
+
+/// The memory flags of a function's code: a training step writes its weights and slots
+/// in place, so then no input is read-only.
+fn flags(f: &Function) -> Flags {
+    let read_input = if f.writes_inputs() {
+        MemFlagsData::new().with_notrap()
+    } else {
+        MemFlagsData::new().with_notrap().with_readonly()
+    };
+    Flags {
+        table: MemFlagsData::trusted().with_readonly(),
+        write: MemFlagsData::new().with_notrap(),
+        read_input,
+    }
+}
+
+/// Emits the body of the forward function into `b` (whose entry block has the two
+/// pointer parameters); the kernels it outlines are declared in `outline`.
 pub fn emit(
     f: &Function,
     plan: &Plan,
     tuning: &Tuning,
     b: &mut FunctionBuilder,
     hosts: Hosts,
+    outline: &mut Outline,
 ) -> Result<(), IrError> {
     let entry = b.create_block();
     b.append_block_params_for_function_params(entry);
     b.switch_to_block(entry);
     let table = b.block_params(entry)[0];
     let arena = b.block_params(entry)[1];
-    // A training step writes its weights and slots in place: then no input is read-only.
-    let read_input = if f.writes_inputs() {
-        MemFlagsData::new().with_notrap()
-    } else {
-        MemFlagsData::new().with_notrap().with_readonly()
-    };
-    let flags = Flags {
-        table: MemFlagsData::trusted().with_readonly(),
-        write: MemFlagsData::new().with_notrap(),
-        read_input,
-    };
+    let flags = flags(f);
     let mut inputs = Vec::new();
     for i in 0..f.input_roles.len() {
         let p = b.ins().load(types::I64, flags.table, table, (i * 8) as i32);
@@ -113,6 +168,7 @@ pub fn emit(
         ks: HashMap::new(),
         hosts,
         flags,
+        outline: Some(outline),
     };
     e.block(f.entry)?;
     e.b.ins().return_(&[]);
@@ -120,7 +176,56 @@ pub fn emit(
     Ok(())
 }
 
-struct Emitter<'a, 'b> {
+/// Emits the body of an outlined kernel of `f` into `b` (whose signature is
+/// [`kernel_signature`]).
+pub fn emit_kernel(
+    f: &Function,
+    plan: &Plan,
+    tuning: &Tuning,
+    b: &mut FunctionBuilder,
+    hosts: Hosts,
+    kernel: &Kernel,
+) -> Result<(), IrError> {
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    let [operands, first, end] = [0, 1, 2].map(|i| b.block_params(entry)[i]);
+    let flags = flags(f);
+    let mut mats = kernel
+        .ins
+        .iter()
+        .chain(&kernel.outs)
+        .enumerate()
+        .map(|(i, l)| Mat {
+            ptr: b
+                .ins()
+                .load(types::I64, flags.table, operands, (i * 8) as i32),
+            rows: l.rows,
+            cols: l.cols,
+            stride: l.stride,
+            readonly: l.readonly,
+        });
+    let ins: Vec<Mat> = mats.by_ref().take(kernel.ins.len()).collect();
+    let outs: Vec<Mat> = mats.collect();
+    let mut e = Emitter {
+        b,
+        f,
+        plan,
+        tuning: *tuning,
+        inputs: Vec::new(),
+        arena: operands,
+        ks: HashMap::new(),
+        hosts,
+        flags,
+        outline: None,
+    };
+    e.fused_rows(&kernel.kernel, &ins, &outs, Some((first, end)))?;
+    e.b.ins().return_(&[]);
+    e.b.seal_all_blocks();
+    Ok(())
+}
+
+struct Emitter<'a, 'b, 'c> {
     b: &'a mut FunctionBuilder<'b>,
     f: &'a Function,
     plan: &'a Plan,
@@ -130,6 +235,8 @@ struct Emitter<'a, 'b> {
     ks: HashMap<IrValue, Value>,
     hosts: Hosts,
     flags: Flags,
+    /// Where to declare outlined kernels (none inside a kernel).
+    outline: Option<&'a mut Outline<'c>>,
 }
 
 /// The memory flags of the generated code's loads and stores.
@@ -153,7 +260,7 @@ struct Mat {
     readonly: bool,
 }
 
-impl Emitter<'_, '_> {
+impl Emitter<'_, '_, '_> {
     fn mat(&mut self, loc: Loc) -> Result<Mat, IrError> {
         let base = match loc.base {
             Base::Input(i) => self.inputs[i],
@@ -203,18 +310,25 @@ impl Emitter<'_, '_> {
             }
             return Ok(());
         }
+        let (zero, end) = (self.imm(0), self.imm(n as i64));
+        self.range(zero, end, body)
+    }
+
+    /// `for i in first..end { body(i) }`, as a loop.
+    fn range(
+        &mut self,
+        first: Value,
+        end: Value,
+        mut body: impl FnMut(&mut Self, Value) -> Result<(), IrError>,
+    ) -> Result<(), IrError> {
         let header = self.b.create_block();
         let inner = self.b.create_block();
         let exit = self.b.create_block();
         self.b.append_block_param(header, types::I64);
-        let zero = self.b.ins().iconst(types::I64, 0);
-        self.b.ins().jump(header, &[zero.into()]);
+        self.b.ins().jump(header, &[first.into()]);
         self.b.switch_to_block(header);
         let i = self.b.block_params(header)[0];
-        let more = self
-            .b
-            .ins()
-            .icmp_imm_s(IntCC::UnsignedLessThan, i, n as i64);
+        let more = self.b.ins().icmp(IntCC::UnsignedLessThan, i, end);
         self.b.ins().brif(more, inner, &[], exit, &[]);
         self.b.switch_to_block(inner);
         body(self, i)?;
@@ -687,9 +801,72 @@ impl Emitter<'_, '_> {
         })
     }
 
+    /// A fused kernel: inline, or outlined and called through `lstmc_rows` when it is
+    /// large enough to split between threads.
     fn fused(&mut self, k: &FusedKernel, ins: &[Mat], outs: &[Mat]) -> Result<(), IrError> {
         let (rows, cols) = (outs[0].rows, outs[0].cols);
-        self.counted(rows, |e, r| {
+        let parallel = self.tuning.threads > 1
+            && rows >= 2
+            && rows * cols >= self.tuning.parallel_elems
+            && self.outline.is_some();
+        if !parallel {
+            return self.fused_rows(k, ins, outs, None);
+        }
+        let layout = |m: &Mat| Layout {
+            rows: m.rows,
+            cols: m.cols,
+            stride: m.stride,
+            readonly: m.readonly,
+        };
+        let outline = self
+            .outline
+            .as_mut()
+            .ok_or_else(|| IrError("no module to outline a kernel into".into()))?;
+        let sig = kernel_signature(outline.module);
+        let id = outline
+            .module
+            .declare_anonymous_function(&sig)
+            .map_err(|e: ModuleError| IrError(format!("cranelift: {e}")))?;
+        let callee = outline.module.declare_func_in_func(id, self.b.func);
+        outline.kernels.push(Kernel {
+            id,
+            kernel: k.clone(),
+            ins: ins.iter().map(layout).collect(),
+            outs: outs.iter().map(layout).collect(),
+        });
+        let n = ins.len() + outs.len();
+        let slot = self.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            (n * 8) as u32,
+            3,
+        ));
+        for (i, m) in ins.iter().chain(outs).enumerate() {
+            self.b
+                .ins()
+                .stack_store(types::I64, m.ptr, slot, (i * 8) as i32);
+        }
+        let operands = self.b.ins().stack_addr(types::I64, slot, 0);
+        let callee = self.b.ins().func_addr(types::I64, callee);
+        let args = [
+            callee,
+            operands,
+            self.imm(rows as i64),
+            self.imm(self.tuning.threads as i64),
+        ];
+        self.b.ins().call(self.hosts.rows, &args);
+        Ok(())
+    }
+
+    /// A fused kernel's code, over all its rows, or over `first..end` when given.
+    fn fused_rows(
+        &mut self,
+        k: &FusedKernel,
+        ins: &[Mat],
+        outs: &[Mat],
+        range: Option<(Value, Value)>,
+    ) -> Result<(), IrError> {
+        let (rows, cols) = (outs[0].rows, outs[0].cols);
+        let body = |e: &mut Self, r: Value| {
             let in_rows: Vec<Value> = ins
                 .iter()
                 .enumerate()
@@ -717,7 +894,11 @@ impl Emitter<'_, '_> {
                 }
                 Ok(())
             })
-        })
+        };
+        match range {
+            Some((first, end)) => self.range(first, end, body),
+            None => self.counted(rows, body),
+        }
     }
 
     /// One optimizer step, in place, on `w`, with gradient `g`, slots `s1`, `s2` and the

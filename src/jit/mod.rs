@@ -109,7 +109,7 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
     ctx.func.name = UserFuncName::user(0, id.as_u32());
     // The host functions generated code calls (`native.rs`), with their parameters: so
     // many 64-bit integers and pointers, then so many f32s.
-    let imports: [(&str, usize, usize); 6] = [
+    let imports: [(&str, usize, usize); 7] = [
         // (kind, y, ys, t, ts, dy, dys, rows, cols, out)
         ("lstmc_loss", 10, 0),
         // (m, n, k, a, lda, b, ldb, c, ldc, threads)
@@ -122,6 +122,8 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         ("lstmc_softmax_grad", 8, 0),
         // (code, w, ws, g, gs, s1, s1s, s2, s2s, rows, cols; rate, k0, k1, k2, k3)
         ("lstmc_update", 11, 5),
+        // (kernel, operands, rows, threads)
+        ("lstmc_rows", 4, 0),
     ];
     let mut ids = Vec::with_capacity(imports.len());
     for (name, ints, floats) in imports {
@@ -136,28 +138,58 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
                 .map_err(cl_err)?,
         );
     }
-    let mut fctx = FunctionBuilderContext::new();
-    {
-        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-        let hosts = codegen::Hosts {
-            loss: module.declare_func_in_func(ids[0], b.func),
-            gemm: module.declare_func_in_func(ids[1], b.func),
-            softmax: module.declare_func_in_func(ids[2], b.func),
-            gemm_strided: module.declare_func_in_func(ids[3], b.func),
-            softmax_grad: module.declare_func_in_func(ids[4], b.func),
-            update: module.declare_func_in_func(ids[5], b.func),
-        };
-        codegen::emit(&func, &plan, &options.tuning, &mut b, hosts)?;
-        b.finalize(module.target_config());
-    }
-    let clif = options.keep_text.then(|| ctx.func.display().to_string());
-    module.define_function(id, &mut ctx).map_err(cl_err)?;
-    let machine = if options.keep_text {
-        ctx.compiled_code().and_then(|c| c.vcode.clone())
-    } else {
-        None
+    let hosts = |module: &mut JITModule, func: &mut cranelift_codegen::ir::Function| {
+        let [loss, gemm, softmax, gemm_strided, softmax_grad, update, rows] =
+            [0, 1, 2, 3, 4, 5, 6].map(|i| module.declare_func_in_func(ids[i], func));
+        codegen::Hosts {
+            loss,
+            gemm,
+            softmax,
+            gemm_strided,
+            softmax_grad,
+            update,
+            rows,
+        }
     };
-    module.clear_context(&mut ctx);
+    let mut fctx = FunctionBuilderContext::new();
+    let mut clif = options.keep_text.then(String::new);
+    let mut machine = options.keep_text.then(String::new);
+    // Defines the function in `ctx` as `id`, keeping its text when asked.
+    let mut define = |module: &mut JITModule, ctx: &mut cranelift_codegen::Context, id| {
+        if let Some(text) = clif.as_mut() {
+            text.push_str(&ctx.func.display().to_string());
+        }
+        module.define_function(id, ctx).map_err(cl_err)?;
+        if let Some(text) = machine.as_mut() {
+            let code = ctx.compiled_code().and_then(|c| c.vcode.clone());
+            text.push_str(&code.unwrap_or_default());
+        }
+        module.clear_context(ctx);
+        Ok::<(), Error>(())
+    };
+    let kernels = {
+        let h = hosts(&mut module, &mut ctx.func);
+        let mut outline = codegen::Outline {
+            module: &mut module,
+            kernels: Vec::new(),
+        };
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        codegen::emit(&func, &plan, &options.tuning, &mut b, h, &mut outline)?;
+        b.finalize(outline.module.target_config());
+        outline.kernels
+    };
+    define(&mut module, &mut ctx, id)?;
+    // The kernels outlined to run on several threads.
+    for kernel in &kernels {
+        ctx.func.signature = codegen::kernel_signature(&module);
+        ctx.func.name = UserFuncName::user(0, kernel.id.as_u32());
+        ctx.set_disasm(options.keep_text);
+        let h = hosts(&mut module, &mut ctx.func);
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        codegen::emit_kernel(&func, &plan, &options.tuning, &mut b, h, kernel)?;
+        b.finalize(module.target_config());
+        define(&mut module, &mut ctx, kernel.id)?;
+    }
     module.finalize_definitions().map_err(cl_err)?;
     let writes_inputs = func.writes_inputs();
     let code = NativeCode::new(

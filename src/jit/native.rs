@@ -504,9 +504,49 @@ fn rmsprop_row_avx512(w: &mut [f32], g: &[f32], v: &mut [f32], m: &mut [f32], k:
     }
 }
 
+/// An outlined kernel (see [`super::codegen::Kernel`]): its operands' addresses and a
+/// range of rows.
+type Kernel = unsafe extern "C" fn(*const *mut f32, u64, u64);
+
+/// Runs an outlined kernel over `rows` rows, split between the calling thread and the
+/// [`pool`]'s workers in blocks of consecutive rows.
+extern "C" fn lstmc_rows(kernel: *const u8, operands: *const *mut f32, rows: u64, threads: u64) {
+    // SAFETY: generated code passes the address of a function it defined with the
+    // signature `Kernel` names (`codegen::kernel_signature`).
+    let kernel = unsafe { std::mem::transmute::<*const u8, Kernel>(kernel) };
+    let parts = pool::parts(threads as usize).min(rows as usize).max(1);
+    let step = (rows as usize).div_ceil(parts) as u64;
+    let call = Call { kernel, operands };
+    pool::run(parts, &|i| {
+        let first = i as u64 * step;
+        let end = (first + step).min(rows);
+        if first < end {
+            call.rows(first, end)
+        }
+    });
+}
+
+/// A kernel and its operands, shared by the parts of [`lstmc_rows`].
+struct Call {
+    kernel: Kernel,
+    operands: *const *mut f32,
+}
+
+// SAFETY: the parts only read the operand table and write disjoint rows.
+unsafe impl Sync for Call {}
+
+impl Call {
+    fn rows(&self, first: u64, end: u64) {
+        // SAFETY: the operands are the planned slots of this kernel, valid for the whole
+        // call of `lstmc_rows`; its parts write disjoint rows of the outputs.
+        unsafe { (self.kernel)(self.operands, first, end) }
+    }
+}
+
 /// The host symbols generated code may call, for `JITBuilder::symbol`.
-pub fn host_symbols() -> [(&'static str, *const u8); 6] {
+pub fn host_symbols() -> [(&'static str, *const u8); 7] {
     [
+        ("lstmc_rows", lstmc_rows as *const u8),
         ("lstmc_update", lstmc_update as *const u8),
         ("lstmc_loss", lstmc_loss as *const u8),
         ("lstmc_gemm", lstmc_gemm as *const u8),
