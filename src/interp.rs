@@ -319,6 +319,7 @@ fn fused(k: &FusedKernel, ins: &[ArrayD<f64>], shape: &[usize]) -> Vec<ArrayD<f6
                 FNode::Bin(BinOp::Mul, a, b) => t[a] * t[b],
                 FNode::Act(act, x) => activate(act, t[x]),
                 FNode::OneMinus(x) => 1.0 - t[x],
+                FNode::ActGrad(act, x, y, dy) => t[dy] * activate_grad(act, t[x], t[y]),
             };
         }
         for (o, &node) in outs.iter_mut().zip(&k.outputs) {

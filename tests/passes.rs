@@ -285,3 +285,44 @@ fn the_lstm_tape_holds_seven_values_per_step() {
     let stacked = forward.results.len() - forward.args.len();
     assert_eq!(stacked, 7, "{}", lstmc::ir::print::print(&f, None));
 }
+
+/// `fuse-elementwise` on a training step takes the activations' derivatives into the
+/// backward kernels: no `*_grad` instruction is left on its own, and per backward step
+/// the elementwise work is at most two kernels, with the same numbers.
+#[test]
+fn activation_gradients_fuse_into_the_backward_kernels() {
+    use lstmc::ir::{FNode, Op};
+    let (step, inputs) = lstm_train_step();
+    let before = optimized_alike(&step, "concat", &inputs);
+    let count =
+        |f: &Function, pick: &dyn Fn(&Op) -> bool| ops(f).iter().filter(|op| pick(op)).count();
+    assert!(count(&before, &|op| matches!(op, Op::ActGrad(_))) >= 5);
+    let after = optimized_alike(&step, "fuse-elementwise", &inputs);
+    assert_eq!(count(&after, &|op| matches!(op, Op::ActGrad(_))), 0);
+    let fused_grads = count(
+        &after,
+        &|op| matches!(op, Op::Fused(k) if k.nodes.iter().any(|n| matches!(n, FNode::ActGrad(..)))),
+    );
+    assert!(fused_grads >= 1);
+    // The backward loop's body: its fused kernels, per unrolled step.
+    let mut loops = Vec::new();
+    after.walk(after.entry, &mut |i| {
+        if let Op::Loop { body, per_iter, .. } = after.inst(i).op {
+            loops.push((body, per_iter));
+        }
+    });
+    let (body, per_iter) = *loops.last().unwrap();
+    let kernels = after
+        .block(body)
+        .insts
+        .iter()
+        .filter(|&&i| {
+            matches!(after.inst(i).op, Op::Fused(_))
+                && after.shape(after.inst(i).results[0]).len() == 2
+        })
+        .count();
+    assert!(
+        kernels <= 2 * per_iter,
+        "{kernels} kernels for {per_iter} steps"
+    );
+}

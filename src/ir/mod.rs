@@ -292,6 +292,9 @@ pub enum FNode {
     Act(Activation, usize),
     /// `1 - a`.
     OneMinus(usize),
+    /// `dy · act'(x)` from `x`, the activation's output `y` and `dy` (as [`Op::ActGrad`];
+    /// an activation whose derivative reads only `y` has `x == y`).
+    ActGrad(Activation, usize, usize, usize),
 }
 
 impl fmt::Display for FusedKernel {
@@ -311,6 +314,11 @@ impl fmt::Display for FusedKernel {
                 }
                 FNode::Act(a, x) => format!("{}(t{x})", a.name()),
                 FNode::OneMinus(x) => format!("1 - t{x}"),
+                FNode::ActGrad(a, x, y, dy) if a.grad_from_output() => {
+                    debug_assert_eq!(x, y);
+                    format!("{}_grad(t{y}, t{dy})", a.name())
+                }
+                FNode::ActGrad(a, x, y, dy) => format!("{}_grad(t{x}, t{y}, t{dy})", a.name()),
             };
             parts.push(format!("t{i} = {s}"));
         }
@@ -630,6 +638,13 @@ pub fn infer(op: &Op, args: &[&Ty]) -> Result<Vec<Ty>, IrError> {
                     FNode::Bin(_, a, b) => a < idx && b < idx,
                     FNode::Act(a, x) => x < idx && a != Activation::Softmax,
                     FNode::OneMinus(x) => x < idx,
+                    FNode::ActGrad(a, x, y, dy) => {
+                        x < idx
+                            && y < idx
+                            && dy < idx
+                            && a != Activation::Softmax
+                            && (x == y || !a.grad_from_output())
+                    }
                 };
                 if !ok {
                     return err(format!("node {idx} is malformed"));

@@ -886,6 +886,9 @@ impl Emitter<'_, '_, '_> {
                             let one = math::cst(e.b, ty, 1.0);
                             e.b.ins().fsub(one, t[x])
                         }
+                        FNode::ActGrad(a, x, y, dy) => {
+                            math::activation_grad(e.b, ty, a, t[x], t[y], t[dy])
+                        }
                     };
                     t.push(v);
                 }

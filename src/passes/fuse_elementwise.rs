@@ -1,6 +1,6 @@
-//! Elementwise fusion: chains of `bias_add`, `add`/`sub`/`mul`, activations
-//! and `one_minus` over one shape become one `fused` kernel, evaluated in one
-//! pass over memory: an LSTM step's gate activations, cell update and output
+//! Elementwise fusion: chains of `bias_add`, `add`/`sub`/`mul`, activations, their
+//! gradients (`*_grad`) and `one_minus` over one shape become one `fused` kernel,
+//! evaluated in one pass over memory: an LSTM step's gate activations, cell update and output
 //! (four bias adds, eight adds, four activations, three products, a tanh) are
 //! one kernel with outputs `h` and `c`.
 //!
@@ -12,10 +12,15 @@
 
 use super::Options;
 use crate::ir::{BinOp, Block, FNode, Function, FusedKernel, Inst, IrError, Op, Value};
+use crate::model::Activation;
 use std::collections::{HashMap, HashSet};
 
 fn elementwise(op: &Op) -> bool {
-    matches!(op, Op::BiasAdd | Op::Binary(_) | Op::Act(_) | Op::OneMinus)
+    match op {
+        Op::BiasAdd | Op::Binary(_) | Op::Act(_) | Op::OneMinus => true,
+        Op::ActGrad(a) => *a != Activation::Softmax,
+        _ => false,
+    }
 }
 
 struct Cluster {
@@ -161,6 +166,16 @@ fn fuse_block(f: &mut Function, b: Block) -> Result<(), IrError> {
                 ),
                 Op::Act(a) => FNode::Act(a, operand(0, &mut nodes, &mut inputs)),
                 Op::OneMinus => FNode::OneMinus(operand(0, &mut nodes, &mut inputs)),
+                Op::ActGrad(a) if a.grad_from_output() => {
+                    let y = operand(0, &mut nodes, &mut inputs);
+                    FNode::ActGrad(a, y, y, operand(1, &mut nodes, &mut inputs))
+                }
+                Op::ActGrad(a) => FNode::ActGrad(
+                    a,
+                    operand(0, &mut nodes, &mut inputs),
+                    operand(1, &mut nodes, &mut inputs),
+                    operand(2, &mut nodes, &mut inputs),
+                ),
                 _ => unreachable!("only elementwise ops are clustered"),
             };
             nodes.push(node);
