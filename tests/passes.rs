@@ -326,3 +326,47 @@ fn activation_gradients_fuse_into_the_backward_kernels() {
         "{kernels} kernels for {per_iter} steps"
     );
 }
+
+/// `schedule-updates` moves every update of a training step up to just after the
+/// instruction that completes its gradient (nothing reads a weight or its slots after
+/// it, which the verifier checks), with the same numbers: the recurrent kernel's update
+/// follows its `matmul_at`, and no update waits for another weight's gradient.
+#[test]
+fn updates_follow_their_gradients() {
+    use lstmc::ir::Op;
+    let (step, inputs) = lstm_train_step();
+    let before = optimized_alike(&step, "fuse-elementwise", &inputs);
+    let after = optimized_alike(&step, "schedule-updates", &inputs);
+    let insts = &after.block(after.entry).insts;
+    let updates: Vec<usize> = (0..insts.len())
+        .filter(|&p| matches!(after.inst(insts[p]).op, Op::Update(_)))
+        .collect();
+    assert_eq!(
+        updates.len(),
+        5,
+        "kernel, recurrent kernel, bias, dense kernel and bias"
+    );
+    let first_in = |f: &Function| {
+        let insts = &f.block(f.entry).insts;
+        insts
+            .iter()
+            .position(|&i| matches!(f.inst(i).op, Op::Update(_)))
+            .unwrap()
+    };
+    assert!(first_in(&after) < first_in(&before), "updates moved up");
+    for p in updates {
+        let gradient = after.inst(insts[p]).args[1];
+        let def = insts[..p]
+            .iter()
+            .rposition(|&i| after.inst(i).results.contains(&gradient));
+        // Right after its gradient, or after other updates that moved up behind it.
+        if let Some(d) = def {
+            assert!(
+                insts[d + 1..p]
+                    .iter()
+                    .all(|&i| matches!(after.inst(i).op, Op::Update(_))),
+                "update at {p} waits past other work after its gradient at {d}"
+            );
+        }
+    }
+}

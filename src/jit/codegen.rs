@@ -42,6 +42,10 @@ pub struct Tuning {
     /// updates, and Cranelift's 128-bit ones took a third of the tutorial's training
     /// step (`lstmc bench W2 --phase train`: see the commit that added this).
     pub wide_updates: bool,
+    /// Products with at most this many rows (`a`'s in `a · w` and `d · wᵀ`, the summed
+    /// rows in `aᵀ · d`) and at least [`FEW_ROWS_MIN`] multiply-adds call the host's
+    /// 512-bit kernels (`lstmc_few_rows`) where the CPU has AVX-512F; 0 turns them off.
+    pub few_rows_max: usize,
 }
 
 impl Default for Tuning {
@@ -58,9 +62,14 @@ impl Default for Tuning {
             parallel_min: 1 << 20,
             parallel_elems: 1 << 12,
             wide_updates: super::native::wide_updates(),
+            few_rows_max: if super::native::wide_updates() { 4 } else { 0 },
         }
     }
 }
+
+/// Products of fewer multiply-adds stay in generated code even with few rows: below
+/// this, a host call costs more than Cranelift's 128-bit vectors lose.
+pub const FEW_ROWS_MIN: usize = 1 << 12;
 
 /// `d · wᵀ` products of at most this many multiply-adds are generated ([`Emitter::dot_rows`]).
 const DOT_ROWS_MAX: usize = 1 << 12;
@@ -81,6 +90,10 @@ pub struct Hosts {
     pub update: FuncRef,
     /// `lstmc_rows`
     pub rows: FuncRef,
+    /// `lstmc_few_rows`
+    pub few_rows: FuncRef,
+    /// `lstmc_update_outer`
+    pub update_outer: FuncRef,
 }
 
 /// The layout of one operand of an outlined kernel: rows, columns, row stride in bytes,
@@ -169,6 +182,7 @@ pub fn emit(
         hosts,
         flags,
         outline: Some(outline),
+        outer: deferred_outer(f, plan, tuning)?,
     };
     e.block(f.entry)?;
     e.b.ins().return_(&[]);
@@ -218,6 +232,7 @@ pub fn emit_kernel(
         hosts,
         flags,
         outline: None,
+        outer: HashMap::new(),
     };
     e.fused_rows(&kernel.kernel, &ins, &outs, Some((first, end)))?;
     e.b.ins().return_(&[]);
@@ -237,6 +252,69 @@ struct Emitter<'a, 'b, 'c> {
     flags: Flags,
     /// Where to declare outlined kernels (none inside a kernel).
     outline: Option<&'a mut Outline<'c>>,
+    /// Gradients `aᵀ · d` that their update computes (see [`deferred_outer`]), with `a`, `d`.
+    outer: HashMap<IrValue, (IrValue, IrValue)>,
+}
+
+/// The weight gradients `aᵀ · d` over few rows whose only use is a 512-bit Adam or
+/// RMSprop update later in the same block: `lstmc_update_outer` computes them row by row
+/// as it updates, instead of storing them whole (the tutorial's recurrent kernel, its two
+/// slots and its gradient overflow the L2 cache; without the gradient they fit). Only
+/// where no instruction in between writes over `a` or `d` (the plan may give their
+/// slots to later values once the product has read them).
+fn deferred_outer(
+    f: &Function,
+    plan: &Plan,
+    tuning: &Tuning,
+) -> Result<HashMap<IrValue, (IrValue, IrValue)>, IrError> {
+    let mut out = HashMap::new();
+    if !tuning.wide_updates {
+        return Ok(out);
+    }
+    let uses = f.use_counts();
+    let span = |l: &Loc| (l.base, l.offset, l.extent(1));
+    let overlap =
+        |x: (Base, isize, isize), y: (Base, isize, isize)| x.0 == y.0 && x.1 < y.2 && y.1 < x.2;
+    for b in f.reachable_blocks() {
+        let insts = &f.block(b).insts;
+        for (pos, &i) in insts.iter().enumerate() {
+            let d = f.inst(i);
+            if d.op != Op::MatMulAT || uses[d.results[0].index()] != 1 {
+                continue;
+            }
+            let g = d.results[0];
+            let (la, ld) = (plan.loc(d.args[0])?, plan.loc(d.args[1])?);
+            if la.rows > tuning.few_rows_max || la.k.is_some() || ld.k.is_some() {
+                continue;
+            }
+            let Some(at) = insts[pos + 1..].iter().position(|&j| {
+                let u = f.inst(j);
+                matches!(
+                    u.op,
+                    Op::Update(Optimizer::Adam { .. } | Optimizer::Rmsprop { .. })
+                ) && u.args[1] == g
+            }) else {
+                continue;
+            };
+            let between = &insts[pos + 1..pos + 1 + at];
+            let mut clobbers = false;
+            for &j in between {
+                let u = f.inst(j);
+                if matches!(u.op, Op::Loop { .. }) {
+                    clobbers = true;
+                }
+                for &r in &u.results {
+                    if let Some(l) = plan.locs[r.index()] {
+                        clobbers |= overlap(span(&l), span(&la)) || overlap(span(&l), span(&ld));
+                    }
+                }
+            }
+            if !clobbers {
+                out.insert(g, (d.args[0], d.args[1]));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The memory flags of the generated code's loads and stores.
@@ -421,6 +499,9 @@ impl Emitter<'_, '_, '_> {
                         self.dot_rows(dd, w, c)?;
                         continue;
                     }
+                    if self.few_rows(1, c.rows, c.rows, c.cols, dd.cols, &dd, &w, &c) {
+                        continue;
+                    }
                     self.gemm_strided(
                         c.rows,
                         c.cols,
@@ -430,6 +511,9 @@ impl Emitter<'_, '_, '_> {
                         &c,
                     )?;
                 }
+                Op::MatMulAT if self.outer.contains_key(&d.results[0]) => {
+                    // Computed by its update (`deferred_outer`).
+                }
                 Op::MatMulAT => {
                     // c (k×n) = aᵀ · d over all rows of a (m×k) and d (m×n).
                     let (a, dd, c) = (
@@ -437,6 +521,9 @@ impl Emitter<'_, '_, '_> {
                         self.val(d.args[1])?,
                         self.val(d.results[0])?,
                     );
+                    if self.few_rows(2, a.rows, a.rows, c.cols, a.cols, &a, &dd, &c) {
+                        continue;
+                    }
                     if a.rows * a.cols * dd.cols < self.tuning.gemm_crossover {
                         // Small: generated, with `a` read transposed (its rows are aᵀ's
                         // columns), below the crossover where a host call costs more.
@@ -571,7 +658,11 @@ impl Emitter<'_, '_, '_> {
                         .iter()
                         .map(|&a| self.val(a))
                         .collect::<Result<_, _>>()?;
-                    self.update(*kind, &ms)?;
+                    let outer = match self.outer.get(&d.args[1]) {
+                        Some(&(a, dd)) => Some((self.val(a)?, self.val(dd)?)),
+                        None => None,
+                    };
+                    self.update(*kind, &ms, outer)?;
                 }
                 Op::ReverseTime => {
                     let (src, out) = (self.val(d.args[0])?, self.val(d.results[0])?);
@@ -908,7 +999,12 @@ impl Emitter<'_, '_, '_> {
     /// step's learning rate `rate[0]` (`ms` in that order): the formulas of
     /// [`crate::optim::update`], in f32 as Keras runs them. Only a row's real columns are
     /// written: a weight's padding stays zero.
-    fn update(&mut self, kind: Optimizer, ms: &[Mat]) -> Result<(), IrError> {
+    fn update(
+        &mut self,
+        kind: Optimizer,
+        ms: &[Mat],
+        outer: Option<(Mat, Mat)>,
+    ) -> Result<(), IrError> {
         let (w, g, s1, s2, hyper) = (ms[0], ms[1], ms[2], ms[3], ms[4]);
         let rate = self
             .b
@@ -931,7 +1027,20 @@ impl Emitter<'_, '_, '_> {
         };
         if let (Some((code, k)), true) = (wide, self.tuning.wide_updates) {
             let mut args = vec![self.imm(code)];
-            for m in [w, g, s1, s2] {
+            args.extend(self.rows_arg(&w));
+            let host = match outer {
+                Some((a, d)) => {
+                    args.extend(self.rows_arg(&a));
+                    args.extend(self.rows_arg(&d));
+                    args.push(self.imm(a.rows as i64));
+                    self.hosts.update_outer
+                }
+                None => {
+                    args.extend(self.rows_arg(&g));
+                    self.hosts.update
+                }
+            };
+            for m in [s1, s2] {
                 args.extend(self.rows_arg(&m));
             }
             args.push(self.imm(w.rows as i64));
@@ -940,8 +1049,11 @@ impl Emitter<'_, '_, '_> {
             for k in k {
                 args.push(self.b.ins().f32const(k as f32));
             }
-            self.b.ins().call(self.hosts.update, &args);
+            self.b.ins().call(host, &args);
             return Ok(());
+        }
+        if outer.is_some() {
+            return Err(IrError("a deferred gradient without a wide update".into()));
         }
         self.counted(w.rows, |e, r| {
             let (wr, gr, ar, br) = (e.row(&w, r), e.row(&g, r), e.row(&s1, r), e.row(&s2, r));
@@ -1039,6 +1151,9 @@ impl Emitter<'_, '_, '_> {
     /// `c = a · w` with `a: m×k`, `w: k×n`.
     fn matmul(&mut self, a: Mat, w: Mat, c: Mat) -> Result<(), IrError> {
         let (m, k, n) = (a.rows, a.cols, w.cols);
+        if self.few_rows(0, m, m, n, k, &a, &w, &c) {
+            return Ok(());
+        }
         let work = m * n * k;
         if work >= self.tuning.gemm_crossover {
             let threads = if work >= self.tuning.parallel_min {
@@ -1058,6 +1173,40 @@ impl Emitter<'_, '_, '_> {
             return Ok(());
         }
         self.matmul_generated(a, 4, w, c)
+    }
+
+    /// Calls `lstmc_few_rows` with `code` and `(m, n, k)` as it defines them, if the
+    /// product's `rows` (see [`Tuning::few_rows_max`]) are few and its work is large
+    /// enough; returns whether it did.
+    #[allow(clippy::too_many_arguments)]
+    fn few_rows(
+        &mut self,
+        code: i64,
+        rows: usize,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &Mat,
+        w: &Mat,
+        c: &Mat,
+    ) -> bool {
+        if rows > self.tuning.few_rows_max || m * n * k < FEW_ROWS_MIN {
+            return false;
+        }
+        let args = [
+            &[
+                self.imm(code),
+                self.imm(m as i64),
+                self.imm(n as i64),
+                self.imm(k as i64),
+            ][..],
+            &self.rows_arg(a),
+            &self.rows_arg(w),
+            &self.rows_arg(c),
+        ]
+        .concat();
+        self.b.ins().call(self.hosts.few_rows, &args);
+        true
     }
 
     /// `c = d · wᵀ` in generated code, below the GEMM crossover: `c[i, j]` is the dot

@@ -109,7 +109,7 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
     ctx.func.name = UserFuncName::user(0, id.as_u32());
     // The host functions generated code calls (`native.rs`), with their parameters: so
     // many 64-bit integers and pointers, then so many f32s.
-    let imports: [(&str, usize, usize); 7] = [
+    let imports: [(&str, usize, usize); 9] = [
         // (kind, y, ys, t, ts, dy, dys, rows, cols, out)
         ("lstmc_loss", 10, 0),
         // (m, n, k, a, lda, b, ldb, c, ldc, threads)
@@ -124,6 +124,10 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         ("lstmc_update", 11, 5),
         // (kernel, operands, rows, threads)
         ("lstmc_rows", 4, 0),
+        // (code, m, n, k, a, a_rs, w, w_rs, c, c_rs)
+        ("lstmc_few_rows", 10, 0),
+        // (code, w, ws, a, a_rs, d, d_rs, t, s1, s1s, s2, s2s, rows, cols; rate, k0..k3)
+        ("lstmc_update_outer", 14, 5),
     ];
     let mut ids = Vec::with_capacity(imports.len());
     for (name, ints, floats) in imports {
@@ -139,8 +143,8 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         );
     }
     let hosts = |module: &mut JITModule, func: &mut cranelift_codegen::ir::Function| {
-        let [loss, gemm, softmax, gemm_strided, softmax_grad, update, rows] =
-            [0, 1, 2, 3, 4, 5, 6].map(|i| module.declare_func_in_func(ids[i], func));
+        let [loss, gemm, softmax, gemm_strided, softmax_grad, update, rows, few_rows, update_outer] =
+            [0, 1, 2, 3, 4, 5, 6, 7, 8].map(|i| module.declare_func_in_func(ids[i], func));
         codegen::Hosts {
             loss,
             gemm,
@@ -149,6 +153,8 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
             softmax_grad,
             update,
             rows,
+            few_rows,
+            update_outer,
         }
     };
     let mut fctx = FunctionBuilderContext::new();

@@ -423,14 +423,257 @@ extern "C" fn lstmc_update(
             )
         };
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: generated code calls this only when the CPU has AVX-512F.
-        unsafe {
-            if code == 0 {
-                adam_row_avx512(w, g, s1, s2, [rate, k0, k1, k2])
-            } else {
-                rmsprop_row_avx512(w, g, s1, s2, [rate, k0, k1, k2, k3])
-            }
+        update_row(code, w, Grad::Row(g), s1, s2, [rate, k0, k1, k2, k3]);
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (code, w, g, s1, s2, [rate, k0, k1, k2, k3]);
+    }
+}
+
+/// One row of [`lstmc_update`] or [`lstmc_update_outer`].
+#[cfg(target_arch = "x86_64")]
+fn update_row(code: u64, w: &mut [f32], g: Grad, s1: &mut [f32], s2: &mut [f32], k: [f32; 5]) {
+    // SAFETY: generated code calls the updates only when the CPU has AVX-512F.
+    unsafe {
+        if code == 0 {
+            adam_row_avx512(w, g, s1, s2, [k[0], k[1], k[2], k[3]])
+        } else {
+            rmsprop_row_avx512(w, g, s1, s2, k)
+        }
+    };
+}
+
+/// [`lstmc_update`] with the gradient `aᵀ · d` (`a` of `t × rows`, `d` of `t × cols`, few
+/// rows `t`) computed 16 lanes at a time as the update needs it, the way
+/// [`lstmc_few_rows`] computes it (so the same bits), instead of stored whole: the
+/// tutorial's recurrent kernel, its two slots and its gradient (256 KB each) overflow
+/// this core's 1 MB L2; without the gradient, they fit.
+#[allow(clippy::too_many_arguments)]
+extern "C" fn lstmc_update_outer(
+    code: u64,
+    w: *mut f32,
+    ws: u64,
+    a: *const f32,
+    a_rs: u64,
+    d: *const f32,
+    d_rs: u64,
+    t: u64,
+    s1: *mut f32,
+    s1s: u64,
+    s2: *mut f32,
+    s2s: u64,
+    rows: u64,
+    cols: u64,
+    rate: f32,
+    k0: f32,
+    k1: f32,
+    k2: f32,
+    k3: f32,
+) {
+    let (t, cols) = (t as usize, cols as usize);
+    // SAFETY: called by generated code with pointers and sizes from a bounds-checked plan:
+    // `d` has `t` rows of `cols`, `a` has `t` rows of `rows`.
+    let d_rows: Vec<&[f32]> = (0..t)
+        .map(|i| unsafe { std::slice::from_raw_parts(d.add(i * d_rs as usize), cols) })
+        .collect();
+    let mut xs = vec![0.0f32; t];
+    for r in 0..rows as usize {
+        for (i, x) in xs.iter_mut().enumerate() {
+            // SAFETY: `a[i, r]` with `i < t`, `r < rows`.
+            *x = unsafe { *a.add(i * a_rs as usize + r) };
+        }
+        // SAFETY: as for `lstmc_update`.
+        let (w, s1, s2) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(w.add(r * ws as usize), cols),
+                std::slice::from_raw_parts_mut(s1.add(r * s1s as usize), cols),
+                std::slice::from_raw_parts_mut(s2.add(r * s2s as usize), cols),
+            )
         };
+        #[cfg(target_arch = "x86_64")]
+        update_row(
+            code,
+            w,
+            Grad::Outer {
+                xs: &xs,
+                rows: &d_rows,
+            },
+            s1,
+            s2,
+            [rate, k0, k1, k2, k3],
+        );
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (code, w, s1, s2, [rate, k0, k1, k2, k3]);
+    }
+}
+
+/// Products with few rows (batch 1 and its gradients), 16 lanes at a time, where the
+/// GEMM's packing and blocking cost more than the arithmetic: `code` 0 is
+/// `c (m×n) = a (m×k) · w (k×n)`; 1 is `c (m×n) = a (m×k) · wᵀ` with `w` of `n×k`;
+/// 2 is `c (k×n) = aᵀ · w` with `a` of `m×k` and `w` of `m×n`. Rows are `*_rs`
+/// elements apart. Emitted only when [`wide_updates`] holds (the CPU has AVX-512F).
+#[allow(clippy::too_many_arguments)]
+extern "C" fn lstmc_few_rows(
+    code: u64,
+    m: u64,
+    n: u64,
+    k: u64,
+    a: *const f32,
+    a_rs: u64,
+    w: *const f32,
+    w_rs: u64,
+    c: *mut f32,
+    c_rs: u64,
+) {
+    let p = FewRows {
+        m: m as usize,
+        n: n as usize,
+        k: k as usize,
+        a,
+        a_rs: a_rs as usize,
+        w,
+        w_rs: w_rs as usize,
+        c,
+        c_rs: c_rs as usize,
+    };
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: generated code calls this only when the CPU has AVX-512F, with pointers
+    // and sizes from a bounds-checked plan; `c` is a slot distinct from `a` and `w`.
+    unsafe {
+        match code {
+            0 => p.times_avx512(),
+            1 => p.times_transposed_avx512(),
+            _ => p.transposed_times_avx512(),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (code, p);
+}
+
+/// The operands of [`lstmc_few_rows`].
+struct FewRows {
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    a_rs: usize,
+    w: *const f32,
+    w_rs: usize,
+    c: *mut f32,
+    c_rs: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl FewRows {
+    /// `c = a · w`: per row of `a`, blocks of 8 vectors of `c`'s columns, accumulated
+    /// over `k` in order (one fused multiply-add per term).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn times_avx512(&self) {
+        for r in 0..self.m {
+            let mut j = 0;
+            while self.n - j >= 128 {
+                // SAFETY: columns `j..j + 128` lie within the rows (`n - j >= 128`).
+                unsafe { self.times_block::<8>(r, j, [0xffff; 8]) };
+                j += 128;
+            }
+            while j < self.n {
+                // SAFETY: the mask stops at `n`.
+                unsafe { self.times_block::<1>(r, j, [lanes(j, self.n)]) };
+                j += 16;
+            }
+        }
+    }
+
+    /// `V` vectors of row `r` of `c`, from column `j`, lanes under `masks`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn times_block<const V: usize>(&self, r: usize, j: usize, masks: [u16; V]) {
+        use std::arch::x86_64::*;
+        let mut acc = [_mm512_setzero_ps(); V];
+        // SAFETY: row `r` of `a` has `k` elements, rows `0..k` of `w` and row `r` of `c`
+        // have the masked columns (see the callers).
+        unsafe {
+            let arow = self.a.add(r * self.a_rs);
+            for i in 0..self.k {
+                let x = _mm512_set1_ps(*arow.add(i));
+                let wrow = self.w.add(i * self.w_rs + j);
+                for v in 0..V {
+                    let wv = _mm512_maskz_loadu_ps(masks[v], wrow.add(16 * v));
+                    acc[v] = _mm512_fmadd_ps(x, wv, acc[v]);
+                }
+            }
+            let crow = self.c.add(r * self.c_rs + j);
+            for v in 0..V {
+                _mm512_mask_storeu_ps(crow.add(16 * v), masks[v], acc[v]);
+            }
+        }
+    }
+
+    /// `c = a · wᵀ`: each element the dot product of a row of `a` and a row of `w`, four
+    /// rows of `w` at a time, in 16 partial sums each.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn times_transposed_avx512(&self) {
+        for r in 0..self.m {
+            let mut i = 0;
+            while self.n - i >= 4 {
+                // SAFETY: rows `i..i + 4` of `w` exist (`n - i >= 4`).
+                unsafe { self.dots::<4>(r, i) };
+                i += 4;
+            }
+            while i < self.n {
+                // SAFETY: row `i` of `w` exists.
+                unsafe { self.dots::<1>(r, i) };
+                i += 1;
+            }
+        }
+    }
+
+    /// `c[r, i..i + Q]`: dot products of row `r` of `a` with rows `i..i + Q` of `w`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn dots<const Q: usize>(&self, r: usize, i: usize) {
+        use std::arch::x86_64::*;
+        let mut acc = [_mm512_setzero_ps(); Q];
+        // SAFETY: row `r` of `a` and rows `i..i + Q` of `w` have `k` elements, read under
+        // masks that stop at `k`; `c[r, i + q]` is an element of `c`.
+        unsafe {
+            let arow = self.a.add(r * self.a_rs);
+            let mut j = 0;
+            while j < self.k {
+                let mask = lanes(j, self.k);
+                let av = _mm512_maskz_loadu_ps(mask, arow.add(j));
+                for (q, acc) in acc.iter_mut().enumerate() {
+                    let wv = _mm512_maskz_loadu_ps(mask, self.w.add((i + q) * self.w_rs + j));
+                    *acc = _mm512_fmadd_ps(av, wv, *acc);
+                }
+                j += 16;
+            }
+            for (q, acc) in acc.iter().enumerate() {
+                *self.c.add(r * self.c_rs + i + q) = _mm512_reduce_add_ps(*acc);
+            }
+        }
+    }
+
+    /// `c = aᵀ · w`: row `i` of `c` is the sum over the `m` rows of `a[t, i] · w[t, :]`,
+    /// in order of `t`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn transposed_times_avx512(&self) {
+        use std::arch::x86_64::*;
+        for i in 0..self.k {
+            let mut j = 0;
+            while j < self.n {
+                let mask = lanes(j, self.n);
+                // SAFETY: `a[t, i]` and the masked columns of row `t` of `w` and row `i` of
+                // `c` are elements of their matrices (`t < m`, `i < k`, the mask stops at `n`).
+                unsafe {
+                    let mut acc = _mm512_setzero_ps();
+                    for t in 0..self.m {
+                        let x = _mm512_set1_ps(*self.a.add(t * self.a_rs + i));
+                        let wv = _mm512_maskz_loadu_ps(mask, self.w.add(t * self.w_rs + j));
+                        acc = _mm512_fmadd_ps(x, wv, acc);
+                    }
+                    _mm512_mask_storeu_ps(self.c.add(i * self.c_rs + j), mask, acc);
+                }
+                j += 16;
+            }
+        }
     }
 }
 
@@ -444,18 +687,57 @@ fn lanes(i: usize, n: usize) -> u16 {
     }
 }
 
+/// Where an update row's gradient comes from, 16 lanes at a time.
+#[cfg(target_arch = "x86_64")]
+enum Grad<'a> {
+    /// A stored row.
+    Row(&'a [f32]),
+    /// `Σ_t xs[t] · rows[t]`: a row of `aᵀ · d`, summed in order of `t` from zero with one
+    /// fused multiply-add per term (as [`FewRows::transposed_times_avx512`] does).
+    Outer {
+        xs: &'a [f32],
+        rows: &'a [&'a [f32]],
+    },
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Grad<'_> {
+    /// Lanes `i..i + 16` under `mask`, which stops within the row.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn lanes(&self, i: usize, mask: u16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's mask keeps lanes within the rows (all of the update's width).
+        unsafe {
+            match self {
+                Grad::Row(g) => _mm512_maskz_loadu_ps(mask, g.as_ptr().add(i)),
+                Grad::Outer { xs, rows } => {
+                    let mut acc = _mm512_setzero_ps();
+                    for (x, row) in xs.iter().zip(rows.iter()) {
+                        let dv = _mm512_maskz_loadu_ps(mask, row.as_ptr().add(i));
+                        acc = _mm512_fmadd_ps(_mm512_set1_ps(*x), dv, acc);
+                    }
+                    acc
+                }
+            }
+        }
+    }
+}
+
+/// One row of an Adam update, 16 lanes at a time: `k = [rate, 1 - β1, 1 - β2, ε]`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn adam_row_avx512(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: [f32; 4]) {
+fn adam_row_avx512(w: &mut [f32], g: Grad, m: &mut [f32], v: &mut [f32], k: [f32; 4]) {
     use std::arch::x86_64::*;
-    let n = w.len().min(g.len()).min(m.len()).min(v.len());
+    let n = w.len().min(m.len()).min(v.len());
     let [rate, b1, b2, eps] = k.map(|x| _mm512_set1_ps(x));
     for i in (0..n).step_by(16) {
         let mask = lanes(i, n);
-        // SAFETY: lanes `i..i + 16` under `mask` lie within the four slices (`i < n`, and
-        // the mask stops at `n`); masked-off lanes are neither read nor written.
+        // SAFETY: lanes `i..i + 16` under `mask` lie within the slices (`i < n`, and the
+        // mask stops at `n`, which the gradient's rows have too); masked-off lanes are
+        // neither read nor written.
         unsafe {
-            let gv = _mm512_maskz_loadu_ps(mask, g.as_ptr().add(i));
+            let gv = g.lanes(i, mask);
             let mv = _mm512_maskz_loadu_ps(mask, m.as_ptr().add(i));
             let vv = _mm512_maskz_loadu_ps(mask, v.as_ptr().add(i));
             let wv = _mm512_maskz_loadu_ps(mask, w.as_ptr().add(i));
@@ -472,18 +754,19 @@ fn adam_row_avx512(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: [f
     }
 }
 
+/// One row of an RMSprop update: `k = [rate, ρ, 1 - ρ, ε, momentum]`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn rmsprop_row_avx512(w: &mut [f32], g: &[f32], v: &mut [f32], m: &mut [f32], k: [f32; 5]) {
+fn rmsprop_row_avx512(w: &mut [f32], g: Grad, v: &mut [f32], m: &mut [f32], k: [f32; 5]) {
     use std::arch::x86_64::*;
-    let n = w.len().min(g.len()).min(m.len()).min(v.len());
+    let n = w.len().min(m.len()).min(v.len());
     let momentum = k[4] > 0.0;
     let [rate, rho, one_rho, eps, mom] = k.map(|x| _mm512_set1_ps(x));
     for i in (0..n).step_by(16) {
         let mask = lanes(i, n);
         // SAFETY: as in `adam_row_avx512`.
         unsafe {
-            let gv = _mm512_maskz_loadu_ps(mask, g.as_ptr().add(i));
+            let gv = g.lanes(i, mask);
             let vv = _mm512_maskz_loadu_ps(mask, v.as_ptr().add(i));
             let wv = _mm512_maskz_loadu_ps(mask, w.as_ptr().add(i));
             let gg = _mm512_mul_ps(_mm512_mul_ps(one_rho, gv), gv);
@@ -544,8 +827,10 @@ impl Call {
 }
 
 /// The host symbols generated code may call, for `JITBuilder::symbol`.
-pub fn host_symbols() -> [(&'static str, *const u8); 7] {
+pub fn host_symbols() -> [(&'static str, *const u8); 9] {
     [
+        ("lstmc_update_outer", lstmc_update_outer as *const u8),
+        ("lstmc_few_rows", lstmc_few_rows as *const u8),
         ("lstmc_rows", lstmc_rows as *const u8),
         ("lstmc_update", lstmc_update as *const u8),
         ("lstmc_loss", lstmc_loss as *const u8),

@@ -14,6 +14,7 @@ pub mod fold;
 pub mod fuse_elementwise;
 pub mod fuse_gates;
 pub mod hoist;
+pub mod schedule_updates;
 pub mod unroll;
 
 use crate::ir::{verify::verify, Function, IrError};
@@ -92,6 +93,11 @@ pub const PASSES: &[Pass] = &[
         name: "fuse-elementwise",
         about: "chains of elementwise ops (gates, cell update, output) into one kernel each",
         run: fuse_elementwise::run,
+    },
+    Pass {
+        name: "schedule-updates",
+        about: "a training step's optimizer updates right after their gradients, not all at the end",
+        run: schedule_updates::run,
     },
 ];
 
