@@ -370,3 +370,62 @@ fn updates_follow_their_gradients() {
         }
     }
 }
+
+/// The buffer plan of an optimized training step puts every per-step value that a loop
+/// computes and stacks (the LSTM's tape of seven values) straight into its time slice
+/// of the stacked result, instead of its own slot and a copy per step; the native step
+/// still equals the interpreter (`tests/train_step.rs`, `tests/train.rs`).
+#[test]
+fn loops_compute_stacked_values_in_place() {
+    use lstmc::ir::Op;
+    use lstmc::jit::plan::{plan, Base};
+    let (step, inputs) = lstm_train_step();
+    let f = optimized_alike(&step, "schedule-updates", &inputs);
+    let p = plan(&f).unwrap();
+    p.check_bounds(&f).unwrap();
+    let mut loops = Vec::new();
+    f.walk(f.entry, &mut |i| {
+        if let Op::Loop { .. } = f.inst(i).op {
+            loops.push(i);
+        }
+    });
+    let d = f.inst(loops[0]);
+    let Op::Loop { body, per_iter, .. } = d.op else {
+        unreachable!()
+    };
+    let carried = d.args.len();
+    let stacked = &d.results[carried..];
+    let yielded = &f.inst(*f.block(body).insts.last().unwrap()).args;
+    let defined: Vec<_> = f
+        .block(body)
+        .insts
+        .iter()
+        .flat_map(|&i| f.inst(i).results.clone())
+        .collect();
+    let mut in_place = 0;
+    for j in 0..per_iter {
+        for (s, &st) in stacked.iter().enumerate() {
+            let y = yielded[carried + j * stacked.len() + s];
+            if !defined.contains(&y) {
+                continue; // a loop parameter (the previous h and c): copied
+            }
+            let (yl, sl) = (p.loc(y).unwrap(), p.loc(st).unwrap());
+            let steps = f.shape(st)[1];
+            assert_eq!(yl.base, Base::Arena);
+            assert_eq!(
+                yl.offset,
+                sl.offset + (j * sl.row_stride) as isize,
+                "{y} of {st}"
+            );
+            assert_eq!(
+                yl.k.map(|(_, per_k)| per_k),
+                Some((per_iter * sl.row_stride) as isize)
+            );
+            assert_eq!(yl.row_stride, steps * sl.row_stride);
+            in_place += 1;
+        }
+    }
+    // Seven values a step; only the first step of an iteration reads h and c from the
+    // loop's parameters (copied), the others from the step before, in the body.
+    assert_eq!(in_place, 7 * per_iter - 2);
+}

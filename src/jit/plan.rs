@@ -176,6 +176,73 @@ fn linearize(f: &Function) -> Linear {
     l
 }
 
+/// Where a loop stacks one of its per-step values: group `j` of `per_iter` of the
+/// stacked result `stacked`, in the loop whose body is `body` and step number `k`.
+struct Stacking {
+    body: Block,
+    k: Value,
+    stacked: Value,
+    j: usize,
+    per_iter: usize,
+}
+
+impl Stacking {
+    /// The time slice of `stacked` (planned at `st`) that step `k` writes, for `r`, and
+    /// the stacked result as its root; `None` where the shapes do not line up.
+    fn view(&self, f: &Function, r: Value, st: &Loc) -> Option<(Loc, Value)> {
+        let &[b, t, feat] = f.shape(self.stacked) else {
+            return None;
+        };
+        if matrix(f.shape(r)) != (b, feat) || st.k.is_some() || st.rows != b * t {
+            return None;
+        }
+        let rs = st.row_stride;
+        let loc = Loc {
+            base: st.base,
+            offset: st.offset + (self.j * rs) as isize,
+            k: Some((self.k, (self.per_iter * rs) as isize)),
+            rows: b,
+            cols: feat,
+            row_stride: t * rs,
+        };
+        Some((loc, self.stacked))
+    }
+}
+
+/// The per-step values that loops stack, each with where it goes (the first place, if
+/// it is stacked twice).
+fn stacked_in_place(f: &Function, order: &[Inst]) -> HashMap<Value, Stacking> {
+    let mut out = HashMap::new();
+    for &i in order {
+        let d = f.inst(i);
+        let Op::Loop { body, per_iter, .. } = d.op else {
+            continue;
+        };
+        let carried = d.args.len();
+        let stacked = &d.results[carried..];
+        let Some(&last) = f.block(body).insts.last() else {
+            continue;
+        };
+        let yielded = &f.inst(last).args;
+        let k = f.block(body).params[0];
+        for j in 0..per_iter {
+            for (s, &st) in stacked.iter().enumerate() {
+                let Some(&y) = yielded.get(carried + j * stacked.len() + s) else {
+                    continue;
+                };
+                out.entry(y).or_insert(Stacking {
+                    body,
+                    k,
+                    stacked: st,
+                    j,
+                    per_iter,
+                });
+            }
+        }
+    }
+    out
+}
+
 /// Plans the buffers of an optimized function.
 pub fn plan(f: &Function) -> Result<Plan, IrError> {
     let lin = linearize(f);
@@ -207,6 +274,7 @@ pub fn plan(f: &Function) -> Result<Plan, IrError> {
     }
     let mut order = Vec::new();
     f.walk(f.entry, &mut |i| order.push(i));
+    let stacking = stacked_in_place(f, &order);
     for &i in &order {
         let d = f.inst(i);
         let at = lin.pos[&i];
@@ -313,8 +381,22 @@ pub fn plan(f: &Function) -> Result<Plan, IrError> {
             }
             _ => {
                 for &r in &d.results {
-                    if f.ty(r) != &Ty::Index {
-                        own(&mut locs, &mut owned, r);
+                    if f.ty(r) == &Ty::Index {
+                        continue;
+                    }
+                    // A per-step value computed in its loop's body and stacked by it: its
+                    // time slice of the stacked result, so that no copy is needed.
+                    let view = stacking
+                        .get(&r)
+                        .filter(|s| lin.block_of[&i] == s.body)
+                        .and_then(|s| Some((s, locs[s.stacked.index()]?)))
+                        .and_then(|(s, st)| s.view(f, r, &st));
+                    match view {
+                        Some((loc, stacked)) => {
+                            locs[r.index()] = Some(loc);
+                            root[r.index()] = stacked;
+                        }
+                        None => own(&mut locs, &mut owned, r),
                     }
                 }
             }
