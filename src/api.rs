@@ -6,7 +6,7 @@
 //! A network predicts, trains and evaluates as Keras's model does, carrying the
 //! states of stateful layers from batch to batch. [`Network::predictor`] hands out
 //! a [`Predictor`] that many threads can use at once, each stateful sequence with
-//! its own [`Stream`] of states.
+//! its own [`Stream`](crate::runtime::Stream) of states.
 //!
 //! ```
 //! use lstmc::{CompileOptions, Model};

@@ -43,7 +43,7 @@ pub struct Tuning {
     /// step (`lstmc bench W2 --phase train`: see the commit that added this).
     pub wide_updates: bool,
     /// Products with at most this many rows (`a`'s in `a · w` and `d · wᵀ`, the summed
-    /// rows in `aᵀ · d`) and at least [`FEW_ROWS_MIN`] multiply-adds call the host's
+    /// rows in `aᵀ · d`) and at least 4,096 multiply-adds call the host's
     /// 512-bit kernels (`lstmc_few_rows`) where the CPU has AVX-512F; 0 turns them off.
     pub few_rows_max: usize,
 }
@@ -69,7 +69,7 @@ impl Default for Tuning {
 
 /// Products of fewer multiply-adds stay in generated code even with few rows: below
 /// this, a host call costs more than Cranelift's 128-bit vectors lose.
-pub const FEW_ROWS_MIN: usize = 1 << 12;
+const FEW_ROWS_MIN: usize = 1 << 12;
 
 /// `d · wᵀ` products of at most this many multiply-adds are generated ([`Emitter::dot_rows`]).
 const DOT_ROWS_MAX: usize = 1 << 12;
