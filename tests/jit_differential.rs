@@ -76,6 +76,7 @@ proptest! {
             options.tuning.gemm_crossover = 1;
             options.tuning.parallel_min = 1;
             options.tuning.parallel_elems = 1;
+            options.tuning.parallel_few_rows = 1;
             options.tuning.threads = 2;
         }
         let mut jit = CompiledModel::new(spec.clone(), &w, options);

@@ -9,6 +9,23 @@ use lstmc::train::Trainer;
 
 #[test]
 fn every_fixture_train_block_on_native_code() {
+    for_every_fixture_train_block(lstmc::jit::Options::default());
+}
+
+/// The same with every product, kernel and update split between two threads, each at
+/// its smallest size: the few-row products and updates split by rows of the weight.
+#[test]
+fn every_fixture_train_block_split_between_threads() {
+    let mut options = lstmc::jit::Options::default();
+    options.tuning.gemm_crossover = 1;
+    options.tuning.parallel_min = 1;
+    options.tuning.parallel_elems = 1;
+    options.tuning.parallel_few_rows = 1;
+    options.tuning.threads = 2;
+    for_every_fixture_train_block(options);
+}
+
+fn for_every_fixture_train_block(options: lstmc::jit::Options) {
     for name in fixture_names() {
         let fx = load(&name);
         let spec = fx.spec();
@@ -16,7 +33,7 @@ fn every_fixture_train_block_on_native_code() {
         let tr = &fx.json["train"];
         let l = &fx.json["loss"];
         let (opt, kind) = (fx.optimizer(), fx.loss_kind());
-        let mut t = Trainer::new(spec.clone(), w, kind, opt, lstmc::jit::Options::default());
+        let mut t = Trainer::new(spec.clone(), w, kind, opt, options);
         let x = array(&fx.batches()[0]["x"]).mapv(|v| v as f32);
         let target = array(&l["target"]);
         for (k, want) in tr["losses"].as_array().unwrap().iter().enumerate() {

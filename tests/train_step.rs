@@ -294,6 +294,7 @@ proptest! {
         split.tuning.gemm_crossover = 1;
         split.tuning.parallel_min = 1;
         split.tuning.parallel_elems = 1;
+        split.tuning.parallel_few_rows = 1;
         split.tuning.threads = 2;
         let xf = x.mapv(|v| v as f32);
         let mut trained = Vec::new();

@@ -46,6 +46,10 @@ pub struct Tuning {
     /// rows in `aᵀ · d`) and at least 4,096 multiply-adds call the host's
     /// 512-bit kernels (`lstmc_few_rows`) where the CPU has AVX-512F; 0 turns them off.
     pub few_rows_max: usize,
+    /// Few-row products of at least this many multiply-adds split the rows of their
+    /// weight between threads (with `threads > 1`), as its optimizer update does, so
+    /// that each core keeps its rows of the weight, gradient and slots in its own cache.
+    pub parallel_few_rows: usize,
 }
 
 impl Default for Tuning {
@@ -63,6 +67,7 @@ impl Default for Tuning {
             parallel_elems: 1 << 12,
             wide_updates: super::native::wide_updates(),
             few_rows_max: if super::native::wide_updates() { 4 } else { 0 },
+            parallel_few_rows: 1 << 15,
         }
     }
 }
@@ -1057,6 +1062,13 @@ impl Emitter<'_, '_, '_> {
             }
             args.push(self.imm(w.rows as i64));
             args.push(self.imm(w.cols as i64));
+            // Split by rows as the weight's few-row products are (`lstmc_few_rows`).
+            let threads = if w.rows * w.cols >= self.tuning.parallel_elems {
+                self.tuning.threads
+            } else {
+                1
+            };
+            args.push(self.imm(threads as i64));
             args.push(rate);
             for k in k {
                 args.push(self.b.ins().f32const(k as f32));
@@ -1205,6 +1217,11 @@ impl Emitter<'_, '_, '_> {
         if rows > self.tuning.few_rows_max || m * n * k < FEW_ROWS_MIN {
             return false;
         }
+        let threads = if m * n * k >= self.tuning.parallel_few_rows {
+            self.tuning.threads
+        } else {
+            1
+        };
         let args = [
             &[
                 self.imm(code),
@@ -1215,6 +1232,7 @@ impl Emitter<'_, '_, '_> {
             &self.rows_arg(a),
             &self.rows_arg(w),
             &self.rows_arg(c),
+            &[self.imm(threads as i64)],
         ]
         .concat();
         self.b.ins().call(self.hosts.few_rows, &args);

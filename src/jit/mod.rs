@@ -120,14 +120,14 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         ("lstmc_gemm_strided", 12, 0),
         // (y, ys, dy, dys, out, os, rows, cols)
         ("lstmc_softmax_grad", 8, 0),
-        // (code, w, ws, g, gs, s1, s1s, s2, s2s, rows, cols; rate, k0, k1, k2, k3)
-        ("lstmc_update", 11, 5),
+        // (code, w, ws, g, gs, s1, s1s, s2, s2s, rows, cols, threads; rate, k0, k1, k2, k3)
+        ("lstmc_update", 12, 5),
         // (kernel, operands, rows, threads)
         ("lstmc_rows", 4, 0),
-        // (code, m, n, k, a, a_rs, w, w_rs, c, c_rs)
-        ("lstmc_few_rows", 10, 0),
-        // (code, w, ws, a, a_rs, d, d_rs, t, s1, s1s, s2, s2s, rows, cols; rate, k0..k3)
-        ("lstmc_update_outer", 14, 5),
+        // (code, m, n, k, a, a_rs, w, w_rs, c, c_rs, threads)
+        ("lstmc_few_rows", 11, 0),
+        // (code, w, ws, a, a_rs, d, d_rs, t, s1, s1s, s2, s2s, rows, cols, threads; rate, k0..k3)
+        ("lstmc_update_outer", 15, 5),
     ];
     let mut ids = Vec::with_capacity(imports.len());
     for (name, ints, floats) in imports {

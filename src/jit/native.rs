@@ -404,6 +404,7 @@ extern "C" fn lstmc_update(
     s2s: u64,
     rows: u64,
     cols: u64,
+    threads: u64,
     rate: f32,
     k0: f32,
     k1: f32,
@@ -411,22 +412,49 @@ extern "C" fn lstmc_update(
     k3: f32,
 ) {
     let cols = cols as usize;
-    for r in 0..rows as usize {
-        // SAFETY: called by generated code with pointers and sizes from a bounds-checked plan;
-        // the four rows are distinct slots (weights, gradient and the two optimizer slots).
-        let (w, g, s1, s2) = unsafe {
-            (
-                std::slice::from_raw_parts_mut(w.add(r * ws as usize), cols),
-                std::slice::from_raw_parts(g.add(r * gs as usize), cols),
-                std::slice::from_raw_parts_mut(s1.add(r * s1s as usize), cols),
-                std::slice::from_raw_parts_mut(s2.add(r * s2s as usize), cols),
-            )
-        };
-        #[cfg(target_arch = "x86_64")]
-        update_row(code, w, Grad::Row(g), s1, s2, [rate, k0, k1, k2, k3]);
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (code, w, g, s1, s2, [rate, k0, k1, k2, k3]);
-    }
+    let (w, g, s1, s2) = (w as usize, g as usize, s1 as usize, s2 as usize);
+    split_rows(rows as usize, threads, &|_, rows| {
+        let (w, g, s1, s2) = (
+            w as *mut f32,
+            g as *const f32,
+            s1 as *mut f32,
+            s2 as *mut f32,
+        );
+        for r in rows {
+            // SAFETY: called by generated code with pointers and sizes from a bounds-checked plan;
+            // the four rows are distinct slots (weights, gradient and the two optimizer slots),
+            // and row `r` is this part's alone.
+            let (w, g, s1, s2) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(w.add(r * ws as usize), cols),
+                    std::slice::from_raw_parts(g.add(r * gs as usize), cols),
+                    std::slice::from_raw_parts_mut(s1.add(r * s1s as usize), cols),
+                    std::slice::from_raw_parts_mut(s2.add(r * s2s as usize), cols),
+                )
+            };
+            #[cfg(target_arch = "x86_64")]
+            update_row(code, w, Grad::Row(g), s1, s2, [rate, k0, k1, k2, k3]);
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (code, w, g, s1, s2, [rate, k0, k1, k2, k3]);
+        }
+    });
+}
+
+/// Runs `f` over blocks of consecutive rows of `0..rows`, on the calling thread and the
+/// [`pool`]'s workers when `threads > 1`: block `i` of `parts`, always the same block for
+/// the same `rows` and `threads`, so that the row-split products and updates of a weight
+/// ([`lstmc_few_rows`], [`lstmc_update_outer`]) keep each block of it in one core's cache.
+fn split_rows(rows: usize, threads: u64, f: &(dyn Fn(usize, std::ops::Range<usize>) + Sync)) {
+    let parts = row_parts(rows, threads);
+    let step = rows.div_ceil(parts);
+    pool::run(parts, &|i| {
+        f(i, (i * step).min(rows)..((i + 1) * step).min(rows))
+    });
+}
+
+/// How many blocks [`split_rows`] makes.
+fn row_parts(rows: usize, threads: u64) -> usize {
+    pool::parts(threads as usize).min(rows).max(1)
 }
 
 /// One row of [`lstmc_update`] or [`lstmc_update_outer`].
@@ -463,6 +491,7 @@ extern "C" fn lstmc_update_outer(
     s2s: u64,
     rows: u64,
     cols: u64,
+    threads: u64,
     rate: f32,
     k0: f32,
     k1: f32,
@@ -475,35 +504,44 @@ extern "C" fn lstmc_update_outer(
     let d_rows: Vec<&[f32]> = (0..t)
         .map(|i| unsafe { std::slice::from_raw_parts(d.add(i * d_rs as usize), cols) })
         .collect();
-    let mut xs = vec![0.0f32; t];
-    for r in 0..rows as usize {
-        for (i, x) in xs.iter_mut().enumerate() {
-            // SAFETY: `a[i, r]` with `i < t`, `r < rows`.
-            *x = unsafe { *a.add(i * a_rs as usize + r) };
-        }
-        // SAFETY: as for `lstmc_update`.
-        let (w, s1, s2) = unsafe {
-            (
-                std::slice::from_raw_parts_mut(w.add(r * ws as usize), cols),
-                std::slice::from_raw_parts_mut(s1.add(r * s1s as usize), cols),
-                std::slice::from_raw_parts_mut(s2.add(r * s2s as usize), cols),
-            )
-        };
-        #[cfg(target_arch = "x86_64")]
-        update_row(
-            code,
-            w,
-            Grad::Outer {
-                xs: &xs,
-                rows: &d_rows,
-            },
-            s1,
-            s2,
-            [rate, k0, k1, k2, k3],
+    let (w, a, s1, s2) = (w as usize, a as usize, s1 as usize, s2 as usize);
+    split_rows(rows as usize, threads, &|_, rows| {
+        let (w, a, s1, s2) = (
+            w as *mut f32,
+            a as *const f32,
+            s1 as *mut f32,
+            s2 as *mut f32,
         );
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (code, w, s1, s2, [rate, k0, k1, k2, k3]);
-    }
+        let mut xs = vec![0.0f32; t];
+        for r in rows {
+            for (i, x) in xs.iter_mut().enumerate() {
+                // SAFETY: `a[i, r]` with `i < t`, `r < rows`.
+                *x = unsafe { *a.add(i * a_rs as usize + r) };
+            }
+            // SAFETY: as for `lstmc_update`.
+            let (w, s1, s2) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(w.add(r * ws as usize), cols),
+                    std::slice::from_raw_parts_mut(s1.add(r * s1s as usize), cols),
+                    std::slice::from_raw_parts_mut(s2.add(r * s2s as usize), cols),
+                )
+            };
+            #[cfg(target_arch = "x86_64")]
+            update_row(
+                code,
+                w,
+                Grad::Outer {
+                    xs: &xs,
+                    rows: &d_rows,
+                },
+                s1,
+                s2,
+                [rate, k0, k1, k2, k3],
+            );
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (code, w, s1, s2, [rate, k0, k1, k2, k3]);
+        }
+    });
 }
 
 /// Products with few rows (batch 1 and its gradients), 16 lanes at a time, where the
@@ -523,6 +561,7 @@ extern "C" fn lstmc_few_rows(
     w_rs: u64,
     c: *mut f32,
     c_rs: u64,
+    threads: u64,
 ) {
     let p = FewRows {
         m: m as usize,
@@ -535,21 +574,53 @@ extern "C" fn lstmc_few_rows(
         c,
         c_rs: c_rs as usize,
     };
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: generated code calls this only when the CPU has AVX-512F, with pointers
-    // and sizes from a bounds-checked plan; `c` is a slot distinct from `a` and `w`.
-    unsafe {
-        match code {
-            0 => p.times_avx512(),
-            1 => p.times_transposed_avx512(),
-            _ => p.transposed_times_avx512(),
+    // Split by rows of `w` (and of `c` for code 2), as the weight's update is: code 0
+    // sums over them, so its parts write partial sums, added up after (in `scratch`).
+    let (m, n) = (p.m, p.n);
+    let rows = if code == 1 { p.n } else { p.k };
+    let parts = row_parts(rows, threads);
+    let mut scratch = vec![0.0f32; if code == 0 { (parts - 1) * m * n } else { 0 }];
+    let partial = scratch.as_mut_ptr() as usize;
+    split_rows(rows, threads, &|i, block| {
+        let part = if code == 0 && i > 0 {
+            // SAFETY: part `i >= 1` has its own `m × n` of `scratch`.
+            let c = unsafe { (partial as *mut f32).add((i - 1) * m * n) };
+            FewRows {
+                c,
+                c_rs: n,
+                ..p.rows_of_w(code, block)
+            }
+        } else {
+            p.rows_of_w(code, block)
+        };
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: generated code calls this only when the CPU has AVX-512F, with pointers
+        // and sizes from a bounds-checked plan; `c` is a slot distinct from `a` and `w`,
+        // and the parts write disjoint blocks of it (or their own partial sums).
+        unsafe {
+            match code {
+                0 => part.times_avx512(),
+                1 => part.times_transposed_avx512(),
+                _ => part.transposed_times_avx512(),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = part;
+    });
+    if m * n > 0 {
+        for partial in scratch.chunks(m * n) {
+            for r in 0..m {
+                for (j, &v) in partial[r * n..(r + 1) * n].iter().enumerate() {
+                    // SAFETY: `c[r, j]` of the planned `m × n` result.
+                    unsafe { *p.c.add(r * p.c_rs + j) += v };
+                }
+            }
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (code, p);
 }
 
 /// The operands of [`lstmc_few_rows`].
+#[derive(Clone, Copy)]
 struct FewRows {
     m: usize,
     n: usize,
@@ -560,6 +631,41 @@ struct FewRows {
     w_rs: usize,
     c: *mut f32,
     c_rs: usize,
+}
+
+// SAFETY: the parts of a split product read `a` and `w` and write disjoint blocks of `c`
+// (or their own partial sums).
+unsafe impl Sync for FewRows {}
+
+impl FewRows {
+    /// The part of the product that reads rows `block` of `w` (code 0: a partial sum
+    /// over them; 1: those elements of each row of `c`; 2: those rows of `c`).
+    fn rows_of_w(&self, code: u64, block: std::ops::Range<usize>) -> FewRows {
+        let len = block.len();
+        // SAFETY (of the offsets): `block` lies within the rows of `w` (and of `c` for 2).
+        unsafe {
+            match code {
+                0 => FewRows {
+                    k: len,
+                    a: self.a.add(block.start),
+                    w: self.w.add(block.start * self.w_rs),
+                    ..*self
+                },
+                1 => FewRows {
+                    n: len,
+                    w: self.w.add(block.start * self.w_rs),
+                    c: self.c.add(block.start),
+                    ..*self
+                },
+                _ => FewRows {
+                    k: len,
+                    a: self.a.add(block.start),
+                    c: self.c.add(block.start * self.c_rs),
+                    ..*self
+                },
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
