@@ -71,14 +71,7 @@ proptest! {
         let mut reference = Reference::new(spec.clone(), w.clone());
         // Half the cases as compiled by default; the other half with every product on the
         // host GEMM and every fused kernel split between two threads.
-        let mut options = lstmc::jit::Options::default();
-        if split {
-            options.tuning.gemm_crossover = 1;
-            options.tuning.parallel_min = 1;
-            options.tuning.parallel_elems = 1;
-            options.tuning.parallel_few_rows = 1;
-            options.tuning.threads = 2;
-        }
+        let options = if split { common::split_options() } else { lstmc::jit::Options::default() };
         let mut jit = CompiledModel::new(spec.clone(), &w, options);
         for (call, x) in xs.into_iter().enumerate() {
             let want = reference.predict_batch(&x).unwrap();

@@ -77,14 +77,8 @@ fn all_keras_fixtures_without_unrolling_and_partially_unrolled() {
 
 #[test]
 fn all_keras_fixtures_with_every_matmul_on_the_host_gemm_and_every_kernel_split_between_threads() {
-    let mut options = jit::Options::default();
-    options.tuning.gemm_crossover = 1;
-    options.tuning.parallel_min = 1;
-    options.tuning.parallel_elems = 1;
-    options.tuning.parallel_few_rows = 1;
-    options.tuning.threads = 2;
     for name in fixture_names() {
-        run_fixture(&name, options);
+        run_fixture(&name, split_options());
     }
 }
 

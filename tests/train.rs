@@ -16,13 +16,7 @@ fn every_fixture_train_block_on_native_code() {
 /// its smallest size: the few-row products and updates split by rows of the weight.
 #[test]
 fn every_fixture_train_block_split_between_threads() {
-    let mut options = lstmc::jit::Options::default();
-    options.tuning.gemm_crossover = 1;
-    options.tuning.parallel_min = 1;
-    options.tuning.parallel_elems = 1;
-    options.tuning.parallel_few_rows = 1;
-    options.tuning.threads = 2;
-    for_every_fixture_train_block(options);
+    for_every_fixture_train_block(split_options());
 }
 
 fn for_every_fixture_train_block(options: lstmc::jit::Options) {

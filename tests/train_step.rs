@@ -290,12 +290,7 @@ proptest! {
         }
         // Native code, one call per step: as compiled by default, and with every product
         // on the host GEMM and every fused kernel split between two threads.
-        let mut split = lstmc::jit::Options::default();
-        split.tuning.gemm_crossover = 1;
-        split.tuning.parallel_min = 1;
-        split.tuning.parallel_elems = 1;
-        split.tuning.parallel_few_rows = 1;
-        split.tuning.threads = 2;
+        let split = split_options();
         let xf = x.mapv(|v| v as f32);
         let mut trained = Vec::new();
         for options in [split, lstmc::jit::Options::default()] {

@@ -97,8 +97,6 @@ pub struct Hosts {
     pub rows: FuncRef,
     /// `lstmc_few_rows`
     pub few_rows: FuncRef,
-    /// `lstmc_update_outer`
-    pub update_outer: FuncRef,
 }
 
 /// The layout of one operand of an outlined kernel: rows, columns, row stride in bytes,
@@ -262,7 +260,7 @@ struct Emitter<'a, 'b, 'c> {
 }
 
 /// The weight gradients `aᵀ · d` over few rows whose only use is a 512-bit Adam or
-/// RMSprop update later in the same block: `lstmc_update_outer` computes them row by row
+/// RMSprop update later in the same block: `lstmc_update` computes them row by row
 /// as it updates, instead of storing them whole (the tutorial's recurrent kernel, its two
 /// slots and its gradient overflow the L2 cache; without the gradient they fit). Only
 /// where no instruction in between writes over `a` or `d` (the plan may give their
@@ -1045,18 +1043,17 @@ impl Emitter<'_, '_, '_> {
         if let (Some((code, k)), true) = (wide, self.tuning.wide_updates) {
             let mut args = vec![self.imm(code)];
             args.extend(self.rows_arg(&w));
-            let host = match outer {
+            match outer {
                 Some((a, d)) => {
                     args.extend(self.rows_arg(&a));
                     args.extend(self.rows_arg(&d));
                     args.push(self.imm(a.rows as i64));
-                    self.hosts.update_outer
                 }
                 None => {
                     args.extend(self.rows_arg(&g));
-                    self.hosts.update
+                    args.extend([self.imm(0), self.imm(0), self.imm(0)]);
                 }
-            };
+            }
             for m in [s1, s2] {
                 args.extend(self.rows_arg(&m));
             }
@@ -1073,7 +1070,7 @@ impl Emitter<'_, '_, '_> {
             for k in k {
                 args.push(self.b.ins().f32const(k as f32));
             }
-            self.b.ins().call(host, &args);
+            self.b.ins().call(self.hosts.update, &args);
             return Ok(());
         }
         if outer.is_some() {

@@ -109,7 +109,7 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
     ctx.func.name = UserFuncName::user(0, id.as_u32());
     // The host functions generated code calls (`native.rs`), with their parameters: so
     // many 64-bit integers and pointers, then so many f32s.
-    let imports: [(&str, usize, usize); 9] = [
+    let imports: [(&str, usize, usize); 8] = [
         // (kind, y, ys, t, ts, dy, dys, rows, cols, out)
         ("lstmc_loss", 10, 0),
         // (m, n, k, a, lda, b, ldb, c, ldc, threads)
@@ -120,14 +120,12 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         ("lstmc_gemm_strided", 12, 0),
         // (y, ys, dy, dys, out, os, rows, cols)
         ("lstmc_softmax_grad", 8, 0),
-        // (code, w, ws, g, gs, s1, s1s, s2, s2s, rows, cols, threads; rate, k0, k1, k2, k3)
-        ("lstmc_update", 12, 5),
+        // (code, w, ws, g, gs, d, d_rs, t, s1, s1s, s2, s2s, rows, cols, threads; rate, k0..k3)
+        ("lstmc_update", 15, 5),
         // (kernel, operands, rows, threads)
         ("lstmc_rows", 4, 0),
         // (code, m, n, k, a, a_rs, w, w_rs, c, c_rs, threads)
         ("lstmc_few_rows", 11, 0),
-        // (code, w, ws, a, a_rs, d, d_rs, t, s1, s1s, s2, s2s, rows, cols, threads; rate, k0..k3)
-        ("lstmc_update_outer", 15, 5),
     ];
     let mut ids = Vec::with_capacity(imports.len());
     for (name, ints, floats) in imports {
@@ -143,8 +141,8 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         );
     }
     let hosts = |module: &mut JITModule, func: &mut cranelift_codegen::ir::Function| {
-        let [loss, gemm, softmax, gemm_strided, softmax_grad, update, rows, few_rows, update_outer] =
-            [0, 1, 2, 3, 4, 5, 6, 7, 8].map(|i| module.declare_func_in_func(ids[i], func));
+        let [loss, gemm, softmax, gemm_strided, softmax_grad, update, rows, few_rows] =
+            [0, 1, 2, 3, 4, 5, 6, 7].map(|i| module.declare_func_in_func(ids[i], func));
         codegen::Hosts {
             loss,
             gemm,
@@ -154,7 +152,6 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
             update,
             rows,
             few_rows,
-            update_outer,
         }
     };
     let mut fctx = FunctionBuilderContext::new();

@@ -391,6 +391,13 @@ pub fn wide_updates() -> bool {
 /// `k = [1 - β1, 1 - β2, ε, _]` and slots `m`, `v`; 1 is RMSprop, with
 /// `k = [ρ, 1 - ρ, ε, momentum]` and slots velocity, momentum. `rate` is the step's
 /// learning rate (Adam's bias-corrected).
+///
+/// With `t == 0` the gradient is stored at `g` (rows `gs` apart). Otherwise it is
+/// `aᵀ · d`, with `a = g` of `t × rows` (rows `gs` apart) and `d` of `t × cols`, few rows
+/// `t`, computed 16 lanes at a time as the update needs it, the way [`lstmc_few_rows`]
+/// computes it (so the same bits), instead of stored whole: the tutorial's recurrent
+/// kernel, its two slots and its gradient (256 KB each) overflow this core's 1 MB L2;
+/// without the gradient, they fit. With `threads > 1`, [`split_rows`] splits the rows.
 #[allow(clippy::too_many_arguments)]
 extern "C" fn lstmc_update(
     code: u64,
@@ -398,90 +405,6 @@ extern "C" fn lstmc_update(
     ws: u64,
     g: *const f32,
     gs: u64,
-    s1: *mut f32,
-    s1s: u64,
-    s2: *mut f32,
-    s2s: u64,
-    rows: u64,
-    cols: u64,
-    threads: u64,
-    rate: f32,
-    k0: f32,
-    k1: f32,
-    k2: f32,
-    k3: f32,
-) {
-    let cols = cols as usize;
-    let (w, g, s1, s2) = (w as usize, g as usize, s1 as usize, s2 as usize);
-    split_rows(rows as usize, threads, &|_, rows| {
-        let (w, g, s1, s2) = (
-            w as *mut f32,
-            g as *const f32,
-            s1 as *mut f32,
-            s2 as *mut f32,
-        );
-        for r in rows {
-            // SAFETY: called by generated code with pointers and sizes from a bounds-checked plan;
-            // the four rows are distinct slots (weights, gradient and the two optimizer slots),
-            // and row `r` is this part's alone.
-            let (w, g, s1, s2) = unsafe {
-                (
-                    std::slice::from_raw_parts_mut(w.add(r * ws as usize), cols),
-                    std::slice::from_raw_parts(g.add(r * gs as usize), cols),
-                    std::slice::from_raw_parts_mut(s1.add(r * s1s as usize), cols),
-                    std::slice::from_raw_parts_mut(s2.add(r * s2s as usize), cols),
-                )
-            };
-            #[cfg(target_arch = "x86_64")]
-            update_row(code, w, Grad::Row(g), s1, s2, [rate, k0, k1, k2, k3]);
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = (code, w, g, s1, s2, [rate, k0, k1, k2, k3]);
-        }
-    });
-}
-
-/// Runs `f` over blocks of consecutive rows of `0..rows`, on the calling thread and the
-/// [`pool`]'s workers when `threads > 1`: block `i` of `parts`, always the same block for
-/// the same `rows` and `threads`, so that the row-split products and updates of a weight
-/// ([`lstmc_few_rows`], [`lstmc_update_outer`]) keep each block of it in one core's cache.
-fn split_rows(rows: usize, threads: u64, f: &(dyn Fn(usize, std::ops::Range<usize>) + Sync)) {
-    let parts = row_parts(rows, threads);
-    let step = rows.div_ceil(parts);
-    pool::run(parts, &|i| {
-        f(i, (i * step).min(rows)..((i + 1) * step).min(rows))
-    });
-}
-
-/// How many blocks [`split_rows`] makes.
-fn row_parts(rows: usize, threads: u64) -> usize {
-    pool::parts(threads as usize).min(rows).max(1)
-}
-
-/// One row of [`lstmc_update`] or [`lstmc_update_outer`].
-#[cfg(target_arch = "x86_64")]
-fn update_row(code: u64, w: &mut [f32], g: Grad, s1: &mut [f32], s2: &mut [f32], k: [f32; 5]) {
-    // SAFETY: generated code calls the updates only when the CPU has AVX-512F.
-    unsafe {
-        if code == 0 {
-            adam_row_avx512(w, g, s1, s2, [k[0], k[1], k[2], k[3]])
-        } else {
-            rmsprop_row_avx512(w, g, s1, s2, k)
-        }
-    };
-}
-
-/// [`lstmc_update`] with the gradient `aᵀ · d` (`a` of `t × rows`, `d` of `t × cols`, few
-/// rows `t`) computed 16 lanes at a time as the update needs it, the way
-/// [`lstmc_few_rows`] computes it (so the same bits), instead of stored whole: the
-/// tutorial's recurrent kernel, its two slots and its gradient (256 KB each) overflow
-/// this core's 1 MB L2; without the gradient, they fit.
-#[allow(clippy::too_many_arguments)]
-extern "C" fn lstmc_update_outer(
-    code: u64,
-    w: *mut f32,
-    ws: u64,
-    a: *const f32,
-    a_rs: u64,
     d: *const f32,
     d_rs: u64,
     t: u64,
@@ -499,49 +422,82 @@ extern "C" fn lstmc_update_outer(
     k3: f32,
 ) {
     let (t, cols) = (t as usize, cols as usize);
+    let (ws, gs, s1s, s2s) = (ws as usize, gs as usize, s1s as usize, s2s as usize);
     // SAFETY: called by generated code with pointers and sizes from a bounds-checked plan:
-    // `d` has `t` rows of `cols`, `a` has `t` rows of `rows`.
+    // `d` has `t` rows of `cols` (none when the gradient is stored).
     let d_rows: Vec<&[f32]> = (0..t)
         .map(|i| unsafe { std::slice::from_raw_parts(d.add(i * d_rs as usize), cols) })
         .collect();
-    let (w, a, s1, s2) = (w as usize, a as usize, s1 as usize, s2 as usize);
+    let (w, g, s1, s2) = (w as usize, g as usize, s1 as usize, s2 as usize);
     split_rows(rows as usize, threads, &|_, rows| {
-        let (w, a, s1, s2) = (
+        let (w, g, s1, s2) = (
             w as *mut f32,
-            a as *const f32,
+            g as *const f32,
             s1 as *mut f32,
             s2 as *mut f32,
         );
         let mut xs = vec![0.0f32; t];
         for r in rows {
-            for (i, x) in xs.iter_mut().enumerate() {
-                // SAFETY: `a[i, r]` with `i < t`, `r < rows`.
-                *x = unsafe { *a.add(i * a_rs as usize + r) };
-            }
-            // SAFETY: as for `lstmc_update`.
+            // SAFETY: as above; the weight, its slots and the gradient are distinct slots,
+            // and row `r` is this part's alone.
             let (w, s1, s2) = unsafe {
                 (
-                    std::slice::from_raw_parts_mut(w.add(r * ws as usize), cols),
-                    std::slice::from_raw_parts_mut(s1.add(r * s1s as usize), cols),
-                    std::slice::from_raw_parts_mut(s2.add(r * s2s as usize), cols),
+                    std::slice::from_raw_parts_mut(w.add(r * ws), cols),
+                    std::slice::from_raw_parts_mut(s1.add(r * s1s), cols),
+                    std::slice::from_raw_parts_mut(s2.add(r * s2s), cols),
                 )
             };
+            let stored: &[f32] = if t == 0 {
+                // SAFETY: row `r` of the stored gradient.
+                unsafe { std::slice::from_raw_parts(g.add(r * gs), cols) }
+            } else {
+                for (i, x) in xs.iter_mut().enumerate() {
+                    // SAFETY: `a[i, r]` with `i < t`, `r < rows`.
+                    *x = unsafe { *g.add(i * gs + r) };
+                }
+                &[]
+            };
             #[cfg(target_arch = "x86_64")]
-            update_row(
-                code,
-                w,
-                Grad::Outer {
-                    xs: &xs,
-                    rows: &d_rows,
-                },
-                s1,
-                s2,
-                [rate, k0, k1, k2, k3],
-            );
+            {
+                let grad = if t == 0 {
+                    Grad::Row(stored)
+                } else {
+                    Grad::Outer {
+                        xs: &xs,
+                        rows: &d_rows,
+                    }
+                };
+                let k = [rate, k0, k1, k2, k3];
+                // SAFETY: generated code calls the updates only when the CPU has AVX-512F.
+                unsafe {
+                    if code == 0 {
+                        adam_row_avx512(w, grad, s1, s2, [k[0], k[1], k[2], k[3]])
+                    } else {
+                        rmsprop_row_avx512(w, grad, s1, s2, k)
+                    }
+                };
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            let _ = (code, w, s1, s2, [rate, k0, k1, k2, k3]);
+            let _ = (code, w, stored, s1, s2, [rate, k0, k1, k2, k3]);
         }
     });
+}
+
+/// Runs `f` over blocks of consecutive rows of `0..rows`, on the calling thread and the
+/// [`pool`]'s workers when `threads > 1`: block `i` of `parts`, always the same block for
+/// the same `rows` and `threads`, so that the row-split products and updates of a weight
+/// ([`lstmc_few_rows`], [`lstmc_update`]) keep each block of it in one core's cache.
+fn split_rows(rows: usize, threads: u64, f: &(dyn Fn(usize, std::ops::Range<usize>) + Sync)) {
+    let parts = row_parts(rows, threads);
+    let step = rows.div_ceil(parts);
+    pool::run(parts, &|i| {
+        f(i, (i * step).min(rows)..((i + 1) * step).min(rows))
+    });
+}
+
+/// How many blocks [`split_rows`] makes.
+fn row_parts(rows: usize, threads: u64) -> usize {
+    pool::parts(threads as usize).min(rows).max(1)
 }
 
 /// Products with few rows (batch 1 and its gradients), 16 lanes at a time, where the
@@ -933,9 +889,8 @@ impl Call {
 }
 
 /// The host symbols generated code may call, for `JITBuilder::symbol`.
-pub fn host_symbols() -> [(&'static str, *const u8); 9] {
+pub fn host_symbols() -> [(&'static str, *const u8); 8] {
     [
-        ("lstmc_update_outer", lstmc_update_outer as *const u8),
         ("lstmc_few_rows", lstmc_few_rows as *const u8),
         ("lstmc_rows", lstmc_rows as *const u8),
         ("lstmc_update", lstmc_update as *const u8),

@@ -250,3 +250,16 @@ pub fn cargo_build(args: &[&str], target: &str) -> Vec<PathBuf> {
     }
     files
 }
+
+/// Options that put every product on the host (GEMM or few-row kernels) and split every
+/// product, fused kernel and update between two threads, at their smallest sizes: the
+/// threaded paths, exercised on models of every size.
+pub fn split_options() -> lstmc::jit::Options {
+    let mut options = lstmc::jit::Options::default();
+    options.tuning.gemm_crossover = 1;
+    options.tuning.parallel_min = 1;
+    options.tuning.parallel_elems = 1;
+    options.tuning.parallel_few_rows = 1;
+    options.tuning.threads = 2;
+    options
+}
