@@ -14,7 +14,11 @@
 //!   training step's in-place updates), which only [`NativeCode::call_mut`]
 //!   runs, with every input exclusively borrowed.
 //! - The host functions are called only by that code, with pointers and
-//!   sizes from the same checked plan.
+//!   sizes from the same checked plan. Those that split work between threads
+//!   ([`pool`]: products, updates, outlined kernels through `lstmc_rows`) give
+//!   each part disjoint rows or columns of the outputs (or a partial sum of
+//!   its own), and return only when every part has finished, so no pointer
+//!   outlives the call that passed it.
 //! - The executable memory is freed when the `NativeCode` is dropped; the
 //!   function pointer never leaves it, so no call can follow the free.
 //!
