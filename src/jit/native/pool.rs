@@ -8,7 +8,7 @@
 //! worker spins for [`SPIN`] after its last part before it sleeps, so the products of one
 //! call follow each other without a system call.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock, TryLockError};
 use std::time::{Duration, Instant};
 
@@ -33,10 +33,18 @@ struct Pool {
     epoch: AtomicUsize,
     /// Workers still running the current task.
     remaining: AtomicUsize,
-    /// Whether any worker sleeps on `wake` (so the poster must notify).
-    sleeping: AtomicBool,
+    /// Workers asleep on `wake`, or about to be (so the poster must notify). Each worker
+    /// counts itself in and out under `sleep`; a poster never changes it. (A poster that
+    /// cleared a flag for the workers lost a wake-up: it could clear the flag of a later
+    /// sleep than the one it saw, and the next task then waited forever.)
+    sleepers: AtomicUsize,
     sleep: Mutex<()>,
     wake: Condvar,
+    /// How long an idle worker spins before it sleeps ([`SPIN`]).
+    spin: Duration,
+    /// Tests only: how long a poster dawdles between seeing a sleeper and notifying, to
+    /// widen the window a lost wake-up needs.
+    dawdle: Duration,
 }
 
 static POOL: OnceLock<&'static Pool> = OnceLock::new();
@@ -46,15 +54,24 @@ fn pool() -> &'static Pool {
         let wanted = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .saturating_sub(1);
+        Pool::start(wanted, SPIN, Duration::ZERO)
+    })
+}
+
+impl Pool {
+    /// A pool with up to `wanted` workers, which lives as long as the process.
+    fn start(wanted: usize, spin: Duration, dawdle: Duration) -> &'static Pool {
         let pool: &'static Pool = Box::leak(Box::new(Pool {
             workers: AtomicUsize::new(0),
             submit: Mutex::new(()),
             task: Mutex::new(None),
             epoch: AtomicUsize::new(0),
             remaining: AtomicUsize::new(0),
-            sleeping: AtomicBool::new(false),
+            sleepers: AtomicUsize::new(0),
             sleep: Mutex::new(()),
             wake: Condvar::new(),
+            spin,
+            dawdle,
         }));
         // No task is posted before this function returns, so workers may start late; one
         // that cannot be spawned is simply not counted (and its parts run on the caller).
@@ -68,10 +85,8 @@ fn pool() -> &'static Pool {
             .count();
         pool.workers.store(spawned, Ordering::Relaxed);
         pool
-    })
-}
+    }
 
-impl Pool {
     fn work(&self, index: usize) {
         let mut seen = 0;
         loop {
@@ -97,15 +112,20 @@ impl Pool {
                 return epoch;
             }
             spins = spins.wrapping_add(1);
-            if !spins.is_multiple_of(1024) || start.elapsed() < SPIN {
+            if !spins.is_multiple_of(1024) || start.elapsed() < self.spin {
                 std::hint::spin_loop();
                 continue;
             }
+            // Counted in before the epoch is read again, both sequentially consistent, and
+            // the poster bumps the epoch before it reads the count: either this worker sees
+            // the new epoch or the poster sees it counted and notifies, under `sleep`, which
+            // this worker holds until it waits.
             let mut guard = self.sleep.lock().unwrap_or_else(|e| e.into_inner());
-            self.sleeping.store(true, Ordering::SeqCst);
+            self.sleepers.fetch_add(1, Ordering::SeqCst);
             while self.epoch.load(Ordering::SeqCst) == seen {
                 guard = self.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
             }
+            self.sleepers.fetch_sub(1, Ordering::SeqCst);
             drop(guard);
         }
     }
@@ -128,9 +148,11 @@ impl Pool {
         self.remaining
             .store(self.workers.load(Ordering::Relaxed), Ordering::Relaxed);
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        if self.sleeping.load(Ordering::SeqCst) {
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            if !self.dawdle.is_zero() {
+                std::thread::sleep(self.dawdle);
+            }
             let _sleep = self.sleep.lock().unwrap_or_else(|e| e.into_inner());
-            self.sleeping.store(false, Ordering::SeqCst);
             self.wake.notify_all();
         }
         // The workers use `f` until they are done, so part 0 must not unwind past this.
@@ -167,4 +189,54 @@ pub(super) fn run(parts: usize, f: &(dyn Fn(usize) + Sync)) {
             f(i)
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::mpsc;
+
+    /// Many fork–joins in a row, with workers that sleep as soon as they are idle and
+    /// posters on two threads (one of which often finds the pool taken and runs serially):
+    /// every part of every task runs exactly once, and no task waits forever. The pool's
+    /// first wake-up protocol (a poster clearing a flag that a worker had set for a later
+    /// sleep) hung a test run; this finds such a lost wake-up as a timeout, not a hang.
+    #[test]
+    fn every_part_runs_once_and_no_wake_up_is_lost() {
+        // Workers that sleep as soon as they are idle, and posters that dawdle before they
+        // notify one: with the first protocol, this hung within a few hundred rounds.
+        let pool = Pool::start(3, Duration::ZERO, Duration::from_micros(200));
+        let workers = pool.workers.load(Ordering::Relaxed);
+        let (done, finished) = mpsc::channel();
+        for poster in 0..2u64 {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                for round in 0..2_000u64 {
+                    let parts = (round % (workers as u64 + 1)) as usize + 1;
+                    let hits: Vec<AtomicU64> = (0..parts).map(|_| AtomicU64::new(0)).collect();
+                    if parts == 1 {
+                        hits[0].fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        pool.run(parts, &|i| {
+                            if i < parts {
+                                hits[i].fetch_add(1, Ordering::Relaxed);
+                            }
+                        });
+                    }
+                    assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+                    if round % 97 == poster {
+                        std::thread::yield_now();
+                    }
+                }
+                let _ = done.send(poster);
+            });
+        }
+        for _ in 0..2 {
+            let poster = finished
+                .recv_timeout(Duration::from_secs(60))
+                .expect("a poster waited more than 60 s for its parts: a lost wake-up");
+            assert!(poster < 2);
+        }
+    }
 }
