@@ -684,17 +684,10 @@ impl Emitter<'_, '_, '_> {
             for (s, &r) in stacked.iter().enumerate() {
                 let dst = e.val(r)?;
                 let t = e.f.shape(r)[1] as i64;
-                let st = e.plan.loc(r)?;
                 for j in 0..per_iter {
                     let y = yield_args[n + j * stacked.len() + s];
-                    // Planned in its slice already (`plan::stacked_in_place`): no copy.
-                    let yl = e.plan.loc(y)?;
-                    let rs = st.row_stride as isize;
-                    if yl.base == st.base
-                        && yl.k == Some((params[0], per_iter as isize * rs))
-                        && yl.offset == st.offset + j as isize * rs
-                        && yl.row_stride as i64 == t * rs as i64
-                    {
+                    // Planned in its slice already: no copy.
+                    if e.plan.in_slice.get(&y) == Some(&(r, j)) {
                         continue;
                     }
                     let src = e.val(y)?;

@@ -66,6 +66,9 @@ pub struct Plan {
     pub outputs: Vec<Loc>,
     /// The element count of each input, as its location sees it.
     pub input_lens: Vec<usize>,
+    /// Per-step values planned in their loop's stacked result, with that result and
+    /// their group `j` ([`Stacking`]): the loop stacks them without a copy.
+    pub in_slice: HashMap<Value, (Value, usize)>,
 }
 
 impl Plan {
@@ -275,6 +278,7 @@ pub fn plan(f: &Function) -> Result<Plan, IrError> {
     let mut order = Vec::new();
     f.walk(f.entry, &mut |i| order.push(i));
     let stacking = stacked_in_place(f, &order);
+    let mut in_slice = HashMap::new();
     for &i in &order {
         let d = f.inst(i);
         let at = lin.pos[&i];
@@ -395,6 +399,7 @@ pub fn plan(f: &Function) -> Result<Plan, IrError> {
                         Some((loc, stacked)) => {
                             locs[r.index()] = Some(loc);
                             root[r.index()] = stacked;
+                            in_slice.insert(r, (stacked, stacking[&r].j));
                         }
                         None => own(&mut locs, &mut owned, r),
                     }
@@ -531,5 +536,6 @@ pub fn plan(f: &Function) -> Result<Plan, IrError> {
         arena_len,
         outputs,
         input_lens,
+        in_slice,
     })
 }
