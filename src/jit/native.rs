@@ -451,38 +451,31 @@ extern "C" fn lstmc_update(
                     std::slice::from_raw_parts_mut(s2.add(r * s2s), cols),
                 )
             };
-            let stored: &[f32] = if t == 0 {
+            let grad = if t == 0 {
                 // SAFETY: row `r` of the stored gradient.
-                unsafe { std::slice::from_raw_parts(g.add(r * gs), cols) }
+                Grad::Row(unsafe { std::slice::from_raw_parts(g.add(r * gs), cols) })
             } else {
                 for (i, x) in xs.iter_mut().enumerate() {
                     // SAFETY: `a[i, r]` with `i < t`, `r < rows`.
                     *x = unsafe { *g.add(i * gs + r) };
                 }
-                &[]
+                Grad::Outer {
+                    xs: &xs,
+                    rows: &d_rows,
+                }
             };
+            let k = [rate, k0, k1, k2, k3];
             #[cfg(target_arch = "x86_64")]
-            {
-                let grad = if t == 0 {
-                    Grad::Row(stored)
+            // SAFETY: generated code calls the updates only when the CPU has AVX-512F.
+            unsafe {
+                if code == 0 {
+                    adam_row_avx512(w, grad, s1, s2, [k[0], k[1], k[2], k[3]])
                 } else {
-                    Grad::Outer {
-                        xs: &xs,
-                        rows: &d_rows,
-                    }
-                };
-                let k = [rate, k0, k1, k2, k3];
-                // SAFETY: generated code calls the updates only when the CPU has AVX-512F.
-                unsafe {
-                    if code == 0 {
-                        adam_row_avx512(w, grad, s1, s2, [k[0], k[1], k[2], k[3]])
-                    } else {
-                        rmsprop_row_avx512(w, grad, s1, s2, k)
-                    }
-                };
-            }
+                    rmsprop_row_avx512(w, grad, s1, s2, k)
+                }
+            };
             #[cfg(not(target_arch = "x86_64"))]
-            let _ = (code, w, stored, s1, s2, [rate, k0, k1, k2, k3]);
+            let _ = (code, w, grad, s1, s2, k);
         }
     });
 }
@@ -754,7 +747,6 @@ fn lanes(i: usize, n: usize) -> u16 {
 }
 
 /// Where an update row's gradient comes from, 16 lanes at a time.
-#[cfg(target_arch = "x86_64")]
 enum Grad<'a> {
     /// A stored row.
     Row(&'a [f32]),
@@ -858,19 +850,15 @@ fn rmsprop_row_avx512(w: &mut [f32], g: Grad, v: &mut [f32], m: &mut [f32], k: [
 type Kernel = unsafe extern "C" fn(*const *mut f32, u64, u64);
 
 /// Runs an outlined kernel over `rows` rows, split between the calling thread and the
-/// [`pool`]'s workers in blocks of consecutive rows.
+/// [`pool`]'s workers in blocks of consecutive rows ([`split_rows`]).
 extern "C" fn lstmc_rows(kernel: *const u8, operands: *const *mut f32, rows: u64, threads: u64) {
     // SAFETY: generated code passes the address of a function it defined with the
     // signature `Kernel` names (`codegen::kernel_signature`).
     let kernel = unsafe { std::mem::transmute::<*const u8, Kernel>(kernel) };
-    let parts = pool::parts(threads as usize).min(rows as usize).max(1);
-    let step = (rows as usize).div_ceil(parts) as u64;
     let call = Call { kernel, operands };
-    pool::run(parts, &|i| {
-        let first = i as u64 * step;
-        let end = (first + step).min(rows);
-        if first < end {
-            call.rows(first, end)
+    split_rows(rows as usize, threads, &|_, block| {
+        if !block.is_empty() {
+            call.rows(block.start as u64, block.end as u64)
         }
     });
 }
