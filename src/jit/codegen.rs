@@ -18,6 +18,7 @@ use update::deferred_outer;
 use super::math;
 use super::plan::{Base, Loc, Plan};
 use crate::ir::{BinOp, FNode, Function, FusedKernel, IrError, Op, Value as IrValue};
+use crate::model::Activation;
 use cranelift_codegen::ir::{
     condcodes::IntCC, types, AbiParam, FuncRef, InstBuilder, MemFlagsData, Signature,
     StackSlotData, StackSlotKind, Type, Value,
@@ -28,6 +29,9 @@ use std::collections::HashMap;
 
 /// Loops of at most this many iterations are unrolled when generated.
 const SMALL_LOOP: usize = 4;
+
+/// The largest stack scratch row of a two-pass fused kernel, in bytes.
+const SCRATCH_MAX: usize = 64 << 10;
 
 /// Knobs of code generation.
 #[derive(Clone, Copy, Debug)]
@@ -118,6 +122,8 @@ pub struct Kernel {
     kernel: FusedKernel,
     ins: Vec<Layout>,
     outs: Vec<Layout>,
+    /// No output overlaps an input ([`Emitter::disjoint`]).
+    movable: bool,
 }
 
 /// The signature of an outlined [`Kernel`].
@@ -180,6 +186,7 @@ pub fn emit(
         inputs,
         arena,
         ks: HashMap::new(),
+        steps: HashMap::new(),
         hosts,
         flags,
         outline: Some(outline),
@@ -230,12 +237,19 @@ pub fn emit_kernel(
         inputs: Vec::new(),
         arena: operands,
         ks: HashMap::new(),
+        steps: HashMap::new(),
         hosts,
         flags,
         outline: None,
         outer: HashMap::new(),
     };
-    e.fused_rows(&kernel.kernel, &ins, &outs, Some((first, end)))?;
+    e.fused_rows(
+        &kernel.kernel,
+        &ins,
+        &outs,
+        kernel.movable,
+        Some((first, end)),
+    )?;
     e.b.ins().return_(&[]);
     e.b.seal_all_blocks();
     Ok(())
@@ -249,6 +263,8 @@ struct Emitter<'a, 'b, 'c> {
     inputs: Vec<Value>,
     arena: Value,
     ks: HashMap<IrValue, Value>,
+    /// The step count of each loop whose step number is in `ks`.
+    steps: HashMap<IrValue, usize>,
     hosts: Hosts,
     flags: Flags,
     /// Where to declare outlined kernels (none inside a kernel).
@@ -417,7 +433,12 @@ impl Emitter<'_, '_, '_> {
                         .iter()
                         .map(|&r| self.val(r))
                         .collect::<Result<_, _>>()?;
-                    self.fused(k, &ins, &outs)?;
+                    let movable = d.args.iter().all(|&a| {
+                        d.results
+                            .iter()
+                            .all(|&r| self.disjoint(a, r).unwrap_or(false))
+                    });
+                    self.fused(k, &ins, &outs, movable)?;
                 }
                 Op::Loop {
                     body,
@@ -679,6 +700,7 @@ impl Emitter<'_, '_, '_> {
         let stacked = d.results[n..].to_vec();
         self.counted(steps, |e, k| {
             e.ks.insert(params[0], k);
+            e.steps.insert(params[0], steps);
             e.block(body)?;
             // Per-step values into the stacked results: time k·per_iter + j.
             for (s, &r) in stacked.iter().enumerate() {
@@ -715,6 +737,7 @@ impl Emitter<'_, '_, '_> {
             Ok(())
         })?;
         self.ks.remove(&params[0]);
+        self.steps.remove(&params[0]);
         Ok(())
     }
 
@@ -748,6 +771,21 @@ impl Emitter<'_, '_, '_> {
             self.flags.write
         };
         self.b.ins().load(ty, fl, p, 0)
+    }
+
+    /// [`Self::load`] that Cranelift may move to its first use (see [`Self::fused_rows`]).
+    fn load_movable(&mut self, ty: Type, m: &Mat, row: Value, off: Value) -> Value {
+        let p = self.b.ins().iadd(row, off);
+        let fl = if m.readonly {
+            self.flags.read_input
+        } else {
+            self.flags.write
+        };
+        // Cranelift moves only loads that are `readonly` as well: true for the kernel's
+        // duration, which is all the movable load's address (unique to the kernel) sees.
+        self.b
+            .ins()
+            .load(ty, fl.with_readonly().with_can_move(), p, 0)
     }
 
     fn store(&mut self, v: Value, row: Value, off: Value) {
@@ -805,14 +843,20 @@ impl Emitter<'_, '_, '_> {
 
     /// A fused kernel: inline, or outlined and called through `lstmc_rows` when it is
     /// large enough to split between threads.
-    fn fused(&mut self, k: &FusedKernel, ins: &[Mat], outs: &[Mat]) -> Result<(), IrError> {
+    fn fused(
+        &mut self,
+        k: &FusedKernel,
+        ins: &[Mat],
+        outs: &[Mat],
+        movable: bool,
+    ) -> Result<(), IrError> {
         let (rows, cols) = (outs[0].rows, outs[0].cols);
         let parallel = self.tuning.threads > 1
             && rows >= 2
             && rows * cols >= self.tuning.parallel_elems
             && self.outline.is_some();
         if !parallel {
-            return self.fused_rows(k, ins, outs, None);
+            return self.fused_rows(k, ins, outs, movable, None);
         }
         let layout = |m: &Mat| Layout {
             rows: m.rows,
@@ -835,6 +879,7 @@ impl Emitter<'_, '_, '_> {
             kernel: k.clone(),
             ins: ins.iter().map(layout).collect(),
             outs: outs.iter().map(layout).collect(),
+            movable,
         });
         let n = ins.len() + outs.len();
         let slot = self.b.create_sized_stack_slot(StackSlotData::new(
@@ -859,15 +904,79 @@ impl Emitter<'_, '_, '_> {
         Ok(())
     }
 
+    /// Whether two values' memory cannot overlap, for all the steps of the loops whose
+    /// step numbers place them (two views placed by the same step number are compared at
+    /// the same step).
+    fn disjoint(&self, a: IrValue, b: IrValue) -> Result<bool, IrError> {
+        let (a, b) = (self.plan.loc(a)?, self.plan.loc(b)?);
+        if a.base != b.base {
+            return Ok(true);
+        }
+        // [lo, hi) in elements, over every step of the view's loop.
+        let range = |l: &Loc, same_step: bool| -> Option<(isize, isize)> {
+            let (lo, hi) = (l.offset, l.extent(1));
+            match l.k {
+                Some((k, per_k)) if !same_step => {
+                    let span = per_k * (self.steps.get(&k)?.saturating_sub(1) as isize);
+                    Some((lo + span.min(0), hi + span.max(0)))
+                }
+                _ => Some((lo, hi)),
+            }
+        };
+        let same_step = matches!((a.k, b.k), (Some(x), Some(y)) if x == y);
+        Ok(match (range(&a, same_step), range(&b, same_step)) {
+            (Some((alo, ahi)), Some((blo, bhi))) => ahi <= blo || bhi <= alo,
+            _ => false,
+        })
+    }
+
     /// A fused kernel's code, over all its rows, or over `first..end` when given.
+    /// `movable`: no output overlaps an input, so the vector loop's loads may move next
+    /// to their first use.
     fn fused_rows(
         &mut self,
         k: &FusedKernel,
         ins: &[Mat],
         outs: &[Mat],
+        movable: bool,
         range: Option<(Value, Value)>,
     ) -> Result<(), IrError> {
         let (rows, cols) = (outs[0].rows, outs[0].cols);
+        // Loads are ordered side effects unless marked `can_move`, and Cranelift places
+        // pure code where the stores at the end first need it: so every load came first
+        // and stayed live across all the activations (W3's cell kernel spilled 14 of
+        // them). A load may move only where no store of the kernel can change what it
+        // reads (`movable`), and only in a real loop over the columns, whose index makes
+        // its address unique to this kernel, so that it cannot merge with a load of the
+        // same address elsewhere, across the stores in between.
+        let movable = movable && cols.div_ceil(4) > SMALL_LOOP;
+        // Two passes over a row when activations feed activations (an LSTM cell: the
+        // gates' sigmoids, then tanh of the new cell state). Done in one pass, each
+        // vector's work is one chain of two activations and a division each, about 100
+        // cycles long, and the core's window holds little more than one vector's
+        // instructions, so the chains barely overlap. The first pass computes the
+        // activations that read no other into a scratch row on the stack (in L1); the
+        // second reads them back and does the rest.
+        let level = activation_levels(k);
+        let firsts: Vec<usize> = (0..k.nodes.len())
+            .filter(|&n| {
+                matches!(
+                    k.nodes[n],
+                    FNode::Act(Activation::Tanh | Activation::Sigmoid, _)
+                ) && level[n] == 1
+            })
+            .collect();
+        let padded = cols.div_ceil(4) * 4;
+        let scratch_bytes = firsts.len() * padded * 4;
+        let split = level.iter().any(|&l| l >= 2) && scratch_bytes <= SCRATCH_MAX;
+        let scratch = split.then(|| {
+            self.b.create_sized_stack_slot(StackSlotData::new(
+                StackSlotKind::ExplicitSlot,
+                scratch_bytes as u32,
+                4,
+            ))
+        });
+        let scratch_flags = MemFlagsData::trusted();
         let body = |e: &mut Self, r: Value| {
             let in_rows: Vec<Value> = ins
                 .iter()
@@ -875,27 +984,40 @@ impl Emitter<'_, '_, '_> {
                 .map(|(i, m)| if k.broadcast[i] { m.ptr } else { e.row(m, r) })
                 .collect();
             let out_rows: Vec<Value> = outs.iter().map(|m| e.row(m, r)).collect();
+            let scratch = scratch.map(|slot| e.b.ins().stack_addr(types::I64, slot, 0));
+            // The first pass: the first-level activations into the scratch row.
+            if let Some(base) = scratch {
+                e.columns(cols, true, |e, off, ty| {
+                    let mut t = vec![None; k.nodes.len()];
+                    let at = e.b.ins().iadd(base, off);
+                    for (j, &n) in firsts.iter().enumerate() {
+                        let v = e.node(k, &mut t, n, ty, movable, ins, &in_rows, off);
+                        e.b.ins()
+                            .store(scratch_flags, v, at, (j * padded * 4) as i32);
+                    }
+                    Ok(())
+                })?;
+            }
             e.columns(cols, true, |e, off, ty| {
-                let mut t: Vec<Value> = Vec::with_capacity(k.nodes.len());
-                for node in &k.nodes {
-                    let v = match *node {
-                        FNode::Input(i) => e.load(ty, &ins[i], in_rows[i], off),
-                        FNode::Bin(BinOp::Add, a, b) => e.b.ins().fadd(t[a], t[b]),
-                        FNode::Bin(BinOp::Sub, a, b) => e.b.ins().fsub(t[a], t[b]),
-                        FNode::Bin(BinOp::Mul, a, b) => e.b.ins().fmul(t[a], t[b]),
-                        FNode::Act(a, x) => math::activation(e.b, ty, a, t[x]),
-                        FNode::OneMinus(x) => {
-                            let one = math::cst(e.b, ty, 1.0);
-                            e.b.ins().fsub(one, t[x])
-                        }
-                        FNode::ActGrad(a, x, y, dy) => {
-                            math::activation_grad(e.b, ty, a, t[x], t[y], t[dy])
-                        }
-                    };
-                    t.push(v);
+                let mut t = vec![None; k.nodes.len()];
+                if let Some(base) = scratch {
+                    let at = e.b.ins().iadd(base, off);
+                    for (j, &n) in firsts.iter().enumerate() {
+                        let v =
+                            e.b.ins()
+                                .load(ty, scratch_flags, at, (j * padded * 4) as i32);
+                        t[n] = Some(v);
+                    }
                 }
-                for (o, &node) in k.outputs.iter().enumerate() {
-                    e.store(t[node], out_rows[o], off);
+                // Every load comes before the first store, so an output may overwrite
+                // an input's buffer.
+                let results: Vec<Value> = k
+                    .outputs
+                    .iter()
+                    .map(|&n| e.node(k, &mut t, n, ty, movable, ins, &in_rows, off))
+                    .collect();
+                for (v, &row) in results.into_iter().zip(&out_rows) {
+                    e.store(v, row, off);
                 }
                 Ok(())
             })
@@ -905,4 +1027,72 @@ impl Emitter<'_, '_, '_> {
             None => self.counted(rows, body),
         }
     }
+
+    /// Node `n` of a fused kernel at one column offset, computing (once) what it needs;
+    /// `t` holds the nodes computed so far.
+    #[allow(clippy::too_many_arguments)]
+    fn node(
+        &mut self,
+        k: &FusedKernel,
+        t: &mut [Option<Value>],
+        n: usize,
+        ty: Type,
+        movable: bool,
+        ins: &[Mat],
+        in_rows: &[Value],
+        off: Value,
+    ) -> Value {
+        if let Some(v) = t[n] {
+            return v;
+        }
+        let mut arg = |e: &mut Self, a: usize| e.node(k, t, a, ty, movable, ins, in_rows, off);
+        let v = match k.nodes[n] {
+            FNode::Input(i) if movable && ty == types::F32X4 => {
+                self.load_movable(ty, &ins[i], in_rows[i], off)
+            }
+            FNode::Input(i) => self.load(ty, &ins[i], in_rows[i], off),
+            FNode::Bin(op, a, b) => {
+                let (a, b) = (arg(self, a), arg(self, b));
+                match op {
+                    BinOp::Add => self.b.ins().fadd(a, b),
+                    BinOp::Sub => self.b.ins().fsub(a, b),
+                    BinOp::Mul => self.b.ins().fmul(a, b),
+                }
+            }
+            FNode::Act(a, x) => {
+                let x = arg(self, x);
+                math::activation(self.b, ty, a, x)
+            }
+            FNode::OneMinus(x) => {
+                let x = arg(self, x);
+                let one = math::cst(self.b, ty, 1.0);
+                self.b.ins().fsub(one, x)
+            }
+            FNode::ActGrad(a, x, y, dy) => {
+                let (x, y, dy) = (arg(self, x), arg(self, y), arg(self, dy));
+                math::activation_grad(self.b, ty, a, x, y, dy)
+            }
+        };
+        t[n] = Some(v);
+        v
+    }
+}
+
+/// Per node of a fused kernel, the most activations on a path from the inputs to it
+/// (its own included).
+fn activation_levels(k: &FusedKernel) -> Vec<usize> {
+    let mut level: Vec<usize> = Vec::with_capacity(k.nodes.len());
+    for node in &k.nodes {
+        let l = match *node {
+            FNode::Input(_) => 0,
+            FNode::Bin(_, a, b) => level[a].max(level[b]),
+            // Only the costly ones count: tanh and sigmoid, a division each.
+            FNode::Act(Activation::Tanh | Activation::Sigmoid, x) => level[x] + 1,
+            FNode::Act(_, x) => level[x],
+            FNode::OneMinus(x) => level[x],
+            FNode::ActGrad(_, x, y, dy) => level[x].max(level[y]).max(level[dy]),
+        };
+        level.push(l);
+    }
+    level
 }
