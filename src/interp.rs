@@ -141,6 +141,7 @@ fn exec(
                 let wt = w.t().as_standard_layout().into_owned();
                 matmul(&arg(env, 0)?, &wt)?
             }
+            Op::Transpose => arg(env, 0)?.t().as_standard_layout().into_owned(),
             Op::MatMulAT => {
                 let (a, d) = (arg(env, 0)?, arg(env, 1)?);
                 let k = *a.shape().last().unwrap_or(&1);

@@ -153,16 +153,21 @@ fn each_pass_matches_its_golden_file() {
 /// The training step of an LSTM whose recurrent kernel (32×128) is large enough for
 /// autodiff to defer its gradient past the loop, with inputs for the interpreter.
 fn lstm_train_step() -> (Function, Vec<ArrayD<f64>>) {
+    lstm_train_step_of(2)
+}
+
+/// [`lstm_train_step`] for `batch` rows.
+fn lstm_train_step_of(batch: usize) -> (Function, Vec<ArrayD<f64>>) {
     let spec = lstmc::front::load(
         "m.model",
-        b"LSTM 32 input_dim=3 input_length=20 batch_size=2\nDense 2\ncompile loss=mse optimizer=adam\n",
+        format!("LSTM 32 input_dim=3 input_length=20 batch_size={batch}\nDense 2\ncompile loss=mse optimizer=adam\n").as_bytes(),
     )
     .unwrap();
     let w = lstmc::weights::Weights::init(&spec, 3);
-    let forward = lower::lower(&spec, lower::Shapes { batch: 2, time: 20 }).unwrap();
+    let forward = lower::lower(&spec, lower::Shapes { batch, time: 20 }).unwrap();
     let opt = lstmc::model::Optimizer::keras_default("adam").unwrap();
     let step = lstmc::autodiff::train_step(&forward, lstmc::model::Loss::Mse, opt).unwrap();
-    let x = ArrayD::from_shape_fn(ndarray::IxDyn(&[2, 20, 3]), |i| {
+    let x = ArrayD::from_shape_fn(ndarray::IxDyn(&[batch, 20, 3]), |i| {
         ((i[0] * 60 + i[1] * 3 + i[2]) % 7) as f64 / 7.0 - 0.4
     });
     let inputs: Vec<ArrayD<f64>> = step
@@ -428,4 +433,42 @@ fn loops_compute_stacked_values_in_place() {
     // Seven values a step; only the first step of an iteration reads h and c from the
     // loop's parameters (copied), the others from the step before, in the body.
     assert_eq!(in_place, 7 * per_iter - 2);
+}
+
+/// `transpose` on a training step of 8 rows: the backward loop reads the recurrent
+/// kernel (32×128) through one transpose made before the loop, not transposed at every
+/// step, with the same numbers. At 2 rows (the few-row kernels' case) nothing changes.
+#[test]
+fn the_backward_loop_reads_a_transposed_recurrent_kernel() {
+    use lstmc::ir::Op;
+    let (step, inputs) = lstm_train_step_of(8);
+    let in_loops = |f: &Function, pick: &dyn Fn(&Op) -> bool| {
+        let mut n = 0;
+        for b in f.reachable_blocks().into_iter().skip(1) {
+            n += f
+                .block(b)
+                .insts
+                .iter()
+                .filter(|&&i| pick(&f.inst(i).op))
+                .count();
+        }
+        n
+    };
+    let is_bt = |op: &Op| *op == Op::MatMulBT;
+    let before = optimized_alike(&step, "concat", &inputs);
+    assert!(in_loops(&before, &is_bt) >= 1);
+    let after = optimized_alike(&step, "transpose", &inputs);
+    assert_eq!(in_loops(&after, &is_bt), 0);
+    let transposes: Vec<_> = after
+        .block(after.entry)
+        .insts
+        .iter()
+        .filter(|&&i| after.inst(i).op == Op::Transpose)
+        .map(|&i| after.shape(after.result(i)).to_vec())
+        .collect();
+    assert_eq!(transposes, vec![vec![128, 32]]);
+    let (small, inputs) = lstm_train_step();
+    let before = optimized_alike(&small, "concat", &inputs);
+    let after = optimized_alike(&small, "transpose", &inputs);
+    assert_eq!(ops(&before), ops(&after));
 }

@@ -159,6 +159,9 @@ pub enum Op {
     Yield,
     /// `(d: [.., N], w: [K, N]) -> [.., K]`: `d · wᵀ` (gradient of a matmul's operand).
     MatMulBT,
+    /// `(w: [K, N]) -> [N, K]`: the transpose of a matrix (a weight that a loop reads
+    /// transposed at every step, transposed once before it: see `passes::transpose`).
+    Transpose,
     /// `(a: [.., K], d: [.., N]) -> [K, N]`: `aᵀ · d` over all leading axes (gradient of a weight).
     MatMulAT,
     /// `(d: [.., N]) -> [N]`: sum over the leading axes (gradient of a bias).
@@ -250,6 +253,7 @@ impl Op {
             } => format!("loop[{steps}x{per_iter}]"),
             Op::Yield => "yield".into(),
             Op::MatMulBT => "matmul_bt".into(),
+            Op::Transpose => "transpose".into(),
             Op::MatMulAT => "matmul_at".into(),
             Op::SumRows => "sum_rows".into(),
             Op::ActGrad(a) => format!("{}_grad", a.name()),
@@ -668,6 +672,13 @@ pub fn infer(op: &Op, args: &[&Ty]) -> Result<Vec<Ty>, IrError> {
                     "cannot multiply {:?} by the transpose of {:?}",
                     d, w
                 )),
+            }
+        }
+        Op::Transpose => {
+            arity(1)?;
+            match tensor(0)? {
+                &[k, n] => Ok(vec![Ty::Tensor(vec![n, k])]),
+                w => err(format!("cannot transpose {w:?}: not a matrix")),
             }
         }
         Op::MatMulAT => {

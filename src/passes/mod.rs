@@ -15,6 +15,7 @@ pub mod fuse_elementwise;
 pub mod fuse_gates;
 pub mod hoist;
 pub mod schedule_updates;
+pub mod transpose;
 pub mod unroll;
 
 use crate::ir::{verify::verify, Function, IrError};
@@ -88,6 +89,11 @@ pub const PASSES: &[Pass] = &[
         name: "concat",
         about: "sums of zero-padded pieces (a split value's adjoint) into one concatenation",
         run: concat::run,
+    },
+    Pass {
+        name: "transpose",
+        about: "a weight that a loop reads transposed at every step (d·Uᵀ) transposed once before it",
+        run: transpose::run,
     },
     Pass {
         name: "fuse-elementwise",
