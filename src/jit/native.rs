@@ -282,6 +282,14 @@ impl Product {
         if rows.is_empty() || cols.is_empty() {
             return;
         }
+        // The gemm crate repacks the weight operand (its lhs) when the other dimension
+        // exceeds 8 of its 6-column microkernel blocks: W4's recurrent product (64 rows)
+        // repacked its 4 MB recurrent kernel at every step. At 16 blocks it reads the
+        // weight in place up to 96 rows: W4 forward at 1 thread 275.3-278.1 -> 267.5-270.5
+        // ms, alternating runs (W3 and W5, at 32 rows, never repacked). It is a
+        // process-wide setting of the gemm crate.
+        static PACKING: std::sync::Once = std::sync::Once::new();
+        PACKING.call_once(|| gemm::set_lhs_packing_threshold_single_thread(16));
         // SAFETY: called by generated code with pointers and sizes from a bounds-checked
         // plan, for a block inside the planned `m × n` product.
         unsafe {
