@@ -767,29 +767,28 @@ impl Emitter<'_, '_, '_> {
         Ok(())
     }
 
-    fn load(&mut self, ty: Type, m: &Mat, row: Value, off: Value) -> Value {
-        let p = self.b.ins().iadd(row, off);
-        let fl = if m.readonly {
+    /// The flags of a load from `m`: `readonly` for an input no update writes.
+    fn load_flags(&self, m: &Mat) -> MemFlagsData {
+        if m.readonly {
             self.flags.read_input
         } else {
             self.flags.write
-        };
+        }
+    }
+
+    fn load(&mut self, ty: Type, m: &Mat, row: Value, off: Value) -> Value {
+        let p = self.b.ins().iadd(row, off);
+        let fl = self.load_flags(m);
         self.b.ins().load(ty, fl, p, 0)
     }
 
     /// [`Self::load`] that Cranelift may move to its first use (see [`Self::fused_rows`]).
     fn load_movable(&mut self, ty: Type, m: &Mat, row: Value, off: Value) -> Value {
         let p = self.b.ins().iadd(row, off);
-        let fl = if m.readonly {
-            self.flags.read_input
-        } else {
-            self.flags.write
-        };
         // Cranelift moves only loads that are `readonly` as well: true for the kernel's
         // duration, which is all the movable load's address (unique to the kernel) sees.
-        self.b
-            .ins()
-            .load(ty, fl.with_readonly().with_can_move(), p, 0)
+        let fl = self.load_flags(m).with_readonly().with_can_move();
+        self.b.ins().load(ty, fl, p, 0)
     }
 
     fn store(&mut self, v: Value, row: Value, off: Value) {
@@ -833,11 +832,7 @@ impl Emitter<'_, '_, '_> {
             e.counted(src.cols, |e, c| {
                 let from = e.b.ins().imul_imm_s(c, 4);
                 let from = e.b.ins().iadd(row, from);
-                let fl = if src.readonly {
-                    e.flags.read_input
-                } else {
-                    e.flags.write
-                };
+                let fl = e.load_flags(&src);
                 let v = e.b.ins().load(types::F32, fl, from, 0);
                 let to = e.b.ins().imul_imm_s(c, out.stride);
                 let to = e.b.ins().iadd(col, to);

@@ -226,11 +226,7 @@ impl Emitter<'_, '_, '_> {
             let woff = e.b.ins().imul_imm_s(kk, w.stride);
             let wrow = e.b.ins().iadd(wbase, woff);
             for (v, &acc) in accs.iter().enumerate() {
-                let fl = if w.readonly {
-                    e.flags.read_input
-                } else {
-                    e.flags.write
-                };
+                let fl = e.load_flags(&w);
                 let wv = e.b.ins().load(ty, fl, wrow, (v * lane) as i32);
                 let cur = e.b.use_var(acc);
                 let next = e.b.ins().fma(xv, wv, cur);
