@@ -1039,8 +1039,9 @@ impl Emitter<'_, '_, '_> {
                         t[n] = Some(v);
                     }
                 }
-                // Every load comes before the first store, so an output may overwrite
-                // an input's buffer.
+                // Every load is emitted before the first store (and a load that may
+                // move reads nothing an output overlaps), so an output may overwrite an
+                // input's buffer.
                 let results: Vec<Value> = k
                     .outputs
                     .iter()

@@ -60,7 +60,7 @@ fn transpose_in(f: &mut Function, b: Block) -> Result<(), IrError> {
                         && w.is_some_and(|w| !inside.contains(&w))
                         && qualifies(f, j)
                     {
-                        note(f.inst(j).args[1], pos, steps.max(2), j);
+                        note(f.inst(j).args[1], pos, steps, j);
                     }
                 }
             }
