@@ -82,7 +82,8 @@ enum Command {
     Run(run::RunArgs),
     /// Time the benchmark workloads W1..W5; one JSON line per measurement.
     Bench(bench::BenchArgs),
-    /// Print the Cranelift IR and the machine code generated for a model.
+    /// Print the Cranelift IR and the machine code of every function generated for a
+    /// model.
     Asm {
         /// The .model file.
         model: PathBuf,
@@ -92,6 +93,14 @@ enum Command {
         /// Steps per sample, when the model does not fix input_length.
         #[arg(long)]
         input_length: Option<usize>,
+        /// Generate code for this many threads: fused kernels large enough to split
+        /// between them become functions of their own, printed too.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Print the training step's code instead: forward, loss, backward and the
+        /// optimizer's updates, as the `compile` line says (default: mse and rmsprop).
+        #[arg(long)]
+        train: bool,
     },
 }
 
@@ -138,7 +147,9 @@ pub fn main() -> ExitCode {
             model,
             batch_size,
             input_length,
-        } => asm(&model, batch_size, input_length),
+            threads,
+            train,
+        } => asm(&model, batch_size, input_length, threads, train),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -181,15 +192,7 @@ fn ir(
         lstmc::ir::verify::verify(&f)?;
     }
     if train {
-        let (loss, optimizer) = match &spec.compile {
-            Some(c) => (c.loss, c.optimizer),
-            None => (
-                lstmc::model::Loss::Mse,
-                lstmc::model::Optimizer::keras_default("rmsprop")
-                    .ok_or_else(|| Error::Internal("rmsprop has no defaults".into()))?,
-            ),
-        };
-        f = lstmc::autodiff::train_step(&f, loss, optimizer)?;
+        f = train_step(&spec, &f)?;
         lstmc::ir::verify::verify(&f)?;
     }
     if let Some(pass) = after {
@@ -215,20 +218,49 @@ fn ir(
     Ok(())
 }
 
-fn asm(model: &std::path::Path, batch: Option<usize>, time: Option<usize>) -> Result<(), Error> {
+/// The training step of a lowered forward function, with the loss and optimizer of the
+/// model's `compile` line (else Keras's defaults: mse and rmsprop).
+fn train_step(
+    spec: &lstmc::model::ModelSpec,
+    f: &lstmc::ir::Function,
+) -> Result<lstmc::ir::Function, Error> {
+    let (loss, optimizer) = match &spec.compile {
+        Some(c) => (c.loss, c.optimizer),
+        None => (
+            lstmc::model::Loss::Mse,
+            lstmc::model::Optimizer::keras_default("rmsprop")
+                .ok_or_else(|| Error::Internal("rmsprop has no defaults".into()))?,
+        ),
+    };
+    Ok(lstmc::autodiff::train_step(f, loss, optimizer)?)
+}
+
+fn asm(
+    model: &std::path::Path,
+    batch: Option<usize>,
+    time: Option<usize>,
+    threads: usize,
+    train: bool,
+) -> Result<(), Error> {
     let spec = load_model(model)?;
     let shapes = sizes(&spec, batch, time)?;
-    let f = lstmc::ir::lower::lower(&spec, shapes)?;
-    let options = lstmc::jit::Options {
+    let mut f = lstmc::ir::lower::lower(&spec, shapes)?;
+    if train {
+        f = train_step(&spec, &f)?;
+    }
+    let mut options = lstmc::jit::Options {
         keep_text: true,
         ..Default::default()
     };
+    options.tuning.threads = threads.max(1);
     let c = lstmc::jit::compile(f, &options)?;
     outln!(
-        "; function `forward` of model `{}`, batch {}, {} steps: arena of {} floats, compiled in {:.2} ms",
+        "; {} of model `{}`, batch {}, {} steps, {} thread(s): arena of {} floats, compiled in {:.2} ms",
+        if train { "training step" } else { "forward function" },
         spec.name,
         shapes.batch,
         shapes.time,
+        options.tuning.threads,
         c.plan.arena_len,
         c.compile_time.as_secs_f64() * 1e3
     );

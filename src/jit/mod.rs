@@ -165,6 +165,7 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         module.define_function(id, ctx).map_err(cl_err)?;
         if let Some(text) = machine.as_mut() {
             let code = ctx.compiled_code().and_then(|c| c.vcode.clone());
+            text.push_str(&format!("; function {}\n", ctx.func.name));
             text.push_str(&code.unwrap_or_default());
         }
         module.clear_context(ctx);
