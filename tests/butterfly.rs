@@ -3,20 +3,16 @@
 //! tutorial found, it reaches 100% and generates all 50 notes of the song from
 //! its first four.
 
-use std::process::Command;
+mod common;
+
+use common::lstmc_ok;
 
 #[test]
 fn the_builtin_stateful_example_learns_the_whole_song() {
-    let out = Command::new(env!("CARGO_BIN_EXE_lstmc"))
-        .args(["run", "--json", "--quiet", "--threads", "1"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = lstmc_ok(
+        &["run", "--json", "--quiet", "--threads", "1"],
+        std::path::Path::new("."),
     );
-    let stdout = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<serde_json::Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

@@ -2,25 +2,15 @@
 //! generates: the forward function, the kernels outlined for threads, and with
 //! `--train` the training step.
 
-use std::process::Command;
+mod common;
+
+use common::lstmc_ok;
 
 /// `lstmc asm` on `text` with `args`: its standard output.
 fn asm(text: &str, args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("m.model"), text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_lstmc"))
-        .current_dir(dir.path())
-        .arg("asm")
-        .arg("m.model")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    lstmc_ok(&[&["asm", "m.model"][..], args].concat(), dir.path())
 }
 
 /// The names of the functions in the Cranelift IR part (`function u0:N(...)`), and of

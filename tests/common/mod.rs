@@ -263,3 +263,20 @@ pub fn split_options() -> lstmc::jit::Options {
     options.tuning.threads = 2;
     options
 }
+
+/// Runs the `lstmc` binary with `args` in `dir`, checks that it succeeds (else panics
+/// with its standard error), and returns its standard output.
+pub fn lstmc_ok(args: &[&str], dir: &std::path::Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_lstmc"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "lstmc {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
