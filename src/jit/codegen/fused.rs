@@ -1,0 +1,379 @@
+//! Fused elementwise kernels: their code (in one pass over a row, or two when
+//! activations feed activations), and their outlined form, a function of a row
+//! range that `lstmc_rows` splits between threads.
+
+use super::{flags, math, Emitter, Hosts, Mat, Tuning, SMALL_LOOP};
+use crate::ir::{BinOp, FNode, Function, FusedKernel, IrError, Value as IrValue};
+use crate::jit::plan::{Loc, Plan};
+use crate::model::Activation;
+use cranelift_codegen::ir::{
+    types, AbiParam, InstBuilder, MemFlagsData, Signature, StackSlotData, StackSlotKind, Type,
+    Value,
+};
+use cranelift_frontend::FunctionBuilder;
+use cranelift_module::{FuncId, Module, ModuleError};
+use std::collections::HashMap;
+
+/// The largest stack scratch row of a two-pass fused kernel, in bytes.
+const SCRATCH_MAX: usize = 64 << 10;
+
+/// The layout of one operand of an outlined kernel: rows, columns, row stride in bytes,
+/// and whether it is a read-only input.
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    rows: usize,
+    cols: usize,
+    stride: i64,
+    readonly: bool,
+}
+
+/// A fused elementwise kernel outlined into its own function
+/// `extern "C" fn(operands: *const *mut f32, first_row: u64, end_row: u64)`, so that
+/// `lstmc_rows` can run its rows on several threads. The caller passes the operands'
+/// addresses (inputs, then outputs) in a stack slot.
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    /// The function to define.
+    pub id: FuncId,
+    kernel: FusedKernel,
+    ins: Vec<Layout>,
+    outs: Vec<Layout>,
+    /// No output overlaps an input ([`Emitter::disjoint`]).
+    movable: bool,
+}
+
+/// The signature of an outlined [`Kernel`].
+pub fn kernel_signature(module: &dyn Module) -> Signature {
+    let mut sig = module.make_signature();
+    sig.params
+        .extend(std::iter::repeat_n(AbiParam::new(types::I64), 3));
+    sig
+}
+
+/// Where generated code declares the functions it outlines.
+pub struct Outline<'a> {
+    /// The module that will define them.
+    pub module: &'a mut dyn Module,
+    /// The kernels declared so far, to define after the calling function.
+    pub kernels: Vec<Kernel>,
+}
+
+/// Emits the body of an outlined kernel of `f` into `b` (whose signature is
+/// [`kernel_signature`]).
+pub fn emit_kernel(
+    f: &Function,
+    plan: &Plan,
+    tuning: &Tuning,
+    b: &mut FunctionBuilder,
+    hosts: Hosts,
+    kernel: &Kernel,
+) -> Result<(), IrError> {
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    let [operands, first, end] = [0, 1, 2].map(|i| b.block_params(entry)[i]);
+    let flags = flags(f);
+    let mut mats = kernel
+        .ins
+        .iter()
+        .chain(&kernel.outs)
+        .enumerate()
+        .map(|(i, l)| Mat {
+            ptr: b
+                .ins()
+                .load(types::I64, flags.table, operands, (i * 8) as i32),
+            rows: l.rows,
+            cols: l.cols,
+            stride: l.stride,
+            readonly: l.readonly,
+        });
+    let ins: Vec<Mat> = mats.by_ref().take(kernel.ins.len()).collect();
+    let outs: Vec<Mat> = mats.collect();
+    let mut e = Emitter {
+        b,
+        f,
+        plan,
+        tuning: *tuning,
+        inputs: Vec::new(),
+        arena: operands,
+        ks: HashMap::new(),
+        steps: HashMap::new(),
+        hosts,
+        flags,
+        outline: None,
+        outer: HashMap::new(),
+    };
+    e.fused_rows(
+        &kernel.kernel,
+        &ins,
+        &outs,
+        kernel.movable,
+        Some((first, end)),
+    )?;
+    e.b.ins().return_(&[]);
+    e.b.seal_all_blocks();
+    Ok(())
+}
+
+impl Emitter<'_, '_, '_> {
+    /// A fused kernel: inline, or outlined and called through `lstmc_rows` when it is
+    /// large enough to split between threads.
+    pub(super) fn fused(
+        &mut self,
+        k: &FusedKernel,
+        ins: &[Mat],
+        outs: &[Mat],
+        movable: bool,
+    ) -> Result<(), IrError> {
+        let (rows, cols) = (outs[0].rows, outs[0].cols);
+        let parallel = self.tuning.threads > 1
+            && rows >= 2
+            && rows * cols >= self.tuning.parallel_elems
+            && self.outline.is_some();
+        if !parallel {
+            return self.fused_rows(k, ins, outs, movable, None);
+        }
+        let layout = |m: &Mat| Layout {
+            rows: m.rows,
+            cols: m.cols,
+            stride: m.stride,
+            readonly: m.readonly,
+        };
+        let outline = self
+            .outline
+            .as_mut()
+            .ok_or_else(|| IrError("no module to outline a kernel into".into()))?;
+        let sig = kernel_signature(outline.module);
+        let id = outline
+            .module
+            .declare_anonymous_function(&sig)
+            .map_err(|e: ModuleError| IrError(format!("cranelift: {e}")))?;
+        let callee = outline.module.declare_func_in_func(id, self.b.func);
+        outline.kernels.push(Kernel {
+            id,
+            kernel: k.clone(),
+            ins: ins.iter().map(layout).collect(),
+            outs: outs.iter().map(layout).collect(),
+            movable,
+        });
+        let n = ins.len() + outs.len();
+        let slot = self.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            (n * 8) as u32,
+            3,
+        ));
+        for (i, m) in ins.iter().chain(outs).enumerate() {
+            self.b
+                .ins()
+                .stack_store(types::I64, m.ptr, slot, (i * 8) as i32);
+        }
+        let operands = self.b.ins().stack_addr(types::I64, slot, 0);
+        let callee = self.b.ins().func_addr(types::I64, callee);
+        let args = [
+            callee,
+            operands,
+            self.imm(rows as i64),
+            self.imm(self.tuning.threads as i64),
+        ];
+        self.b.ins().call(self.hosts.rows, &args);
+        Ok(())
+    }
+
+    /// Whether two values' memory cannot overlap, for all the steps of the loops whose
+    /// step numbers place them (two views placed by the same step number are compared at
+    /// the same step).
+    pub(super) fn disjoint(&self, a: IrValue, b: IrValue) -> Result<bool, IrError> {
+        let (a, b) = (self.plan.loc(a)?, self.plan.loc(b)?);
+        if a.base != b.base {
+            return Ok(true);
+        }
+        // [lo, hi) in elements, over every step of the view's loop.
+        let range = |l: &Loc, same_step: bool| -> Option<(isize, isize)> {
+            let (lo, hi) = (l.offset, l.extent(1));
+            match l.k {
+                Some((k, per_k)) if !same_step => {
+                    let span = per_k * (self.steps.get(&k)?.saturating_sub(1) as isize);
+                    Some((lo + span.min(0), hi + span.max(0)))
+                }
+                _ => Some((lo, hi)),
+            }
+        };
+        let same_step = matches!((a.k, b.k), (Some(x), Some(y)) if x == y);
+        Ok(match (range(&a, same_step), range(&b, same_step)) {
+            (Some((alo, ahi)), Some((blo, bhi))) => ahi <= blo || bhi <= alo,
+            _ => false,
+        })
+    }
+
+    /// A fused kernel's code, over all its rows, or over `first..end` when given.
+    /// `movable`: no output overlaps an input, so the vector loop's loads may move next
+    /// to their first use.
+    fn fused_rows(
+        &mut self,
+        k: &FusedKernel,
+        ins: &[Mat],
+        outs: &[Mat],
+        movable: bool,
+        range: Option<(Value, Value)>,
+    ) -> Result<(), IrError> {
+        let (rows, cols) = (outs[0].rows, outs[0].cols);
+        // Loads are ordered side effects unless marked `can_move`, and Cranelift places
+        // pure code where the stores at the end first need it: so every load came first
+        // and stayed live across all the activations (W3's cell kernel spilled 14 of
+        // them). A load may move only where no store of the kernel can change what it
+        // reads (`movable`), and only in a real loop over the columns, whose index makes
+        // its address unique to this kernel, so that it cannot merge with a load of the
+        // same address elsewhere, across the stores in between.
+        let movable = movable && cols.div_ceil(4) > SMALL_LOOP;
+        // Two passes over a row when activations feed activations (an LSTM cell: the
+        // gates' sigmoids, then tanh of the new cell state). Done in one pass, each
+        // vector's work is one chain of two activations and a division each, about 100
+        // cycles long, and the core's window holds little more than one vector's
+        // instructions, so the chains barely overlap. The first pass computes the
+        // activations that read no other into a scratch row on the stack (in L1); the
+        // second reads them back and does the rest.
+        let level = activation_levels(k);
+        let firsts: Vec<usize> = (0..k.nodes.len())
+            .filter(|&n| {
+                matches!(
+                    k.nodes[n],
+                    FNode::Act(Activation::Tanh | Activation::Sigmoid, _)
+                ) && level[n] == 1
+            })
+            .collect();
+        let padded = cols.div_ceil(4) * 4;
+        let scratch_bytes = firsts.len() * padded * 4;
+        // Only rows long enough for a real loop: shorter ones are straight-line code
+        // whose vectors the core overlaps anyway, and there the round trip through the
+        // scratch row lengthens a small step's chain (W1 forward 0.210 -> 0.22-0.25 µs).
+        let split = level.iter().any(|&l| l >= 2)
+            && scratch_bytes <= SCRATCH_MAX
+            && cols.div_ceil(4) > SMALL_LOOP;
+        let scratch = split.then(|| {
+            self.b.create_sized_stack_slot(StackSlotData::new(
+                StackSlotKind::ExplicitSlot,
+                scratch_bytes as u32,
+                4,
+            ))
+        });
+        let scratch_flags = MemFlagsData::trusted();
+        let body = |e: &mut Self, r: Value| {
+            let in_rows: Vec<Value> = ins
+                .iter()
+                .enumerate()
+                .map(|(i, m)| if k.broadcast[i] { m.ptr } else { e.row(m, r) })
+                .collect();
+            let out_rows: Vec<Value> = outs.iter().map(|m| e.row(m, r)).collect();
+            let scratch = scratch.map(|slot| e.b.ins().stack_addr(types::I64, slot, 0));
+            // The first pass: the first-level activations into the scratch row.
+            if let Some(base) = scratch {
+                e.columns(cols, true, |e, off, ty| {
+                    let mut t = vec![None; k.nodes.len()];
+                    let at = e.b.ins().iadd(base, off);
+                    for (j, &n) in firsts.iter().enumerate() {
+                        let v = e.node(k, &mut t, n, ty, movable, ins, &in_rows, off);
+                        e.b.ins()
+                            .store(scratch_flags, v, at, (j * padded * 4) as i32);
+                    }
+                    Ok(())
+                })?;
+            }
+            e.columns(cols, true, |e, off, ty| {
+                let mut t = vec![None; k.nodes.len()];
+                if let Some(base) = scratch {
+                    let at = e.b.ins().iadd(base, off);
+                    for (j, &n) in firsts.iter().enumerate() {
+                        let v =
+                            e.b.ins()
+                                .load(ty, scratch_flags, at, (j * padded * 4) as i32);
+                        t[n] = Some(v);
+                    }
+                }
+                // Every load is emitted before the first store (and a load that may
+                // move reads nothing an output overlaps), so an output may overwrite an
+                // input's buffer.
+                let results: Vec<Value> = k
+                    .outputs
+                    .iter()
+                    .map(|&n| e.node(k, &mut t, n, ty, movable, ins, &in_rows, off))
+                    .collect();
+                for (v, &row) in results.into_iter().zip(&out_rows) {
+                    e.store(v, row, off);
+                }
+                Ok(())
+            })
+        };
+        match range {
+            Some((first, end)) => self.range(first, end, body),
+            None => self.counted(rows, body),
+        }
+    }
+
+    /// Node `n` of a fused kernel at one column offset, computing (once) what it needs;
+    /// `t` holds the nodes computed so far.
+    #[allow(clippy::too_many_arguments)]
+    fn node(
+        &mut self,
+        k: &FusedKernel,
+        t: &mut [Option<Value>],
+        n: usize,
+        ty: Type,
+        movable: bool,
+        ins: &[Mat],
+        in_rows: &[Value],
+        off: Value,
+    ) -> Value {
+        if let Some(v) = t[n] {
+            return v;
+        }
+        let mut arg = |e: &mut Self, a: usize| e.node(k, t, a, ty, movable, ins, in_rows, off);
+        let v = match k.nodes[n] {
+            FNode::Input(i) if movable && ty == types::F32X4 => {
+                self.load_movable(ty, &ins[i], in_rows[i], off)
+            }
+            FNode::Input(i) => self.load(ty, &ins[i], in_rows[i], off),
+            FNode::Bin(op, a, b) => {
+                let (a, b) = (arg(self, a), arg(self, b));
+                match op {
+                    BinOp::Add => self.b.ins().fadd(a, b),
+                    BinOp::Sub => self.b.ins().fsub(a, b),
+                    BinOp::Mul => self.b.ins().fmul(a, b),
+                }
+            }
+            FNode::Act(a, x) => {
+                let x = arg(self, x);
+                math::activation(self.b, ty, a, x)
+            }
+            FNode::OneMinus(x) => {
+                let x = arg(self, x);
+                let one = math::cst(self.b, ty, 1.0);
+                self.b.ins().fsub(one, x)
+            }
+            FNode::ActGrad(a, x, y, dy) => {
+                let (x, y, dy) = (arg(self, x), arg(self, y), arg(self, dy));
+                math::activation_grad(self.b, ty, a, x, y, dy)
+            }
+        };
+        t[n] = Some(v);
+        v
+    }
+}
+
+/// Per node of a fused kernel, the most activations on a path from the inputs to it
+/// (its own included).
+fn activation_levels(k: &FusedKernel) -> Vec<usize> {
+    let mut level: Vec<usize> = Vec::with_capacity(k.nodes.len());
+    for node in &k.nodes {
+        let l = match *node {
+            FNode::Input(_) => 0,
+            FNode::Bin(_, a, b) => level[a].max(level[b]),
+            // Only the costly ones count: tanh and sigmoid, a division each.
+            FNode::Act(Activation::Tanh | Activation::Sigmoid, x) => level[x] + 1,
+            FNode::Act(_, x) => level[x],
+            FNode::OneMinus(x) => level[x],
+            FNode::ActGrad(_, x, y, dy) => level[x].max(level[y]).max(level[dy]),
+        };
+        level.push(l);
+    }
+    level
+}
