@@ -59,3 +59,26 @@ fn asm_prints_every_generated_function() {
     assert!(ir3.len() > ir2.len(), "backward kernels missing:\n{train}");
     assert!(train.len() > two.len());
 }
+
+/// However many two-pass cell kernels a function has (here 48: three LSTM(2048) layers
+/// over 16 unrolled steps), they share one scratch row, so every frame stays small
+/// enough for a thread's stack; frames above a page are probed page by page.
+#[test]
+fn frames_stay_small_however_many_kernels() {
+    let text = "model big\nLSTM 2048 input_dim=8 input_length=16 batch_size=8 return_sequences\nLSTM 2048 return_sequences\nLSTM 2048\n";
+    let out = asm(text, &[]);
+    let frames: Vec<u64> = out
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("subq $0x")?.strip_suffix(", %rsp"))
+        .map(|hex| u64::from_str_radix(hex, 16).unwrap())
+        .collect();
+    assert!(!frames.is_empty());
+    let largest = *frames.iter().max().unwrap();
+    assert!(largest < 64 << 10, "a frame of {largest} bytes");
+    if largest > 4096 {
+        assert!(
+            out.contains("stack_probe_loop"),
+            "a large frame without probes"
+        );
+    }
+}

@@ -22,7 +22,7 @@ use super::math;
 use super::plan::{Base, Loc, Plan};
 use crate::ir::{Function, IrError, Op, Value as IrValue};
 use cranelift_codegen::ir::{
-    condcodes::IntCC, types, FuncRef, InstBuilder, MemFlagsData, Type, Value,
+    condcodes::IntCC, types, FuncRef, InstBuilder, MemFlagsData, StackSlot, Type, Value,
 };
 use cranelift_frontend::FunctionBuilder;
 use std::collections::HashMap;
@@ -147,6 +147,7 @@ pub fn emit(
         flags,
         outline: Some(outline),
         outer: deferred_outer(f, plan, tuning)?,
+        scratch: None,
     };
     e.block(f.entry)?;
     e.b.ins().return_(&[]);
@@ -170,6 +171,9 @@ struct Emitter<'a, 'b, 'c> {
     outline: Option<&'a mut Outline<'c>>,
     /// Gradients `aᵀ · d` that their update computes (see [`deferred_outer`]), with `a`, `d`.
     outer: HashMap<IrValue, (IrValue, IrValue)>,
+    /// The one scratch row of the function's two-pass kernels, made at the first one
+    /// (they run one after another, so they share it).
+    scratch: Option<StackSlot>,
 }
 
 /// The memory flags of the generated code's loads and stores.

@@ -67,6 +67,11 @@ fn isa() -> Result<std::sync::Arc<dyn cranelift_codegen::isa::TargetIsa>> {
     set(&mut flags, "opt_level", "speed")?;
     set(&mut flags, "use_colocated_libcalls", "false")?;
     set(&mut flags, "is_pic", "false")?;
+    // Frames larger than a page (the two-pass kernels' 32 KB scratch row, the operand
+    // tables of outlined kernels) touch each page on entry, so that a thread whose
+    // stack is too small faults on its guard page instead of writing past it.
+    set(&mut flags, "enable_probestack", "true")?;
+    set(&mut flags, "probestack_strategy", "inline")?;
     let builder = cranelift_native::builder()
         .map_err(|e| Error::Internal(format!("this CPU is not supported by Cranelift: {e}")))?;
     builder

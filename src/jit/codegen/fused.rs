@@ -14,8 +14,9 @@ use cranelift_frontend::FunctionBuilder;
 use cranelift_module::{FuncId, Module, ModuleError};
 use std::collections::HashMap;
 
-/// The largest stack scratch row of a two-pass fused kernel, in bytes.
-const SCRATCH_MAX: usize = 64 << 10;
+/// The size of the stack scratch row that a function's two-pass fused kernels share, in
+/// bytes: the first-level activations of a row of up to 2,048 LSTM units, in L1.
+const SCRATCH_MAX: usize = 32 << 10;
 
 /// The layout of one operand of an outlined kernel: rows, columns, row stride in bytes,
 /// and whether it is a read-only input.
@@ -102,6 +103,7 @@ pub fn emit_kernel(
         flags,
         outline: None,
         outer: HashMap::new(),
+        scratch: None,
     };
     e.fused_rows(
         &kernel.kernel,
@@ -249,13 +251,19 @@ impl Emitter<'_, '_, '_> {
         let split = level.iter().any(|&l| l >= 2)
             && scratch_bytes <= SCRATCH_MAX
             && cols.div_ceil(4) > SMALL_LOOP;
-        let scratch = split.then(|| {
-            self.b.create_sized_stack_slot(StackSlotData::new(
-                StackSlotKind::ExplicitSlot,
-                scratch_bytes as u32,
-                4,
-            ))
-        });
+        // One slot per function, whatever the number of kernels: a slot each made a
+        // 3-layer LSTM(2048)'s frame 1.5 MB, too much for a thread's stack.
+        let scratch = if split {
+            Some(*self.scratch.get_or_insert_with(|| {
+                self.b.create_sized_stack_slot(StackSlotData::new(
+                    StackSlotKind::ExplicitSlot,
+                    SCRATCH_MAX as u32,
+                    4,
+                ))
+            }))
+        } else {
+            None
+        };
         let scratch_flags = MemFlagsData::trusted();
         let body = |e: &mut Self, r: Value| {
             let in_rows: Vec<Value> = ins
