@@ -50,14 +50,11 @@ fn transpose_in(f: &mut Function, b: Block) -> Result<(), IrError> {
         match f.inst(i).op {
             Op::MatMulBT if qualifies(f, i) => note(f.inst(i).args[1], pos, 1, i),
             Op::Loop { body, steps, .. } => {
-                let mut inside: HashSet<Value> = f.block(body).params.iter().copied().collect();
-                for &j in &f.block(body).insts {
-                    inside.extend(f.inst(j).results.iter().copied());
-                }
+                let outside: HashSet<Value> = f.free_uses(body).into_iter().collect();
                 for &j in &f.block(body).insts {
                     let w = f.inst(j).args.get(1).copied();
                     if f.inst(j).op == Op::MatMulBT
-                        && w.is_some_and(|w| !inside.contains(&w))
+                        && w.is_some_and(|w| outside.contains(&w))
                         && qualifies(f, j)
                     {
                         note(f.inst(j).args[1], pos, steps, j);

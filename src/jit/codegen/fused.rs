@@ -226,7 +226,8 @@ impl Emitter<'_, '_, '_> {
         // reads (`movable`), and only in a real loop over the columns, whose index makes
         // its address unique to this kernel, so that it cannot merge with a load of the
         // same address elsewhere, across the stores in between.
-        let movable = movable && cols.div_ceil(4) > SMALL_LOOP;
+        let looped = cols.div_ceil(4) > SMALL_LOOP;
+        let movable = movable && looped;
         // Two passes over a row when activations feed activations (an LSTM cell: the
         // gates' sigmoids, then tanh of the new cell state). Done in one pass, each
         // vector's work is one chain of two activations and a division each, about 100
@@ -236,21 +237,14 @@ impl Emitter<'_, '_, '_> {
         // second reads them back and does the rest.
         let level = activation_levels(k);
         let firsts: Vec<usize> = (0..k.nodes.len())
-            .filter(|&n| {
-                matches!(
-                    k.nodes[n],
-                    FNode::Act(Activation::Tanh | Activation::Sigmoid, _)
-                ) && level[n] == 1
-            })
+            .filter(|&n| costly(&k.nodes[n]) && level[n] == 1)
             .collect();
         let padded = cols.div_ceil(4) * 4;
         let scratch_bytes = firsts.len() * padded * 4;
         // Only rows long enough for a real loop: shorter ones are straight-line code
         // whose vectors the core overlaps anyway, and there the round trip through the
         // scratch row lengthens a small step's chain (W1 forward 0.210 -> 0.22-0.25 µs).
-        let split = level.iter().any(|&l| l >= 2)
-            && scratch_bytes <= SCRATCH_MAX
-            && cols.div_ceil(4) > SMALL_LOOP;
+        let split = level.iter().any(|&l| l >= 2) && scratch_bytes <= SCRATCH_MAX && looped;
         // One slot per function, whatever the number of kernels: a slot each made a
         // 3-layer LSTM(2048)'s frame 1.5 MB, too much for a thread's stack.
         let scratch = if split {
@@ -375,13 +369,17 @@ fn activation_levels(k: &FusedKernel) -> Vec<usize> {
         let l = match *node {
             FNode::Input(_) => 0,
             FNode::Bin(_, a, b) => level[a].max(level[b]),
-            // Only the costly ones count: tanh and sigmoid, a division each.
-            FNode::Act(Activation::Tanh | Activation::Sigmoid, x) => level[x] + 1,
-            FNode::Act(_, x) => level[x],
+            FNode::Act(_, x) => level[x] + usize::from(costly(node)),
             FNode::OneMinus(x) => level[x],
             FNode::ActGrad(_, x, y, dy) => level[x].max(level[y]).max(level[dy]),
         };
         level.push(l);
     }
     level
+}
+
+/// Whether a node is a costly activation (tanh or sigmoid, a division each): the only
+/// ones that count in [`activation_levels`].
+fn costly(node: &FNode) -> bool {
+    matches!(node, FNode::Act(Activation::Tanh | Activation::Sigmoid, _))
 }
