@@ -30,6 +30,11 @@ use std::collections::HashMap;
 /// Loops of at most this many iterations are unrolled when generated.
 const SMALL_LOOP: usize = 4;
 
+/// Copies of at least this many elements call the host (`lstmc_copy`) instead of looping
+/// in generated code (W3's training step copies 32×256 states twice a step, and its time
+/// reversals 8 MB in all).
+const COPY_CALL_MIN: usize = 1024;
+
 /// Knobs of code generation.
 #[derive(Clone, Copy, Debug)]
 pub struct Tuning {
@@ -96,6 +101,8 @@ pub struct Hosts {
     pub rows: FuncRef,
     /// `lstmc_few_rows`
     pub few_rows: FuncRef,
+    /// `lstmc_copy`
+    pub copy: FuncRef,
 }
 
 /// The memory flags of a function's code: a training step writes its weights and slots
@@ -759,6 +766,19 @@ impl Emitter<'_, '_, '_> {
 
     fn copy(&mut self, src: &Mat, dst: &Mat) -> Result<(), IrError> {
         let (src, dst) = (*src, *dst);
+        // A generated copy moves 16 bytes per trip of a loop that recomputes its row
+        // addresses; the host's `memmove` moves 64 per instruction. Small copies (batch 1's
+        // states) stay inline, where a call would cost more than the copy.
+        if src.rows * src.cols >= COPY_CALL_MIN {
+            let args = [
+                self.rows_arg(&src),
+                self.rows_arg(&dst),
+                [self.imm(src.rows as i64), self.imm(src.cols as i64)],
+            ]
+            .concat();
+            self.b.ins().call(self.hosts.copy, &args);
+            return Ok(());
+        }
         self.counted(src.rows, |e, r| {
             let (sr, dr) = (e.row(&src, r), e.row(&dst, r));
             e.columns(src.cols, false, |e, off, ty| {

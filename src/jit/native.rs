@@ -189,6 +189,30 @@ extern "C" fn lstmc_gemm(
     lstmc_gemm_strided(m, n, k, a, lda, 1, b, ldb, 1, c, ldc, threads);
 }
 
+/// Copies `rows` rows of `cols` f32s from `src` to `dst` (row strides in elements): the
+/// carried states, per-step saves and time reversals that generated code would otherwise
+/// move 16 bytes per loop trip (see `Emitter::copy`).
+extern "C" fn lstmc_copy(
+    src: *const f32,
+    src_stride: u64,
+    dst: *mut f32,
+    dst_stride: u64,
+    rows: u64,
+    cols: u64,
+) {
+    for r in 0..rows as usize {
+        // SAFETY: called by generated code with pointers and sizes from a bounds-checked plan
+        // (every row lies inside the arena); `copy` allows the rows to overlap.
+        unsafe {
+            std::ptr::copy(
+                src.add(r * src_stride as usize),
+                dst.add(r * dst_stride as usize),
+                cols as usize,
+            );
+        }
+    }
+}
+
 /// Row-wise softmax from `src` to `dst` (f32, with row strides).
 extern "C" fn lstmc_softmax(
     src: *const f32,
@@ -889,8 +913,9 @@ impl Call {
 }
 
 /// The host symbols generated code may call, for `JITBuilder::symbol`.
-pub fn host_symbols() -> [(&'static str, *const u8); 8] {
+pub fn host_symbols() -> [(&'static str, *const u8); 9] {
     [
+        ("lstmc_copy", lstmc_copy as *const u8),
         ("lstmc_few_rows", lstmc_few_rows as *const u8),
         ("lstmc_rows", lstmc_rows as *const u8),
         ("lstmc_update", lstmc_update as *const u8),
