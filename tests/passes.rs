@@ -435,6 +435,31 @@ fn loops_compute_stacked_values_in_place() {
     assert_eq!(in_place, 7 * per_iter - 2);
 }
 
+/// `reverse` on a training step: autodiff stacks the backward loop's adjoints in
+/// reverse time order and reversed the input projection's (8×20×128) to pair it with
+/// the input (8×20×3) in the kernel's gradient; after the pass the input is reversed
+/// instead, no reversal wider than the hidden state (32) is left, and the numbers
+/// are the same.
+#[test]
+fn time_reversals_move_to_the_narrower_operand() {
+    use lstmc::ir::Op;
+    let (step, inputs) = lstm_train_step_of(8);
+    let reversals = |f: &Function| {
+        let mut shapes = Vec::new();
+        f.walk(f.entry, &mut |i| {
+            if f.inst(i).op == Op::ReverseTime {
+                shapes.push(f.shape(f.result(i)).to_vec());
+            }
+        });
+        shapes.sort();
+        shapes
+    };
+    let before = optimized_alike(&step, "concat", &inputs);
+    assert!(reversals(&before).contains(&vec![8, 20, 128]));
+    let after = optimized_alike(&step, "reverse", &inputs);
+    assert_eq!(reversals(&after), vec![vec![8, 20, 3], vec![8, 20, 32]]);
+}
+
 /// `transpose` on a training step of 8 rows: the backward loop reads the recurrent
 /// kernel (32×128) through one transpose made before the loop, not transposed at every
 /// step, with the same numbers. At 2 rows (the few-row kernels' case) nothing changes.

@@ -14,6 +14,7 @@ pub mod fold;
 pub mod fuse_elementwise;
 pub mod fuse_gates;
 pub mod hoist;
+pub mod reverse;
 pub mod schedule_updates;
 pub mod transpose;
 pub mod unroll;
@@ -89,6 +90,11 @@ pub const PASSES: &[Pass] = &[
         name: "concat",
         about: "sums of zero-padded pieces (a split value's adjoint) into one concatenation",
         run: concat::run,
+    },
+    Pass {
+        name: "reverse",
+        about: "time reversals of stacked adjoints moved to the smaller operand of a product over all steps, or dropped under sums",
+        run: reverse::run,
     },
     Pass {
         name: "transpose",
