@@ -435,6 +435,43 @@ fn loops_compute_stacked_values_in_place() {
     assert_eq!(in_place, 7 * per_iter - 2);
 }
 
+/// The plan of a training step writes each backward step's gate adjoints (four
+/// pieces of 32 columns from one kernel) straight into their columns of the
+/// concatenation that `dz·Uᵀ` reads, and of its stacked slice, instead of copying them.
+#[test]
+fn gate_adjoints_are_written_into_their_concatenation() {
+    use lstmc::ir::Op;
+    use lstmc::jit::plan::plan;
+    let (step, inputs) = lstm_train_step_of(8);
+    let f = optimized_alike(&step, "schedule-updates", &inputs);
+    let p = plan(&f).unwrap();
+    p.check_bounds(&f).unwrap();
+    let mut concats = Vec::new();
+    for b in f.reachable_blocks().into_iter().skip(1) {
+        for &i in &f.block(b).insts {
+            if let Op::ConcatLast { starts, total } = &f.inst(i).op {
+                concats.push((i, starts.clone(), *total));
+            }
+        }
+    }
+    assert!(!concats.is_empty());
+    for (i, starts, total) in concats {
+        let d = f.inst(i);
+        assert_eq!(total, 128);
+        let cl = p.loc(d.results[0]).unwrap();
+        for (&a, &start) in d.args.iter().zip(&starts) {
+            assert!(p.in_concat.contains(&a), "{a} of {i} is copied");
+            let al = p.loc(a).unwrap();
+            assert_eq!(al.offset, cl.offset + start as isize, "{a} of {i}");
+            assert_eq!(
+                (al.base, al.k, al.row_stride),
+                (cl.base, cl.k, cl.row_stride)
+            );
+            assert_eq!((al.rows, al.cols), (8, 32));
+        }
+    }
+}
+
 /// `reverse` on a training step: autodiff stacks the backward loop's adjoints in
 /// reverse time order and reversed the input projection's (8×20×128) to pair it with
 /// the input (8×20×3) in the kernel's gradient; after the pass the input is reversed

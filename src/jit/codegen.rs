@@ -483,7 +483,11 @@ impl Emitter<'_, '_, '_> {
                     if pieces.iter().map(|p| p.cols).sum::<usize>() < out.cols {
                         self.fill_zero(&out)?;
                     }
-                    for (src, &start) in pieces.iter().zip(starts) {
+                    for ((src, &start), a) in pieces.iter().zip(starts).zip(&d.args) {
+                        // Written in its columns by its kernel already.
+                        if self.plan.in_concat.contains(a) {
+                            continue;
+                        }
                         let at = Mat {
                             ptr: self.b.ins().iadd_imm_s(out.ptr, (start * 4) as i64),
                             cols: src.cols,

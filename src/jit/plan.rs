@@ -10,7 +10,7 @@
 //! memory; a value read by a loop body stays live for the whole loop.
 
 use crate::ir::{Block, Function, Inst, IrError, Op, Ty, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Where a matrix starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +69,9 @@ pub struct Plan {
     /// Per-step values planned in their loop's stacked result, with that result and
     /// their group `j` ([`Stacking`]): the loop stacks them without a copy.
     pub in_slice: HashMap<Value, (Value, usize)>,
+    /// Pieces of a `concat_last` that their kernel writes in its columns
+    /// ([`concat_in_place`]): the concatenation copies only the others.
+    pub in_concat: HashSet<Value>,
 }
 
 impl Plan {
@@ -246,6 +249,61 @@ fn stacked_in_place(f: &Function, order: &[Inst]) -> HashMap<Value, Stacking> {
     out
 }
 
+/// The pieces of concatenations that can be computed in place, each with its
+/// concatenation and first column. A backward step's gate adjoints come from one
+/// kernel in four pieces that `concat_last` joins for `dz·Uᵀ` (W3's training step
+/// copied 6.5 MB so); the kernel may as well write each piece into its columns.
+/// A piece qualifies when a fused kernel in the concatenation's block computes it
+/// (kernels write rows in whole vectors, so a piece must start at a multiple of 4
+/// columns and be a multiple of 4 wide unless it ends the row, whose padding takes
+/// the last vector: a GRU(13)'s third gate at column 26 wrote past its row), it is
+/// not stacked by a loop (it would have two places), and it is a piece once. The
+/// concatenation must cover every column (no zeros to fill) and not be a piece itself.
+fn concat_in_place(
+    f: &Function,
+    order: &[Inst],
+    lin: &Linear,
+    stacking: &HashMap<Value, Stacking>,
+) -> HashMap<Value, (Value, usize)> {
+    let mut out: HashMap<Value, (Value, usize)> = HashMap::new();
+    let mut twice = HashSet::new();
+    for &i in order {
+        let d = f.inst(i);
+        let Op::ConcatLast { starts, total } = &d.op else {
+            continue;
+        };
+        let c = d.results[0];
+        let widths: Vec<usize> = d.args.iter().map(|&a| matrix(f.shape(a)).1).collect();
+        if widths.iter().sum::<usize>() != *total {
+            continue;
+        }
+        for ((&a, &start), &w) in d.args.iter().zip(starts).zip(&widths) {
+            let by_kernel = f.def_inst(a).is_some_and(|p| {
+                matches!(f.inst(p).op, Op::Fused(_)) && lin.block_of.get(&p) == lin.block_of.get(&i)
+            });
+            let fits = start % LANES == 0 && (w % LANES == 0 || start + w == *total);
+            let rows_alike = matrix(f.shape(a)).0 == matrix(f.shape(c)).0;
+            if by_kernel
+                && fits
+                && rows_alike
+                && !stacking.contains_key(&a)
+                && out.insert(a, (c, start)).is_some()
+            {
+                twice.insert(a);
+            }
+        }
+    }
+    let nested: HashSet<Value> = out
+        .values()
+        .map(|&(c, _)| c)
+        .filter(|c| out.contains_key(c))
+        .collect();
+    out.retain(|a, (c, _)| !twice.contains(a) && !nested.contains(c));
+    let outputs: HashSet<Value> = f.outputs.iter().map(|&(_, v)| v).collect();
+    out.retain(|a, _| !outputs.contains(a));
+    out
+}
+
 /// Plans the buffers of an optimized function.
 pub fn plan(f: &Function) -> Result<Plan, IrError> {
     let lin = linearize(f);
@@ -278,12 +336,18 @@ pub fn plan(f: &Function) -> Result<Plan, IrError> {
     let mut order = Vec::new();
     f.walk(f.entry, &mut |i| order.push(i));
     let stacking = stacked_in_place(f, &order);
+    let concat_of = concat_in_place(f, &order, &lin, &stacking);
     let mut in_slice = HashMap::new();
+    let mut in_concat = HashSet::new();
+    // Concatenations placed early, at their first piece in place.
+    let mut early: HashSet<Value> = HashSet::new();
     for &i in &order {
         let d = f.inst(i);
         let at = lin.pos[&i];
         for &r in &d.results {
-            def_pos[r.index()] = at;
+            if !early.contains(&r) {
+                def_pos[r.index()] = at;
+            }
         }
         let own = |locs: &mut Vec<Option<Loc>>, owned: &mut Vec<Value>, v: Value| {
             let (rows, cols) = matrix(f.shape(v));
@@ -384,25 +448,51 @@ pub fn plan(f: &Function) -> Result<Plan, IrError> {
                 updates.push(i);
             }
             _ => {
+                // A value's own place: its time slice of the stacked result, when it is a
+                // per-step value computed in its loop's body and stacked by it (no copy
+                // then), else an arena slot.
+                let place =
+                    |r: Value,
+                     locs: &mut Vec<Option<Loc>>,
+                     owned: &mut Vec<Value>,
+                     root: &mut Vec<Value>,
+                     in_slice: &mut HashMap<Value, (Value, usize)>| {
+                        let view = stacking
+                            .get(&r)
+                            .filter(|s| lin.block_of[&i] == s.body)
+                            .and_then(|s| Some((s, locs[s.stacked.index()]?)))
+                            .and_then(|(s, st)| s.view(f, r, &st));
+                        match view {
+                            Some((loc, stacked)) => {
+                                locs[r.index()] = Some(loc);
+                                root[r.index()] = stacked;
+                                in_slice.insert(r, (stacked, stacking[&r].j));
+                            }
+                            None => own(locs, owned, r),
+                        }
+                    };
                 for &r in &d.results {
-                    if f.ty(r) == &Ty::Index {
+                    if f.ty(r) == &Ty::Index || early.contains(&r) {
                         continue;
                     }
-                    // A per-step value computed in its loop's body and stacked by it: its
-                    // time slice of the stacked result, so that no copy is needed.
-                    let view = stacking
-                        .get(&r)
-                        .filter(|s| lin.block_of[&i] == s.body)
-                        .and_then(|s| Some((s, locs[s.stacked.index()]?)))
-                        .and_then(|(s, st)| s.view(f, r, &st));
-                    match view {
-                        Some((loc, stacked)) => {
-                            locs[r.index()] = Some(loc);
-                            root[r.index()] = stacked;
-                            in_slice.insert(r, (stacked, stacking[&r].j));
-                        }
-                        None => own(&mut locs, &mut owned, r),
+                    let Some(&(c, start)) = concat_of.get(&r) else {
+                        place(r, &mut locs, &mut owned, &mut root, &mut in_slice);
+                        continue;
+                    };
+                    // A piece in place: the concatenation gets its place now, live from here.
+                    if early.insert(c) {
+                        def_pos[c.index()] = at;
+                        place(c, &mut locs, &mut owned, &mut root, &mut in_slice);
                     }
+                    let cl =
+                        locs[c.index()].ok_or_else(|| IrError(format!("{i}: {c} has no place")))?;
+                    locs[r.index()] = Some(Loc {
+                        offset: cl.offset + start as isize,
+                        cols: matrix(f.shape(r)).1,
+                        ..cl
+                    });
+                    root[r.index()] = root[c.index()];
+                    in_concat.insert(r);
                 }
             }
         }
@@ -537,5 +627,6 @@ pub fn plan(f: &Function) -> Result<Plan, IrError> {
         outputs,
         input_lens,
         in_slice,
+        in_concat,
     })
 }
