@@ -30,9 +30,9 @@ use std::collections::HashMap;
 /// Loops of at most this many iterations are unrolled when generated.
 const SMALL_LOOP: usize = 4;
 
-/// Copies of at least this many elements call the host (`lstmc_copy`) instead of looping
-/// in generated code (W3's training step copies 32×256 states twice a step, and its time
-/// reversals 8 MB in all).
+/// Copies and row sums of at least this many elements call the host (`lstmc_copy`,
+/// `lstmc_sum_rows`) instead of looping in generated code (W3's training step copies
+/// 32×256 states twice a step, and its time reversals 8 MB in all).
 const COPY_CALL_MIN: usize = 1024;
 
 /// Knobs of code generation.
@@ -103,6 +103,8 @@ pub struct Hosts {
     pub few_rows: FuncRef,
     /// `lstmc_copy`
     pub copy: FuncRef,
+    /// `lstmc_sum_rows`
+    pub sum_rows: FuncRef,
 }
 
 /// The memory flags of a function's code: a training step writes its weights and slots
@@ -422,17 +424,32 @@ impl Emitter<'_, '_, '_> {
                 }
                 Op::SumRows => {
                     let (src, out) = (self.val(d.args[0])?, self.val(d.results[0])?);
-                    self.fill_zero(&out)?;
-                    self.counted(src.rows, |e, r| {
-                        let row = e.row(&src, r);
-                        e.columns(src.cols, true, |e, off, ty| {
-                            let v = e.load(ty, &src, row, off);
-                            let acc = e.load(ty, &out, out.ptr, off);
-                            let s = e.b.ins().fadd(acc, v);
-                            e.store(s, out.ptr, off);
-                            Ok(())
-                        })
-                    })?;
+                    // Generated, each row's sum goes through memory (a load and a store per
+                    // vector and row); large sums (a backward step's bias gradients, W3:
+                    // four of 32×256 per step) call the host, which sums in the same order.
+                    if src.rows * src.cols >= COPY_CALL_MIN {
+                        let [p, s] = self.rows_arg(&src);
+                        let args = [
+                            p,
+                            s,
+                            out.ptr,
+                            self.imm(src.rows as i64),
+                            self.imm(src.cols as i64),
+                        ];
+                        self.b.ins().call(self.hosts.sum_rows, &args);
+                    } else {
+                        self.fill_zero(&out)?;
+                        self.counted(src.rows, |e, r| {
+                            let row = e.row(&src, r);
+                            e.columns(src.cols, true, |e, off, ty| {
+                                let v = e.load(ty, &src, row, off);
+                                let acc = e.load(ty, &out, out.ptr, off);
+                                let s = e.b.ins().fadd(acc, v);
+                                e.store(s, out.ptr, off);
+                                Ok(())
+                            })
+                        })?;
+                    }
                 }
                 Op::ActGrad(act) => {
                     let ins: Vec<Mat> = d

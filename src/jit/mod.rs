@@ -114,7 +114,7 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
     ctx.func.name = UserFuncName::user(0, id.as_u32());
     // The host functions generated code calls (`native.rs`), with their parameters: so
     // many 64-bit integers and pointers, then so many f32s.
-    let imports: [(&str, usize, usize); 9] = [
+    let imports: [(&str, usize, usize); 10] = [
         // (kind, y, ys, t, ts, dy, dys, rows, cols, out)
         ("lstmc_loss", 10, 0),
         // (m, n, k, a, lda, b, ldb, c, ldc, threads)
@@ -133,6 +133,8 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         ("lstmc_few_rows", 11, 0),
         // (src, src_stride, dst, dst_stride, rows, cols)
         ("lstmc_copy", 6, 0),
+        // (src, src_stride, dst, rows, cols)
+        ("lstmc_sum_rows", 5, 0),
     ];
     let mut ids = Vec::with_capacity(imports.len());
     for (name, ints, floats) in imports {
@@ -148,8 +150,8 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         );
     }
     let hosts = |module: &mut JITModule, func: &mut cranelift_codegen::ir::Function| {
-        let [loss, gemm, softmax, gemm_strided, softmax_grad, update, rows, few_rows, copy] =
-            [0, 1, 2, 3, 4, 5, 6, 7, 8].map(|i| module.declare_func_in_func(ids[i], func));
+        let [loss, gemm, softmax, gemm_strided, softmax_grad, update, rows, few_rows, copy, sum_rows] =
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9].map(|i| module.declare_func_in_func(ids[i], func));
         codegen::Hosts {
             loss,
             gemm,
@@ -160,6 +162,7 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
             rows,
             few_rows,
             copy,
+            sum_rows,
         }
     };
     let mut fctx = FunctionBuilderContext::new();

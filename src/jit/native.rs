@@ -213,6 +213,29 @@ extern "C" fn lstmc_copy(
     }
 }
 
+/// `dst[c] = Σ_r src[r, c]` over `rows` rows of `cols` (the source's row stride in
+/// elements), summed from row 0 on, as generated code sums: a bias gradient.
+extern "C" fn lstmc_sum_rows(
+    src: *const f32,
+    src_stride: u64,
+    dst: *mut f32,
+    rows: u64,
+    cols: u64,
+) {
+    let cols = cols as usize;
+    // SAFETY: called by generated code with pointers and sizes from a bounds-checked plan;
+    // the sum and its source are distinct slots.
+    let out = unsafe { std::slice::from_raw_parts_mut(dst, cols) };
+    out.fill(0.0);
+    for r in 0..rows as usize {
+        // SAFETY: as above, row `r` of the source.
+        let row = unsafe { std::slice::from_raw_parts(src.add(r * src_stride as usize), cols) };
+        for (o, &v) in out.iter_mut().zip(row) {
+            *o += v;
+        }
+    }
+}
+
 /// Row-wise softmax from `src` to `dst` (f32, with row strides).
 extern "C" fn lstmc_softmax(
     src: *const f32,
@@ -913,8 +936,9 @@ impl Call {
 }
 
 /// The host symbols generated code may call, for `JITBuilder::symbol`.
-pub fn host_symbols() -> [(&'static str, *const u8); 9] {
+pub fn host_symbols() -> [(&'static str, *const u8); 10] {
     [
+        ("lstmc_sum_rows", lstmc_sum_rows as *const u8),
         ("lstmc_copy", lstmc_copy as *const u8),
         ("lstmc_few_rows", lstmc_few_rows as *const u8),
         ("lstmc_rows", lstmc_rows as *const u8),
