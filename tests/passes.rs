@@ -472,6 +472,51 @@ fn gate_adjoints_are_written_into_their_concatenation() {
     }
 }
 
+/// A forward loop hands its state to the next step without copies: each carried value
+/// (the last unrolled step's h and c) is computed in its loop parameter's slot, since
+/// the parameter is dead by then. In a training step the forward loop also stacks its
+/// parameters for the backward pass, so there they keep slots of their own, while the
+/// backward loop's carried gradients (dh, dc) take their parameters' slots.
+#[test]
+fn loops_carry_their_state_in_place() {
+    use lstmc::ir::Op;
+    use lstmc::jit::plan::plan;
+    // Per loop of `f`: (carried values in their parameter's slot, carried values).
+    let in_place = |f: &Function| {
+        let p = plan(f).unwrap();
+        p.check_bounds(f).unwrap();
+        let mut out = Vec::new();
+        f.walk(f.entry, &mut |i| {
+            let d = f.inst(i);
+            let Op::Loop { body, .. } = d.op else { return };
+            let n = d.args.len();
+            let yielded = &f.inst(*f.block(body).insts.last().unwrap()).args[..n];
+            let params = &f.block(body).params[1..];
+            let same = yielded
+                .iter()
+                .zip(params)
+                .filter(|&(&y, &q)| y != q && p.loc(y).unwrap() == p.loc(q).unwrap())
+                .count();
+            out.push((same, n));
+        });
+        out
+    };
+    let spec = lstmc::front::load(
+        "m.model",
+        "LSTM 32 input_dim=3 input_length=20 batch_size=8\n".as_bytes(),
+    )
+    .unwrap();
+    let mut forward = lower::lower(&spec, lower::Shapes { batch: 8, time: 20 }).unwrap();
+    passes::optimize(&mut forward, &Options::default(), None).unwrap();
+    assert_eq!(in_place(&forward), vec![(2, 2)]);
+    let (step, inputs) = lstm_train_step_of(8);
+    let step = optimized_alike(&step, "schedule-updates", &inputs);
+    let loops = in_place(&step);
+    assert_eq!(loops.len(), 2);
+    assert_eq!(loops[0], (0, 2), "forward loop: h and c are stacked too");
+    assert!(loops[1].0 >= 2, "backward loop: {:?}", loops[1]);
+}
+
 /// `reverse` on a training step: autodiff stacks the backward loop's adjoints in
 /// reverse time order and reversed the input projection's (8×20×128) to pair it with
 /// the input (8×20×3) in the kernel's gradient; after the pass the input is reversed

@@ -304,6 +304,80 @@ fn concat_in_place(
     out
 }
 
+/// Carried values that can be computed in their loop parameter's slot, each with that
+/// parameter: the loop then passes them to the next step without a copy (W3's forward
+/// copied h and c, 32×256 each, at every other step). A value qualifies when an
+/// instruction of the body computes it into storage of its own (not a view, not
+/// stacked, not a piece in place, not an output) after the body's last read of the
+/// parameter and of its views: the parameter is dead by then. A parameter the loop
+/// also stacks (a training tape of h and c) is read at the end of the body, so its
+/// successor keeps a slot of its own.
+fn carried_in_place(
+    f: &Function,
+    order: &[Inst],
+    lin: &Linear,
+    stacking: &HashMap<Value, Stacking>,
+    concat_of: &HashMap<Value, (Value, usize)>,
+) -> HashMap<Value, Value> {
+    let is_view = |op: &Op| {
+        matches!(
+            op,
+            Op::SliceLast { .. } | Op::Row { .. } | Op::TimeStep { .. }
+        )
+    };
+    let outputs: HashSet<Value> = f.outputs.iter().map(|&(_, v)| v).collect();
+    let mut out = HashMap::new();
+    for &i in order {
+        let d = f.inst(i);
+        let Op::Loop { body, .. } = d.op else {
+            continue;
+        };
+        let insts = &f.block(body).insts;
+        if insts
+            .iter()
+            .any(|&j| matches!(f.inst(j).op, Op::Loop { .. }))
+        {
+            continue;
+        }
+        let Some(&last) = insts.last() else {
+            continue;
+        };
+        // The last position in the body where each value, or a view of it, is read.
+        let mut viewed: HashMap<Value, Value> = HashMap::new();
+        let mut read: HashMap<Value, usize> = HashMap::new();
+        for &j in insts {
+            let dj = f.inst(j);
+            for a in &dj.args {
+                let a = viewed.get(a).unwrap_or(a);
+                let at = read.entry(*a).or_insert(0);
+                *at = (*at).max(lin.pos[&j]);
+            }
+            if is_view(&dj.op) {
+                let a = *viewed.get(&dj.args[0]).unwrap_or(&dj.args[0]);
+                viewed.insert(dj.results[0], a);
+            }
+        }
+        let carried = d.args.len();
+        let yielded = &f.inst(last).args[..carried];
+        for (&y, &p) in yielded.iter().zip(&f.block(body).params[1..]) {
+            let Some(def) = f.def_inst(y) else {
+                continue;
+            };
+            let fresh = lin.block_of.get(&def) == Some(&body)
+                && !is_view(&f.inst(def).op)
+                && !matches!(f.inst(def).op, Op::Update(_))
+                && !stacking.contains_key(&y)
+                && !concat_of.contains_key(&y)
+                && !outputs.contains(&y)
+                && yielded.iter().filter(|&&v| v == y).count() == 1;
+            if fresh && read.get(&p).is_none_or(|&at| at < lin.pos[&def]) {
+                out.insert(y, p);
+            }
+        }
+    }
+    out
+}
+
 /// Plans the buffers of an optimized function.
 pub fn plan(f: &Function) -> Result<Plan, IrError> {
     let lin = linearize(f);
@@ -337,6 +411,7 @@ pub fn plan(f: &Function) -> Result<Plan, IrError> {
     f.walk(f.entry, &mut |i| order.push(i));
     let stacking = stacked_in_place(f, &order);
     let concat_of = concat_in_place(f, &order, &lin, &stacking);
+    let carried_at = carried_in_place(f, &order, &lin, &stacking, &concat_of);
     let mut in_slice = HashMap::new();
     let mut in_concat = HashSet::new();
     // Concatenations placed early, at their first piece in place.
@@ -473,6 +548,11 @@ pub fn plan(f: &Function) -> Result<Plan, IrError> {
                     };
                 for &r in &d.results {
                     if f.ty(r) == &Ty::Index || early.contains(&r) {
+                        continue;
+                    }
+                    if let Some(&p) = carried_at.get(&r) {
+                        locs[r.index()] = locs[p.index()];
+                        root[r.index()] = root[p.index()];
                         continue;
                     }
                     let Some(&(c, start)) = concat_of.get(&r) else {
