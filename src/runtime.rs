@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::ir::{lower, InputRole, OutputRole};
-use crate::jit::{self, Compiled};
+use crate::jit::{self, Buf, Compiled};
 use crate::model::ModelSpec;
 use crate::reference::{batch_shapes, join_batches, split_batches, States};
 use crate::weights::Weights;
@@ -53,7 +53,7 @@ type Entry = (Arc<Compiled>, Arc<[Source]>);
 struct Shared {
     spec: ModelSpec,
     /// Staged weights, with their layer and name.
-    weights: Vec<((usize, &'static str), Vec<f32>)>,
+    weights: Vec<((usize, &'static str), Buf)>,
     /// Compiled functions by sizes; kept when the weights change (the code reads them).
     cache: Arc<Mutex<HashMap<lower::Shapes, Entry>>>,
     options: jit::Options,
@@ -79,9 +79,9 @@ struct Shared {
 #[derive(Debug, Default)]
 pub struct Stream {
     states: States<f32>,
-    arena: Vec<f32>,
+    arena: Buf,
     /// x and the states, laid out for the generated code, reused from call to call.
-    staged: Vec<Vec<f32>>,
+    staged: Vec<Buf>,
     /// The most recently used function.
     last: Option<(lower::Shapes, Entry)>,
 }
@@ -210,7 +210,7 @@ enum Source {
 
 /// Lays out `src` (rows of `cols`) as generated code reads it: rows `padded_stride` apart,
 /// padding and slack zeroed.
-pub fn stage(src: &[f32], cols: usize, dst: &mut Vec<f32>) {
+pub fn stage(src: &[f32], cols: usize, dst: &mut Buf) {
     let cols = cols.max(1);
     let rows = src.len() / cols;
     let stride = jit::plan::padded_stride(rows, cols);
@@ -234,7 +234,7 @@ pub fn gather(arena: &[f32], loc: &jit::plan::Loc, out: &mut [f32]) {
 
 /// Weights staged for generated code: float32, rows padded by [`jit::plan::padded_stride`],
 /// slack at the end.
-fn stage_weights(weights: &Weights) -> Vec<((usize, &'static str), Vec<f32>)> {
+fn stage_weights(weights: &Weights) -> Vec<((usize, &'static str), Buf)> {
     let mut out = Vec::new();
     for (name, t) in &weights.tensors {
         let mut parts = name.splitn(3, '.');
@@ -242,7 +242,7 @@ fn stage_weights(weights: &Weights) -> Vec<((usize, &'static str), Vec<f32>)> {
         if let (Some(layer), Some(w)) = (layer.and_then(|l| l.parse().ok()), w) {
             let cols = *t.shape().last().unwrap_or(&1);
             let values: Vec<f32> = t.iter().map(|&v| v as f32).collect();
-            let mut staged = Vec::new();
+            let mut staged = Buf::new();
             stage(&values, cols, &mut staged);
             let name = ["kernel", "recurrent_kernel", "bias"]
                 .into_iter()
@@ -415,7 +415,7 @@ impl Shared {
         }
         // Stage x and the states (weights were staged when set).
         let n = sources.len();
-        stream.staged.resize_with(n, Vec::new);
+        stream.staged.resize_with(n, Buf::new);
         let xcols = *shape.last().unwrap_or(&1);
         for (k, src) in sources.iter().enumerate() {
             match *src {

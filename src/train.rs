@@ -11,7 +11,7 @@ use crate::autodiff::train_step;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::ir::{lower, InputRole, OutputRole};
-use crate::jit::{self, Compiled};
+use crate::jit::{self, Buf, Compiled};
 use crate::loss::{dense_targets, loss};
 use crate::model::{Loss, ModelSpec, Optimizer, ResetStates};
 use crate::reference::batch_shapes;
@@ -144,9 +144,9 @@ pub struct Trainer {
     /// `(layer, name, shape)` of each weight, in the order of the weights given.
     names: Vec<(usize, &'static str, Vec<usize>)>,
     /// Staged weights (see [`stage`]).
-    weights: Vec<Vec<f32>>,
+    weights: Vec<Buf>,
     /// Staged optimizer slots, two per weight.
-    slots: Vec<[Vec<f32>; 2]>,
+    slots: Vec<[Buf; 2]>,
     optimizer: Optimizer,
     /// Steps taken.
     iterations: u64,
@@ -154,15 +154,15 @@ pub struct Trainer {
     options: jit::Options,
     funcs: HashMap<lower::Shapes, Functions>,
     /// Stateful layers' states by (layer, slot), staged, for the batch size in use.
-    states: Vec<((usize, &'static str), Vec<f32>)>,
-    arena: Vec<f32>,
-    x: Vec<f32>,
-    target: Vec<f32>,
-    hyper: Vec<f32>,
+    states: Vec<((usize, &'static str), Buf)>,
+    arena: Buf,
+    x: Buf,
+    target: Buf,
+    hyper: Buf,
 }
 
 /// Copies an output out of the arena into a staged buffer (rows `padded_stride` apart).
-fn restage(arena: &[f32], loc: &jit::plan::Loc, dst: &mut Vec<f32>) {
+fn restage(arena: &[f32], loc: &jit::plan::Loc, dst: &mut Buf) {
     let stride = jit::plan::padded_stride(loc.rows, loc.cols);
     dst.resize(jit::plan::padded_len(loc.rows, loc.cols), 0.0);
     for r in 0..loc.rows {
@@ -199,9 +199,9 @@ impl Trainer {
             for w in layer.weights() {
                 if let Some(t) = weights.get(i, w.name) {
                     let values: Vec<f32> = t.iter().map(|&v| v as f32).collect();
-                    let mut s = Vec::new();
+                    let mut s = Buf::new();
                     stage(&values, *t.shape().last().unwrap_or(&1), &mut s);
-                    slots.push([vec![0.0; s.len()], vec![0.0; s.len()]]);
+                    slots.push([Buf::zeros(s.len()), Buf::zeros(s.len())]);
                     staged.push(s);
                     names.push((i, w.name, t.shape().to_vec()));
                 }
@@ -218,10 +218,10 @@ impl Trainer {
             options,
             funcs: HashMap::new(),
             states: Vec::new(),
-            arena: Vec::new(),
-            x: Vec::new(),
-            target: Vec::new(),
-            hyper: Vec::new(),
+            arena: Buf::new(),
+            x: Buf::new(),
+            target: Buf::new(),
+            hyper: Buf::new(),
         }
     }
 
@@ -313,7 +313,7 @@ impl Trainer {
             )));
         }
         let values: Vec<f32> = value.iter().copied().collect();
-        let mut buf = Vec::new();
+        let mut buf = Buf::new();
         stage(&values, l.units, &mut buf);
         self.states.retain(|(k, _)| *k != (layer, slot));
         self.states.push(((layer, slot), buf));
@@ -336,7 +336,7 @@ impl Trainer {
                 )));
             }
             let values: Vec<f32> = t.iter().map(|&v| v as f32).collect();
-            let mut s = Vec::new();
+            let mut s = Buf::new();
             stage(&values, *shape.last().unwrap_or(&1), &mut s);
             staged.push(s);
         }
@@ -415,7 +415,7 @@ impl Trainer {
             self.arena.resize(c.plan.arena_len, 0.0);
         }
         // States: one staged buffer per state input, zeros when none is carried.
-        let mut state_bufs: Vec<Vec<f32>> = Vec::new();
+        let mut state_bufs: Vec<Buf> = Vec::new();
         for (role, p) in c.func.inputs() {
             if let InputRole::State { layer, slot } = role {
                 let shape = c.func.shape(p);
@@ -433,7 +433,7 @@ impl Trainer {
                             self.spec.name, shape[0]
                         )))
                     }
-                    None => state_bufs.push(vec![0.0; len]),
+                    None => state_bufs.push(Buf::zeros(len)),
                 }
             }
         }
@@ -447,8 +447,8 @@ impl Trainer {
                 arena,
                 ..
             } = self;
-            let mut ws: Vec<Option<&mut Vec<f32>>> = weights.iter_mut().map(Some).collect();
-            let mut ss: Vec<[Option<&mut Vec<f32>>; 2]> =
+            let mut ws: Vec<Option<&mut Buf>> = weights.iter_mut().map(Some).collect();
+            let mut ss: Vec<[Option<&mut Buf>; 2]> =
                 slots.iter_mut().map(|[a, b]| [Some(a), Some(b)]).collect();
             let mut states = state_bufs.iter_mut();
             let (mut x, mut target, mut hyper) = (Some(x), Some(target), Some(hyper));
@@ -473,7 +473,7 @@ impl Trainer {
                     match self.states.iter_mut().find(|(k, _)| *k == key) {
                         Some((_, buf)) => restage(&self.arena, loc, buf),
                         None => {
-                            let mut buf = Vec::new();
+                            let mut buf = Buf::new();
                             restage(&self.arena, loc, &mut buf);
                             self.states.push((key, buf));
                         }

@@ -33,16 +33,16 @@ fn both(
     let ins = gradient_inputs(&g, x, w, &dy);
     let want = lstmc::interp::run(&g, &ins).unwrap();
     let c = lstmc::jit::compile(g.clone(), &lstmc::jit::Options::default()).unwrap();
-    let staged: Vec<Vec<f32>> = ins
+    let staged: Vec<lstmc::jit::Buf> = ins
         .iter()
         .map(|a| {
-            let mut s = Vec::new();
+            let mut s = lstmc::jit::Buf::new();
             let v: Vec<f32> = a.iter().map(|&v| v as f32).collect();
             stage(&v, *a.shape().last().unwrap_or(&1), &mut s);
             s
         })
         .collect();
-    let refs: Vec<&[f32]> = staged.iter().map(|s| s.as_slice()).collect();
+    let refs: Vec<&[f32]> = staged.iter().map(|s| &s[..]).collect();
     let mut arena = vec![0.0f32; c.plan.arena_len];
     c.code.call(&refs, &mut arena).unwrap();
     g.outputs

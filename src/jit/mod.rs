@@ -4,6 +4,7 @@
 //! buffers, generates one native function for it and returns it with the
 //! plan, so that the runtime can lay out inputs and read outputs.
 
+pub mod buf;
 pub mod codegen;
 pub mod host;
 pub mod math;
@@ -12,6 +13,7 @@ pub mod math;
 mod native;
 pub mod plan;
 
+pub use buf::Buf;
 pub use codegen::Tuning;
 pub use native::NativeCode;
 
