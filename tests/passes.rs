@@ -126,6 +126,8 @@ fn each_pass_matches_its_golden_file() {
         ("lstm_stateful", "fold"),
         ("lstm_long", "unroll"),
         ("lstm_long", "fuse-elementwise"),
+        ("lstm_peeled", "unroll"),
+        ("lstm_peeled", "fold"),
     ];
     let bless = std::env::var_os("LSTMC_BLESS").is_some();
     let mut failures = Vec::new();

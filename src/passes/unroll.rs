@@ -2,6 +2,9 @@
 //! of its body per step (step numbers become constants, stacked outputs a
 //! `stack`); a longer loop gets a body of `f` copies, `f` the largest divisor
 //! of its length up to `partial_unroll_max`, and yields `f` steps per iteration.
+//! A longer loop that starts from zero states and stacks nothing (a layer that is
+//! not stateful and returns its last output) has its first iteration peeled off
+//! before it, so that `fold` removes the first step's product of zeros there too.
 
 use super::Options;
 use crate::ir::{Block, Function, Inst, IrError, Op, Ty, Value};
@@ -28,7 +31,19 @@ pub fn run(f: &mut Function, o: &Options) -> Result<(), IrError> {
                 .rev()
                 .find(|d| steps % d == 0);
             if let Some(factor) = factor {
-                partial(f, i, body, steps, per_iter, factor)?;
+                let d = f.inst(i);
+                let zeros = d
+                    .args
+                    .iter()
+                    .all(|&a| matches!(f.def_op(a), Some(Op::Zeros(_))));
+                let stacks = d.results.len() > d.args.len();
+                let first = if zeros && !stacks && steps > factor {
+                    out.extend(peel(f, i, body, factor)?);
+                    factor
+                } else {
+                    0
+                };
+                partial(f, i, body, steps, per_iter, factor, first)?;
             }
             out.push(i);
         }
@@ -75,12 +90,12 @@ fn clone_body(
                     stride,
                     offset,
                 },
-                Step::Copy { j, factor },
+                Step::Copy { j, factor, first },
             ) if args.len() == 2 => (
                 Op::TimeStep {
                     reverse,
                     stride: stride * factor,
-                    offset: offset + j * stride,
+                    offset: offset + (first + j) * stride,
                 },
                 args,
             ),
@@ -98,8 +113,34 @@ fn clone_body(
 
 #[derive(Clone, Copy)]
 enum Step {
+    /// Step number `k`.
     Known(usize),
-    Copy { j: usize, factor: usize },
+    /// Copy `j` of `factor` per iteration, in a loop whose step 0 is step `first`.
+    Copy {
+        j: usize,
+        factor: usize,
+        first: usize,
+    },
+}
+
+/// The first `count` steps of loop `l` as straight-line code before it; the loop then
+/// starts from their carried values. For a loop that carries everything (stacks nothing).
+fn peel(f: &mut Function, l: Inst, body: Block, count: usize) -> Result<Vec<Inst>, IrError> {
+    let params = f.block(body).params.clone();
+    let mut carried = f.inst(l).args.clone();
+    let mut code = Vec::new();
+    for k in 0..count {
+        let mut map: HashMap<Value, Value> = params[1..]
+            .iter()
+            .copied()
+            .zip(carried.iter().copied())
+            .collect();
+        let (c, y) = clone_body(f, body, &mut map, Step::Known(k))?;
+        code.extend(c);
+        carried = y[..carried.len()].to_vec();
+    }
+    f.insts[l.index()].args = carried;
+    Ok(code)
 }
 
 fn full(
@@ -143,6 +184,8 @@ fn full(
     Ok(code)
 }
 
+/// Makes loop `l` run `factor` copies of its body per iteration, over its steps from
+/// `first` on (the ones before were peeled off).
 fn partial(
     f: &mut Function,
     l: Inst,
@@ -150,6 +193,7 @@ fn partial(
     steps: usize,
     per_iter: usize,
     factor: usize,
+    first: usize,
 ) -> Result<(), IrError> {
     let d = f.inst(l).clone();
     let params = f.block(body).params.clone();
@@ -170,7 +214,7 @@ fn partial(
         let mut map: HashMap<Value, Value> = HashMap::new();
         map.insert(params[0], k);
         map.extend(params[1..].iter().copied().zip(carried.iter().copied()));
-        let (c, y) = clone_body(f, body, &mut map, Step::Copy { j, factor })?;
+        let (c, y) = clone_body(f, body, &mut map, Step::Copy { j, factor, first })?;
         code.extend(c);
         carried = y[..n].to_vec();
         stacked.extend_from_slice(&y[n..n + per_iter * n_stacked]);
@@ -182,7 +226,7 @@ fn partial(
     f.blocks[nb.index()].insts = code;
     f.insts[l.index()].op = Op::Loop {
         body: nb,
-        steps: steps / factor,
+        steps: (steps - first) / factor,
         per_iter: per_iter * factor,
     };
     Ok(())
