@@ -123,11 +123,17 @@ enum Step {
     },
 }
 
-/// The first `count` steps of loop `l` as straight-line code before it; the loop then
-/// starts from their carried values. For a loop that carries everything (stacks nothing).
-fn peel(f: &mut Function, l: Inst, body: Block, count: usize) -> Result<Vec<Inst>, IrError> {
+/// Steps `0..count` of a loop body as straight-line code, from the carried values
+/// `carried`; `each` sees every step's yielded values. Returns the code and the values
+/// carried out of the last step.
+fn inline_steps(
+    f: &mut Function,
+    body: Block,
+    mut carried: Vec<Value>,
+    count: usize,
+    mut each: impl FnMut(&[Value]),
+) -> Result<(Vec<Inst>, Vec<Value>), IrError> {
     let params = f.block(body).params.clone();
-    let mut carried = f.inst(l).args.clone();
     let mut code = Vec::new();
     for k in 0..count {
         let mut map: HashMap<Value, Value> = params[1..]
@@ -137,8 +143,17 @@ fn peel(f: &mut Function, l: Inst, body: Block, count: usize) -> Result<Vec<Inst
             .collect();
         let (c, y) = clone_body(f, body, &mut map, Step::Known(k))?;
         code.extend(c);
+        each(&y);
         carried = y[..carried.len()].to_vec();
     }
+    Ok((code, carried))
+}
+
+/// The first `count` steps of loop `l` as straight-line code before it; the loop then
+/// starts from their carried values. For a loop that carries everything (stacks nothing).
+fn peel(f: &mut Function, l: Inst, body: Block, count: usize) -> Result<Vec<Inst>, IrError> {
+    let args = f.inst(l).args.clone();
+    let (code, carried) = inline_steps(f, body, args, count, |_| {})?;
     f.insts[l.index()].args = carried;
     Ok(code)
 }
@@ -151,27 +166,16 @@ fn full(
     per_iter: usize,
 ) -> Result<Vec<Inst>, IrError> {
     let d = f.inst(l).clone();
-    let params = f.block(body).params.clone();
     let n = d.args.len();
     let n_stacked = d.results.len() - n;
-    let mut carried = d.args.clone();
     let mut per_step: Vec<Vec<Value>> = vec![Vec::new(); n_stacked];
-    let mut code = Vec::new();
-    for k in 0..steps {
-        let mut map: HashMap<Value, Value> = params[1..]
-            .iter()
-            .copied()
-            .zip(carried.iter().copied())
-            .collect();
-        let (c, y) = clone_body(f, body, &mut map, Step::Known(k))?;
-        code.extend(c);
-        carried = y[..n].to_vec();
+    let (mut code, carried) = inline_steps(f, body, d.args.clone(), steps, |y| {
         for j in 0..per_iter {
-            for s in 0..n_stacked {
-                per_step[s].push(y[n + j * n_stacked + s]);
+            for (s, list) in per_step.iter_mut().enumerate() {
+                list.push(y[n + j * n_stacked + s]);
             }
         }
-    }
+    })?;
     for (k, &r) in d.results[..n].iter().enumerate() {
         f.replace_uses(r, carried[k]);
     }
