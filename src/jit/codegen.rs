@@ -310,13 +310,7 @@ impl Emitter<'_, '_, '_> {
                 Op::Softmax => {
                     let a = self.val(d.args[0])?;
                     let c = self.val(d.results[0])?;
-                    let args = [
-                        self.rows_arg(&a),
-                        self.rows_arg(&c),
-                        [self.imm(c.rows as i64), self.imm(c.cols as i64)],
-                    ]
-                    .concat();
-                    self.b.ins().call(self.hosts.softmax, &args);
+                    self.row_call(self.hosts.softmax, &a, &c);
                 }
                 Op::Stack => {
                     // Rows of the result are (batch, step) pairs, `dst.stride` bytes apart.
@@ -603,6 +597,18 @@ impl Emitter<'_, '_, '_> {
         [m.ptr, self.imm(m.stride / 4)]
     }
 
+    /// Calls a host function `(src, src_stride, dst, dst_stride, rows, cols)` that maps
+    /// the rows of `src` to those of `dst` (`lstmc_softmax`, `lstmc_copy`).
+    fn row_call(&mut self, func: FuncRef, src: &Mat, dst: &Mat) {
+        let args = [
+            self.rows_arg(src),
+            self.rows_arg(dst),
+            [self.imm(src.rows as i64), self.imm(src.cols as i64)],
+        ]
+        .concat();
+        self.b.ins().call(func, &args);
+    }
+
     fn lp(
         &mut self,
         i: crate::ir::Inst,
@@ -791,13 +797,7 @@ impl Emitter<'_, '_, '_> {
         // addresses; the host's `memmove` moves 64 per instruction. Small copies (batch 1's
         // states) stay inline, where a call would cost more than the copy.
         if src.rows * src.cols >= COPY_CALL_MIN {
-            let args = [
-                self.rows_arg(&src),
-                self.rows_arg(&dst),
-                [self.imm(src.rows as i64), self.imm(src.cols as i64)],
-            ]
-            .concat();
-            self.b.ins().call(self.hosts.copy, &args);
+            self.row_call(self.hosts.copy, &src, &dst);
             return Ok(());
         }
         self.counted(src.rows, |e, r| {
