@@ -54,7 +54,9 @@ fn pick(b: &mut FunctionBuilder, ty: Type, cond: Value, a: Value, other: Value) 
 pub fn clamp(b: &mut FunctionBuilder, ty: Type, x: Value, lo: f32, hi: f32) -> Value {
     let hi_v = cst(b, ty, hi);
     let lo_v = cst(b, ty, lo);
-    let above = b.ins().fcmp(FloatCC::GreaterThan, x, hi_v);
+    // `hi < x ? hi : x` and `x < lo ? lo : x`, the forms that lower to one `minps` and
+    // one `maxps` (each returns its second operand, x, when x is NaN).
+    let above = b.ins().fcmp(FloatCC::LessThan, hi_v, x);
     let x = pick(b, ty, above, hi_v, x);
     let below = b.ins().fcmp(FloatCC::LessThan, x, lo_v);
     pick(b, ty, below, lo_v, x)
@@ -63,6 +65,35 @@ pub fn clamp(b: &mut FunctionBuilder, ty: Type, x: Value, lo: f32, hi: f32) -> V
 /// `tanh(x)`.
 pub fn tanh(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
     let x = clamp(b, ty, x, -TANH_CLAMP, TANH_CLAMP);
+    let (p, q) = rational(b, ty, x, 1.0, 1.0, 1.0);
+    let p = b.ins().fmul(x, p);
+    b.ins().fdiv(p, q)
+}
+
+/// `sigmoid(x) = 1/2 + tanh(x/2)/2 = (Q(x²/4)/2 + x·P(x²/4)/4) / Q(x²/4)`: the halvings
+/// go into the coefficients (exactly: they are powers of two), and the sum into the
+/// numerator's last multiply-add, so that the chain is no longer than tanh's.
+pub fn sigmoid(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
+    let x = clamp(b, ty, x, -2.0 * TANH_CLAMP, 2.0 * TANH_CLAMP);
+    let (p, q) = rational(b, ty, x, 0.25, 0.25, 0.5);
+    let num = b.ins().fma(x, p, q);
+    let den = b.ins().fadd(q, q);
+    b.ins().fdiv(num, den)
+}
+
+/// `(pk·P(k·x²), qk·Q(k·x²))`, tanh's numerator (without its factor x) and denominator
+/// at `x·√k`, scaled by `pk` and `qk`; `k`, `pk` and `qk` are powers of two, so the
+/// scaled coefficients are exact.
+fn rational(
+    b: &mut FunctionBuilder,
+    ty: Type,
+    x: Value,
+    k: f32,
+    pk: f32,
+    qk: f32,
+) -> (Value, Value) {
+    let alpha: [f32; 7] = std::array::from_fn(|i| ALPHA[i] * pk * k.powi(i as i32));
+    let beta: [f32; 4] = std::array::from_fn(|i| BETA[i] * qk * k.powi(i as i32));
     // p = x·P(y), q = Q(y) with y = x², by Estrin's scheme: pairs of terms in parallel,
     // joined by y² and y⁴. Three levels of fused multiply-adds instead of Horner's chain
     // of six: an LSTM step waits on two tanh levels in a row, and at batch 1 that chain
@@ -75,18 +106,17 @@ pub fn tanh(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
         let (hi, lo) = (cst(b, ty, hi), cst(b, ty, lo));
         b.ins().fma(hi, y, lo)
     };
-    let p01 = pair(b, ALPHA[1], ALPHA[0]);
-    let p23 = pair(b, ALPHA[3], ALPHA[2]);
-    let p45 = pair(b, ALPHA[5], ALPHA[4]);
-    let q01 = pair(b, BETA[1], BETA[0]);
-    let q23 = pair(b, BETA[3], BETA[2]);
-    let a6 = cst(b, ty, ALPHA[6]);
+    let p01 = pair(b, alpha[1], alpha[0]);
+    let p23 = pair(b, alpha[3], alpha[2]);
+    let p45 = pair(b, alpha[5], alpha[4]);
+    let q01 = pair(b, beta[1], beta[0]);
+    let q23 = pair(b, beta[3], beta[2]);
+    let a6 = cst(b, ty, alpha[6]);
     let p03 = b.ins().fma(p23, y2, p01);
     let p46 = b.ins().fma(a6, y2, p45);
     let p = b.ins().fma(p46, y4, p03);
-    let p = b.ins().fmul(x, p);
     let q = b.ins().fma(q23, y2, q01);
-    b.ins().fdiv(p, q)
+    (p, q)
 }
 
 /// `dy · act'(x)`, given `y = act(x)`.
@@ -135,12 +165,7 @@ pub fn activation(b: &mut FunctionBuilder, ty: Type, a: Activation, x: Value) ->
     match a {
         Activation::Linear | Activation::Softmax => x,
         Activation::Tanh => tanh(b, ty, x),
-        Activation::Sigmoid => {
-            let half = cst(b, ty, 0.5);
-            let h = b.ins().fmul(x, half);
-            let t = tanh(b, ty, h);
-            b.ins().fma(t, half, half)
-        }
+        Activation::Sigmoid => sigmoid(b, ty, x),
         Activation::HardSigmoid => {
             // Keras 3: relu6(x + 3) / 6, i.e. clamp(x/6 + 1/2, 0, 1).
             let sixth = cst(b, ty, 1.0 / 6.0);
