@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::random::random_model;
+use common::random::{smooth_model, RandomModel};
 use common::*;
 use lstmc::autodiff::gradient;
 use lstmc::interp;
@@ -113,42 +113,92 @@ fn every_fixture_train_block_is_reproduced() {
     }
 }
 
+/// Central differences of the loss in f64 against the interpreter's gradient, at a few
+/// entries of every weight (chosen by `pick`).
+fn check_gradients(m: &RandomModel, pick: usize) -> Result<(), TestCaseError> {
+    let spec = m.spec();
+    let w = m.weights(&spec);
+    let x = m.inputs(&spec, 1).remove(0);
+    let y = Reference::new(spec.clone(), w.clone())
+        .predict_batch(&x)
+        .unwrap()
+        .y;
+    let target = y.mapv(|v| v * 0.5 + 0.1);
+    let (value, got) = grads(&spec, &w, &x, Loss::Mse, &target);
+    // Exploding linear stacks: differences of step 1e-5 cannot resolve their curvature.
+    let largest = got
+        .values()
+        .flat_map(|g| g.iter())
+        .fold(0.0f64, |m, v| m.max(v.abs()));
+    prop_assume!(value < 1e2 && largest < 1e3, "badly scaled model");
+    let f = |w: &Weights| {
+        let y = Reference::new(spec.clone(), w.clone())
+            .predict_batch(&x)
+            .unwrap()
+            .y;
+        loss(Loss::Mse, &y, &target).unwrap().0
+    };
+    // A few entries of every weight.
+    for (t, (name, tensor)) in w.tensors.iter().enumerate() {
+        for e in [pick % tensor.len(), (pick * 7 + t) % tensor.len()] {
+            let central = |h: f64| {
+                let mut wp = w.clone();
+                wp.tensors[t].1.as_slice_mut().unwrap()[e] += h;
+                let mut wm = w.clone();
+                wm.tensors[t].1.as_slice_mut().unwrap()[e] -= h;
+                (f(&wp) - f(&wm)) / (2.0 * h)
+            };
+            let (fd, fd_fine) = (central(1e-5), central(1e-6));
+            // Where two step sizes disagree, differences are no reference (chaotic models).
+            prop_assume!(
+                (fd - fd_fine).abs() <= 1e-7 * fd.abs().max(1e-2),
+                "finite differences unresolved"
+            );
+            let g = got[name].as_slice().unwrap()[e];
+            prop_assert!(
+                (fd - g).abs() <= 1e-6 * fd.abs().max(1e-2),
+                "{}: d/d{}[{}]: autodiff {}, differences {}",
+                m.text,
+                name,
+                e,
+                g,
+                fd
+            );
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(60))]
 
     /// Central differences of the loss in f64, on random models with smooth activations.
     #[test]
-    fn gradients_match_finite_differences(m in random_model(), pick in 0..1000usize) {
-        prop_assume!(!m.text.contains("relu") && !m.text.contains("hard_sigmoid") && !m.text.contains("stateful"));
-        let spec = m.spec();
-        let w = m.weights(&spec);
-        let x = m.inputs(&spec, 1).remove(0);
-        let y = Reference::new(spec.clone(), w.clone()).predict_batch(&x).unwrap().y;
-        let target = y.mapv(|v| v * 0.5 + 0.1);
-        let (value, got) = grads(&spec, &w, &x, Loss::Mse, &target);
-        // Exploding linear stacks: differences of step 1e-5 cannot resolve their curvature.
-        let largest = got.values().flat_map(|g| g.iter()).fold(0.0f64, |m, v| m.max(v.abs()));
-        prop_assume!(value < 1e2 && largest < 1e3, "badly scaled model");
-        let f = |w: &Weights| {
-            let y = Reference::new(spec.clone(), w.clone()).predict_batch(&x).unwrap().y;
-            loss(Loss::Mse, &y, &target).unwrap().0
+    fn gradients_match_finite_differences(m in smooth_model(), pick in 0..1000usize) {
+        check_gradients(&m, pick)?;
+    }
+}
+
+/// The cases the property test once failed on (kept in autodiff.proptest-regressions when
+/// it drew from `random_model`, whose draws those seeds no longer replay). The third case
+/// there, a GRU(14) into an LSTM(1) over 19 steps, is a chaotic model whose differences
+/// disagree between step sizes: it is why `check_gradients` rejects unresolved ones.
+#[test]
+fn gradients_match_finite_differences_where_they_once_failed() {
+    let cases = [
+        ("LSTM 1 input_dim=2 input_length=1 activation=tanh recurrent_activation=tanh use_bias=false\n", 5, 3081924827092029851, 803),
+        ("SimpleRNN 1 input_dim=1 input_length=15 activation=tanh use_bias=false\n", 1, 1368455334760650987, 845),
+    ];
+    for (text, batch, seed, pick) in cases {
+        let m = RandomModel {
+            text: text.into(),
+            batch,
+            seed,
         };
-        // A few entries of every weight.
-        for (t, (name, tensor)) in w.tensors.iter().enumerate() {
-            for e in [pick % tensor.len(), (pick * 7 + t) % tensor.len()] {
-                let central = |h: f64| {
-                    let mut wp = w.clone();
-                    wp.tensors[t].1.as_slice_mut().unwrap()[e] += h;
-                    let mut wm = w.clone();
-                    wm.tensors[t].1.as_slice_mut().unwrap()[e] -= h;
-                    (f(&wp) - f(&wm)) / (2.0 * h)
-                };
-                let (fd, fd_fine) = (central(1e-5), central(1e-6));
-                // Where two step sizes disagree, differences are no reference (chaotic models).
-                prop_assume!((fd - fd_fine).abs() <= 1e-7 * fd.abs().max(1e-2), "finite differences unresolved");
-                let g = got[name].as_slice().unwrap()[e];
-                prop_assert!((fd - g).abs() <= 1e-6 * fd.abs().max(1e-2), "{}: d/d{}[{}]: autodiff {}, differences {}", m.text, name, e, g, fd);
-            }
+        match check_gradients(&m, pick) {
+            Ok(()) => {}
+            Err(TestCaseError::Fail(why)) => panic!("{why}"),
+            Err(TestCaseError::Reject(why)) => panic!("{text}: no longer checkable ({why})"),
         }
     }
 }

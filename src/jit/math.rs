@@ -5,7 +5,8 @@
 //! faster), so `tanh` is a rational approximation evaluated inline: Eigen's
 //! `ptanh_float` coefficients, odd degree 13 over even degree 6 on x
 //! clamped to ±7.9053, where tanh is 1 in f32, by Estrin's scheme. Its error
-//! is below 1e-6 everywhere (the tests sweep it). `sigmoid(x) = 0.5 + 0.5·tanh(x/2)`.
+//! is below 1e-6 everywhere (the tests sweep it). `sigmoid(x) = 0.5 + 0.5·tanh(x/2)`,
+//! with the halvings folded into the same rational's coefficients.
 //! Clamps are `select(fcmp)`, which keeps NaN (a comparison with NaN is
 //! false, so NaN passes through), and maps ±inf to ±1 (tanh) or 0/1
 //! (sigmoid).
@@ -94,7 +95,7 @@ fn rational(
 ) -> (Value, Value) {
     let alpha: [f32; 7] = std::array::from_fn(|i| ALPHA[i] * pk * k.powi(i as i32));
     let beta: [f32; 4] = std::array::from_fn(|i| BETA[i] * qk * k.powi(i as i32));
-    // p = x·P(y), q = Q(y) with y = x², by Estrin's scheme: pairs of terms in parallel,
+    // P(y) and Q(y) with y = x², by Estrin's scheme: pairs of terms in parallel,
     // joined by y² and y⁴. Three levels of fused multiply-adds instead of Horner's chain
     // of six: an LSTM step waits on two tanh levels in a row, and at batch 1 that chain
     // is the step's latency (W1 forward 0.224 -> 0.209-0.216 µs; worst error over the

@@ -29,13 +29,27 @@ fn gate_activation() -> impl Strategy<Value = &'static str> {
     prop_oneof![Just("tanh"), Just("sigmoid"), Just("hard_sigmoid")]
 }
 
-fn layer(first: bool, last: bool) -> impl Strategy<Value = String> {
+/// Activations whose derivative exists everywhere, for finite differences.
+fn smooth_activation() -> impl Strategy<Value = &'static str> {
+    prop_oneof![Just("tanh"), Just("sigmoid"), Just("linear")]
+}
+
+fn smooth_gate_activation() -> impl Strategy<Value = &'static str> {
+    prop_oneof![Just("tanh"), Just("sigmoid")]
+}
+
+fn layer(
+    first: bool,
+    last: bool,
+    act: BoxedStrategy<&'static str>,
+    ract: BoxedStrategy<&'static str>,
+) -> impl Strategy<Value = String> {
     (
         0..4usize,
         1..=70usize,
         (
-            activation(),
-            gate_activation(),
+            act,
+            ract,
             any::<bool>(),
             any::<bool>(),
             any::<bool>(),
@@ -88,10 +102,34 @@ fn layer(first: bool, last: bool) -> impl Strategy<Value = String> {
 
 /// One to three layers; any of them may be stateful (then the batch size is fixed).
 pub fn random_model() -> impl Strategy<Value = RandomModel> {
-    (1..=3usize, 1..=9usize, any::<u64>(), any::<bool>())
-        .prop_flat_map(|(n, batch, seed, stateful)| {
-            let layers: Vec<BoxedStrategy<String>> =
-                (0..n).map(|i| layer(i == 0, i == n - 1).boxed()).collect();
+    models(
+        || activation().boxed(),
+        || gate_activation().boxed(),
+        any::<bool>().boxed(),
+    )
+}
+
+/// One to three layers with smooth activations only (no relu, no hard sigmoid) and no
+/// stateful layer: models whose loss finite differences can check. Drawn as such rather
+/// than filtered from [`random_model`], which rejected four draws in five.
+pub fn smooth_model() -> impl Strategy<Value = RandomModel> {
+    models(
+        || smooth_activation().boxed(),
+        || smooth_gate_activation().boxed(),
+        Just(false).boxed(),
+    )
+}
+
+fn models(
+    act: fn() -> BoxedStrategy<&'static str>,
+    ract: fn() -> BoxedStrategy<&'static str>,
+    stateful: BoxedStrategy<bool>,
+) -> impl Strategy<Value = RandomModel> {
+    (1..=3usize, 1..=9usize, any::<u64>(), stateful)
+        .prop_flat_map(move |(n, batch, seed, stateful)| {
+            let layers: Vec<BoxedStrategy<String>> = (0..n)
+                .map(|i| layer(i == 0, i == n - 1, act(), ract()).boxed())
+                .collect();
             (layers, Just(batch), Just(seed), Just(stateful))
         })
         .prop_map(|(layers, batch, seed, stateful)| {
