@@ -18,7 +18,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let spec = model.spec();
-    let small = spec.layers.iter().all(|l| l.units <= 48 && l.input_features <= 48)
+    let small = spec
+        .layers
+        .iter()
+        .all(|l| l.units <= 48 && l.input_features <= 48)
         && spec.layers.len() <= 4
         && spec.input.time.unwrap_or(1) <= 12
         && spec.input.batch.unwrap_or(1) <= 6;
@@ -32,23 +35,33 @@ fuzz_target!(|data: &[u8]| {
     }
     shape.push(spec.input.features);
     let threads = 1 + data.len() % 2;
-    let options = lstmc::CompileOptions { threads, loss: Some(Loss::Mse), ..Default::default() };
+    let options = lstmc::CompileOptions {
+        threads,
+        loss: Some(Loss::Mse),
+        ..Default::default()
+    };
     let mut net = model.compile(&options).expect("a checked model compiles");
-    let n: usize = shape.iter().product();
     let x = ArrayD::from_shape_fn(IxDyn(&shape), |i| {
         let k = i.as_array_view().iter().fold(0usize, |a, &d| a * 7 + d);
         ((k % 11) as f32 - 5.0) * 0.1
     });
-    assert_eq!(x.len(), n);
     let y = net.predict(x.view()).expect("a compiled model predicts");
-    let _ = net.predict(x.view()).expect("and predicts again (stateful layers carry on)");
-    assert!(y.iter().all(|v| v.is_finite()), "{text}: non-finite output from a small input");
+    let _ = net
+        .predict(x.view())
+        .expect("and predicts again (stateful layers carry on)");
+    assert!(
+        y.iter().all(|v| v.is_finite()),
+        "{text}: non-finite output from a small input"
+    );
     let target = y.mapv(|v| v * 0.5 + 0.1);
     match net.train_on_batch(x.view(), target.view()) {
         Ok((loss, _)) => assert!(loss.is_finite(), "{text}: non-finite loss returned as Ok"),
         Err(e) => {
             let msg = e.to_string();
-            assert!(msg.contains("NaN") || msg.contains("inf"), "{text}: training failed: {msg}");
+            assert!(
+                msg.contains("NaN") || msg.contains("inf"),
+                "{text}: training failed: {msg}"
+            );
         }
     }
 });
