@@ -7,7 +7,16 @@
 //! of the time went to the kernel's scheduler and the step got slower than at 1. Here a
 //! worker spins for [`SPIN`] after its last part before it sleeps, so the products of one
 //! call follow each other without a system call.
+//!
+//! A fork–join costs what moving its cache lines between cores costs: the poster's line
+//! (the task and its epoch, read by every worker) and each worker's line (the epoch it has
+//! finished, read by the poster). The first version also kept the task behind a mutex
+//! that each worker locked to read it and the poster locked again to clear it, and one
+//! count of running workers that all of them decremented: an empty fork–join at two
+//! threads took 0.22 µs (0.90 µs for an hour in which the host placed the two virtual CPUs
+//! farther apart), this one 0.10 µs (0.53 µs).
 
+use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock, TryLockError};
 use std::time::{Duration, Instant};
@@ -23,16 +32,28 @@ struct Task(*const (dyn Fn(usize) + Sync));
 // return before each worker has finished with it.
 unsafe impl Send for Task {}
 
+/// A value on cache lines of its own (two: the adjacent-line prefetcher pairs them).
+#[repr(align(128))]
+struct Line<T>(T);
+
+/// What a poster publishes: written by the holder of `submit`, read by the workers.
+struct Post {
+    /// Bumped once per posted task; workers wait for it to change.
+    epoch: AtomicUsize,
+    /// The current task. Written only before `epoch` is bumped (with release ordering),
+    /// and only after every worker has reported the previous epoch done; a worker reads it
+    /// only between seeing the new epoch (acquire) and reporting it done.
+    task: UnsafeCell<Option<Task>>,
+}
+
 struct Pool {
     /// Number of worker threads (parts beyond the caller's own), set once they run.
     workers: AtomicUsize,
     /// One fork–join at a time; a caller that finds it taken runs all its parts itself.
     submit: Mutex<()>,
-    task: Mutex<Option<Task>>,
-    /// Bumped once per posted task; workers wait for it to change.
-    epoch: AtomicUsize,
-    /// Workers still running the current task.
-    remaining: AtomicUsize,
+    post: Line<Post>,
+    /// Per worker, the last epoch whose part it has finished.
+    done: Box<[Line<AtomicUsize>]>,
     /// Workers asleep on `wake`, or about to be (so the poster must notify). Each worker
     /// counts itself in and out under `sleep`; a poster never changes it. (A poster that
     /// cleared a flag for the workers lost a wake-up: it could clear the flag of a later
@@ -46,6 +67,10 @@ struct Pool {
     /// widen the window a lost wake-up needs.
     dawdle: Duration,
 }
+
+// SAFETY: `post.task` is the only field without its own synchronization; see `Post` for
+// the protocol that orders its writes and reads.
+unsafe impl Sync for Pool {}
 
 static POOL: OnceLock<&'static Pool> = OnceLock::new();
 
@@ -64,9 +89,11 @@ impl Pool {
         let pool: &'static Pool = Box::leak(Box::new(Pool {
             workers: AtomicUsize::new(0),
             submit: Mutex::new(()),
-            task: Mutex::new(None),
-            epoch: AtomicUsize::new(0),
-            remaining: AtomicUsize::new(0),
+            post: Line(Post {
+                epoch: AtomicUsize::new(0),
+                task: UnsafeCell::new(None),
+            }),
+            done: (0..wanted).map(|_| Line(AtomicUsize::new(0))).collect(),
             sleepers: AtomicUsize::new(0),
             sleep: Mutex::new(()),
             wake: Condvar::new(),
@@ -91,14 +118,16 @@ impl Pool {
         let mut seen = 0;
         loop {
             seen = self.wait_for_task(seen);
-            let task = *self.task.lock().unwrap_or_else(|e| e.into_inner());
+            // SAFETY: see `Post`: the epoch was read with acquire ordering after the task was
+            // written, and the poster does not write it again before this worker's `done`.
+            let task = unsafe { *self.post.0.task.get() };
             if let Some(Task(f)) = task {
-                // SAFETY: see `Task`; the poster waits for `remaining` to reach zero.
+                // SAFETY: see `Task`; the poster waits for this worker's `done`.
                 let f = unsafe { &*f };
-                // A panic must not leave the poster waiting: count the part done either way.
+                // A panic must not leave the poster waiting: report the part done either way.
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(index)));
             }
-            self.remaining.fetch_sub(1, Ordering::Release);
+            self.done[index - 1].0.store(seen, Ordering::Release);
         }
     }
 
@@ -107,7 +136,7 @@ impl Pool {
         let start = Instant::now();
         let mut spins = 0u32;
         loop {
-            let epoch = self.epoch.load(Ordering::Acquire);
+            let epoch = self.post.0.epoch.load(Ordering::Acquire);
             if epoch != seen {
                 return epoch;
             }
@@ -122,7 +151,7 @@ impl Pool {
             // this worker holds until it waits.
             let mut guard = self.sleep.lock().unwrap_or_else(|e| e.into_inner());
             self.sleepers.fetch_add(1, Ordering::SeqCst);
-            while self.epoch.load(Ordering::SeqCst) == seen {
+            while self.post.0.epoch.load(Ordering::SeqCst) == seen {
                 guard = self.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
             }
             self.sleepers.fetch_sub(1, Ordering::SeqCst);
@@ -136,18 +165,18 @@ impl Pool {
             Err(TryLockError::Poisoned(e)) => e.into_inner(),
             Err(TryLockError::WouldBlock) => return (0..parts).for_each(f),
         };
-        // SAFETY (of the lifetime erasure): `f` is used by the workers only until
-        // `remaining` reaches zero, which this function waits for before returning.
+        // SAFETY (of the lifetime erasure): `f` is used by the workers only until each has
+        // reported this epoch done, which this function waits for before returning.
         let task: *const (dyn Fn(usize) + Sync) = f;
         let task = unsafe {
             std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const (dyn Fn(usize) + Sync)>(
                 task,
             )
         };
-        *self.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(Task(task));
-        self.remaining
-            .store(self.workers.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        // SAFETY: see `Post`: this thread holds `submit`, and every worker reported the
+        // last epoch done before the last poster returned.
+        unsafe { *self.post.0.task.get() = Some(Task(task)) };
+        let epoch = self.post.0.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         if self.sleepers.load(Ordering::SeqCst) > 0 {
             if !self.dawdle.is_zero() {
                 std::thread::sleep(self.dawdle);
@@ -157,10 +186,11 @@ impl Pool {
         }
         // The workers use `f` until they are done, so part 0 must not unwind past this.
         let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(0)));
-        while self.remaining.load(Ordering::Acquire) != 0 {
-            std::hint::spin_loop();
+        for done in &self.done[..self.workers.load(Ordering::Relaxed)] {
+            while done.0.load(Ordering::Acquire) != epoch {
+                std::hint::spin_loop();
+            }
         }
-        *self.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
         drop(guard);
         if let Err(panic) = mine {
             std::panic::resume_unwind(panic);
