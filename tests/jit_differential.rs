@@ -83,3 +83,31 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(60))]
+
+    /// At batch 1, a forward function whose products and kernels are split between two
+    /// threads sums every element in the order one thread does (its few-row products are
+    /// split by columns): the same bits as the same function on one thread, call after
+    /// call (states carried).
+    #[test]
+    fn a_split_forward_at_batch_one_has_the_bits_of_one_thread(mut m in random_model()) {
+        if !m.text.contains("batch_size=") {
+            m.batch = 1;
+        }
+        prop_assume!(m.batch == 1);
+        let spec = m.spec();
+        let w = m.weights(&spec);
+        let two = common::split_options();
+        let mut one = two;
+        one.tuning.threads = 1;
+        let (mut one, mut two) = (CompiledModel::new(spec.clone(), &w, one), CompiledModel::new(spec.clone(), &w, two));
+        for (call, x) in m.inputs(&spec, 3).into_iter().enumerate() {
+            let x = x.mapv(|v| v as f32);
+            let (a, b) = (one.predict_batch(&x).unwrap(), two.predict_batch(&x).unwrap());
+            let bits = |y: &ndarray::ArrayD<f32>| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(bits(&a.y), bits(&b.y), "{} call {}", m.text, call);
+        }
+    }
+}

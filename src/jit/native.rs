@@ -555,8 +555,9 @@ fn row_parts(rows: usize, threads: u64) -> usize {
 /// Products with few rows (batch 1 and its gradients), 16 lanes at a time, where the
 /// GEMM's packing and blocking cost more than the arithmetic: `code` 0 is
 /// `c (m×n) = a (m×k) · w (k×n)`; 1 is `c (m×n) = a (m×k) · wᵀ` with `w` of `n×k`;
-/// 2 is `c (k×n) = aᵀ · w` with `a` of `m×k` and `w` of `m×n`. Rows are `*_rs`
-/// elements apart. Emitted only when [`wide_updates`] holds (the CPU has AVX-512F).
+/// 2 is `c (k×n) = aᵀ · w` with `a` of `m×k` and `w` of `m×n`; 3 is code 0 split
+/// between threads by columns instead of by rows of `w`. Rows are `*_rs` elements apart.
+/// Emitted only when [`wide_updates`] holds (the CPU has AVX-512F).
 #[allow(clippy::too_many_arguments)]
 extern "C" fn lstmc_few_rows(
     code: u64,
@@ -584,8 +585,15 @@ extern "C" fn lstmc_few_rows(
     };
     // Split by rows of `w` (and of `c` for code 2), as the weight's update is: code 0
     // sums over them, so its parts write partial sums, added up after (in `scratch`).
+    // Code 3 splits by columns, in whole vectors: each part writes its columns of `c`,
+    // summed in the same order as on one thread, and nothing is added up after; it is
+    // for weights that no update splits by rows (a forward function's).
     let (m, n) = (p.m, p.n);
-    let rows = if code == 1 { p.n } else { p.k };
+    let rows = match code {
+        1 => p.n,
+        3 => p.n.div_ceil(16),
+        _ => p.k,
+    };
     let parts = row_parts(rows, threads);
     let mut scratch = vec![0.0f32; if code == 0 { (parts - 1) * m * n } else { 0 }];
     let partial = scratch.as_mut_ptr() as usize;
@@ -607,7 +615,7 @@ extern "C" fn lstmc_few_rows(
         // and the parts write disjoint blocks of it (or their own partial sums).
         unsafe {
             match code {
-                0 => part.times_avx512(),
+                0 | 3 => part.times_avx512(),
                 1 => part.times_transposed_avx512(),
                 _ => part.transposed_times_avx512(),
             }
@@ -647,10 +655,12 @@ unsafe impl Sync for FewRows {}
 
 impl FewRows {
     /// The part of the product that reads rows `block` of `w` (code 0: a partial sum
-    /// over them; 1: those elements of each row of `c`; 2: those rows of `c`).
+    /// over them; 1: those elements of each row of `c`; 2: those rows of `c`), or for
+    /// code 3 its vectors of columns `block` (those columns of `w` and `c`).
     fn rows_of_w(&self, code: u64, block: std::ops::Range<usize>) -> FewRows {
         let len = block.len();
-        // SAFETY (of the offsets): `block` lies within the rows of `w` (and of `c` for 2).
+        // SAFETY (of the offsets): `block` lies within the rows of `w` (and of `c` for 2),
+        // or for 3 its columns, clamped to `n`, within the columns of `w` and `c`.
         unsafe {
             match code {
                 0 => FewRows {
@@ -665,6 +675,15 @@ impl FewRows {
                     c: self.c.add(block.start),
                     ..*self
                 },
+                3 => {
+                    let [first, end] = [block.start, block.end].map(|v| (16 * v).min(self.n));
+                    FewRows {
+                        n: end - first,
+                        w: self.w.add(first),
+                        c: self.c.add(first),
+                        ..*self
+                    }
+                }
                 _ => FewRows {
                     k: len,
                     a: self.a.add(block.start),

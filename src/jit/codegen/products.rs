@@ -51,7 +51,10 @@ impl Emitter<'_, '_, '_> {
     /// `c = a · w` with `a: m×k`, `w: k×n`.
     pub(super) fn matmul(&mut self, a: Mat, w: Mat, c: Mat) -> Result<(), IrError> {
         let (m, k, n) = (a.rows, a.cols, w.cols);
-        if self.few_rows(0, m, m, n, k, &a, &w, &c) {
+        // Split by rows of `w` where its update splits it so (see `lstmc_few_rows`), else
+        // by columns, which sums as one thread does and adds no partial sums after.
+        let code = if self.f.writes_inputs() { 0 } else { 3 };
+        if self.few_rows(code, m, m, n, k, &a, &w, &c) {
             return Ok(());
         }
         let work = m * n * k;
