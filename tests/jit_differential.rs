@@ -107,6 +107,9 @@ proptest! {
             let (a, b) = (one.predict_batch(&x).unwrap(), two.predict_batch(&x).unwrap());
             let bits = |y: &ndarray::ArrayD<f32>| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             prop_assert_eq!(bits(&a.y), bits(&b.y), "{} call {}", m.text, call);
+            for ((l, s, p), (_, _, q)) in a.states.iter().zip(&b.states) {
+                prop_assert_eq!(bits(p), bits(q), "{} call {} layer {} {}", m.text, call, l, s);
+            }
         }
     }
 }
