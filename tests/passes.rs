@@ -160,16 +160,20 @@ fn lstm_train_step() -> (Function, Vec<ArrayD<f64>>) {
 
 /// [`lstm_train_step`] for `batch` rows.
 fn lstm_train_step_of(batch: usize) -> (Function, Vec<ArrayD<f64>>) {
+    lstm_train_step_over(batch, 20)
+}
+
+fn lstm_train_step_over(batch: usize, time: usize) -> (Function, Vec<ArrayD<f64>>) {
     let spec = lstmc::front::load(
         "m.model",
-        format!("LSTM 32 input_dim=3 input_length=20 batch_size={batch}\nDense 2\ncompile loss=mse optimizer=adam\n").as_bytes(),
+        format!("LSTM 32 input_dim=3 input_length={time} batch_size={batch}\nDense 2\ncompile loss=mse optimizer=adam\n").as_bytes(),
     )
     .unwrap();
     let w = lstmc::weights::Weights::init(&spec, 3);
-    let forward = lower::lower(&spec, lower::Shapes { batch, time: 20 }).unwrap();
+    let forward = lower::lower(&spec, lower::Shapes { batch, time }).unwrap();
     let opt = lstmc::model::Optimizer::keras_default("adam").unwrap();
     let step = lstmc::autodiff::train_step(&forward, lstmc::model::Loss::Mse, opt).unwrap();
-    let x = ArrayD::from_shape_fn(ndarray::IxDyn(&[batch, 20, 3]), |i| {
+    let x = ArrayD::from_shape_fn(ndarray::IxDyn(&[batch, time, 3]), |i| {
         ((i[0] * 60 + i[1] * 3 + i[2]) % 7) as f64 / 7.0 - 0.4
     });
     let inputs: Vec<ArrayD<f64>> = step
@@ -472,6 +476,57 @@ fn gate_adjoints_are_written_into_their_concatenation() {
             assert_eq!((al.rows, al.cols), (8, 32));
         }
     }
+}
+
+/// A fully unrolled training step (4 steps) has no loop to stack its tape: `stack`s
+/// join each step's values for the backward pass. Every step that a kernel of the
+/// stack's block computes is planned in its step of the stack, so the stack copies
+/// only the others (the initial states, which are inputs, and concatenations).
+#[test]
+fn an_unrolled_tape_is_written_into_its_stacks() {
+    use lstmc::ir::Op;
+    use lstmc::jit::plan::plan;
+    let (step, inputs) = lstm_train_step_over(3, 4);
+    let f = optimized_alike(&step, "schedule-updates", &inputs);
+    let p = plan(&f).unwrap();
+    p.check_bounds(&f).unwrap();
+    let (mut in_place, mut copied) = (0, 0);
+    f.walk(f.entry, &mut |i| {
+        let d = f.inst(i);
+        let Op::Stack = d.op else { return };
+        let s = d.results[0];
+        let sl = p.loc(s).unwrap();
+        let &[b, t, feat] = f.shape(s) else {
+            panic!("{s} is not a sequence")
+        };
+        for (k, &a) in d.args.iter().enumerate() {
+            let by_kernel = f
+                .def_inst(a)
+                .is_some_and(|q| matches!(f.inst(q).op, Op::Fused(_)));
+            if !by_kernel {
+                assert!(!p.in_stack.contains(&a), "{a} of {i}");
+                copied += 1;
+                continue;
+            }
+            assert!(p.in_stack.contains(&a), "{a} of {i} is copied");
+            let al = p.loc(a).unwrap();
+            assert_eq!(
+                al.offset,
+                sl.offset + (k * sl.row_stride) as isize,
+                "{a} of {i}"
+            );
+            assert_eq!((al.base, al.k), (sl.base, None));
+            assert_eq!(
+                (al.rows, al.cols, al.row_stride),
+                (b, feat, t * sl.row_stride)
+            );
+            in_place += 1;
+        }
+    });
+    // The tape: seven stacks of four steps, of which h and c start from the input
+    // states. An eighth stacks the backward steps' four concatenated gate adjoints for
+    // the weight gradient; no kernel computes those, so they are copied.
+    assert_eq!((in_place, copied), (7 * 4 - 2, 2 + 4));
 }
 
 /// A forward loop hands its state to the next step without copies: each carried value

@@ -317,6 +317,10 @@ impl Emitter<'_, '_, '_> {
                     let dst = self.val(d.results[0])?;
                     let t = d.args.len() as i64;
                     for (step, &a) in d.args.iter().enumerate() {
+                        // Written in its step by its kernel already.
+                        if self.plan.in_stack.contains(&a) {
+                            continue;
+                        }
                         let src = self.val(a)?;
                         let slot = Mat {
                             ptr: self.b.ins().iadd_imm_s(dst.ptr, step as i64 * dst.stride),

@@ -70,8 +70,11 @@ pub struct Plan {
     /// their group `j` ([`Stacking`]): the loop stacks them without a copy.
     pub in_slice: HashMap<Value, (Value, usize)>,
     /// Pieces of a `concat_last` that their kernel writes in its columns
-    /// ([`concat_in_place`]): the concatenation copies only the others.
+    /// ([`pieces_in_place`]): the concatenation copies only the others.
     pub in_concat: HashSet<Value>,
+    /// Steps of a `stack` that their kernel writes in place ([`pieces_in_place`]): the
+    /// stack copies only the others.
+    pub in_stack: HashSet<Value>,
 }
 
 impl Plan {
@@ -249,48 +252,80 @@ fn stacked_in_place(f: &Function, order: &[Inst]) -> HashMap<Value, Stacking> {
     out
 }
 
-/// The pieces of concatenations that can be computed in place, each with its
-/// concatenation and first column. A backward step's gate adjoints come from one
-/// kernel in four pieces that `concat_last` joins for `dz·Uᵀ` (W3's training step
-/// copied 6.5 MB so); the kernel may as well write each piece into its columns.
-/// A piece qualifies when a fused kernel in the concatenation's block computes it
-/// (kernels write rows in whole vectors, so a piece must start at a multiple of 4
-/// columns and be a multiple of 4 wide unless it ends the row, whose padding takes
-/// the last vector: a GRU(13)'s third gate at column 26 wrote past its row), it is
-/// not stacked by a loop (it would have two places), and it is a piece once. The
-/// concatenation must cover every column (no zeros to fill) and not be a piece itself.
-fn concat_in_place(
+/// Where a piece computed in place lies in the value that joins it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Piece {
+    /// The columns from this one of a `concat_last`.
+    Columns(usize),
+    /// This step of a `stack`.
+    Step(usize),
+}
+
+/// The pieces of concatenations and stacks that can be computed in place, each with
+/// what joins it and where.
+///
+/// A backward step's gate adjoints come from one kernel in four pieces that
+/// `concat_last` joins for `dz·Uᵀ` (W3's training step copied 6.5 MB so); the kernel may
+/// as well write each piece into its columns. Likewise a fully unrolled loop's per-step
+/// values that a `stack` joins (the tape of a training step: W2's copied ten rows of 128
+/// a step) may be written into their step of it. A piece qualifies when a fused kernel
+/// in the joining instruction's block computes it, it is not stacked by a loop (it would
+/// have two places), it is a piece once and not an output. A concatenation's piece must
+/// start at a multiple of 4 columns and be a multiple of 4 wide unless it ends the row,
+/// whose padding takes the last vector, because kernels write rows in whole vectors (a
+/// GRU(13)'s third gate at column 26 wrote past its row); the concatenation must cover
+/// every column (no zeros to fill). A step of a stack is a whole padded row, so any
+/// width fits. What joins the pieces must not be a piece itself, nor stacked by a loop.
+fn pieces_in_place(
     f: &Function,
     order: &[Inst],
     lin: &Linear,
     stacking: &HashMap<Value, Stacking>,
-) -> HashMap<Value, (Value, usize)> {
-    let mut out: HashMap<Value, (Value, usize)> = HashMap::new();
+) -> HashMap<Value, (Value, Piece)> {
+    let mut out: HashMap<Value, (Value, Piece)> = HashMap::new();
     let mut twice = HashSet::new();
     for &i in order {
         let d = f.inst(i);
-        let Op::ConcatLast { starts, total } = &d.op else {
-            continue;
-        };
-        let c = d.results[0];
-        let widths: Vec<usize> = d.args.iter().map(|&a| matrix(f.shape(a)).1).collect();
-        if widths.iter().sum::<usize>() != *total {
-            continue;
-        }
-        for ((&a, &start), &w) in d.args.iter().zip(starts).zip(&widths) {
-            let by_kernel = f.def_inst(a).is_some_and(|p| {
+        let by_kernel = |a: Value| {
+            f.def_inst(a).is_some_and(|p| {
                 matches!(f.inst(p).op, Op::Fused(_)) && lin.block_of.get(&p) == lin.block_of.get(&i)
-            });
-            let fits = start % LANES == 0 && (w % LANES == 0 || start + w == *total);
-            let rows_alike = matrix(f.shape(a)).0 == matrix(f.shape(c)).0;
-            if by_kernel
-                && fits
-                && rows_alike
-                && !stacking.contains_key(&a)
-                && out.insert(a, (c, start)).is_some()
-            {
+            })
+        };
+        let mut add = |a: Value, at: (Value, Piece)| {
+            if by_kernel(a) && !stacking.contains_key(&a) && out.insert(a, at).is_some() {
                 twice.insert(a);
             }
+        };
+        match &d.op {
+            Op::ConcatLast { starts, total } => {
+                let c = d.results[0];
+                let widths: Vec<usize> = d.args.iter().map(|&a| matrix(f.shape(a)).1).collect();
+                if widths.iter().sum::<usize>() != *total {
+                    continue;
+                }
+                for ((&a, &start), &w) in d.args.iter().zip(starts).zip(&widths) {
+                    let fits = start % LANES == 0 && (w % LANES == 0 || start + w == *total);
+                    let rows_alike = matrix(f.shape(a)).0 == matrix(f.shape(c)).0;
+                    if fits && rows_alike {
+                        add(a, (c, Piece::Columns(start)));
+                    }
+                }
+            }
+            Op::Stack => {
+                let s = d.results[0];
+                let &[b, _, feat] = f.shape(s) else {
+                    continue;
+                };
+                if stacking.contains_key(&s) {
+                    continue;
+                }
+                for (t, &a) in d.args.iter().enumerate() {
+                    if matrix(f.shape(a)) == (b, feat) {
+                        add(a, (s, Piece::Step(t)));
+                    }
+                }
+            }
+            _ => {}
         }
     }
     let nested: HashSet<Value> = out
@@ -317,7 +352,7 @@ fn carried_in_place(
     order: &[Inst],
     lin: &Linear,
     stacking: &HashMap<Value, Stacking>,
-    concat_of: &HashMap<Value, (Value, usize)>,
+    concat_of: &HashMap<Value, (Value, Piece)>,
 ) -> HashMap<Value, Value> {
     let is_view = |op: &Op| {
         matches!(
@@ -410,10 +445,11 @@ pub fn plan(f: &Function) -> Result<Plan, IrError> {
     let mut order = Vec::new();
     f.walk(f.entry, &mut |i| order.push(i));
     let stacking = stacked_in_place(f, &order);
-    let concat_of = concat_in_place(f, &order, &lin, &stacking);
+    let concat_of = pieces_in_place(f, &order, &lin, &stacking);
     let carried_at = carried_in_place(f, &order, &lin, &stacking, &concat_of);
     let mut in_slice = HashMap::new();
     let mut in_concat = HashSet::new();
+    let mut in_stack = HashSet::new();
     // Concatenations placed early, at their first piece in place.
     let mut early: HashSet<Value> = HashSet::new();
     for &i in &order {
@@ -555,24 +591,45 @@ pub fn plan(f: &Function) -> Result<Plan, IrError> {
                         root[r.index()] = root[p.index()];
                         continue;
                     }
-                    let Some(&(c, start)) = concat_of.get(&r) else {
+                    let Some(&(c, piece)) = concat_of.get(&r) else {
                         place(r, &mut locs, &mut owned, &mut root, &mut in_slice);
                         continue;
                     };
-                    // A piece in place: the concatenation gets its place now, live from here.
+                    // A piece in place: what joins it gets its place now, live from here.
                     if early.insert(c) {
                         def_pos[c.index()] = at;
                         place(c, &mut locs, &mut owned, &mut root, &mut in_slice);
                     }
                     let cl =
                         locs[c.index()].ok_or_else(|| IrError(format!("{i}: {c} has no place")))?;
-                    locs[r.index()] = Some(Loc {
-                        offset: cl.offset + start as isize,
-                        cols: matrix(f.shape(r)).1,
-                        ..cl
-                    });
+                    let (rows, cols) = matrix(f.shape(r));
+                    let loc = match piece {
+                        Piece::Columns(start) => Some(Loc {
+                            offset: cl.offset + start as isize,
+                            cols,
+                            ..cl
+                        }),
+                        // Rows of the stack are (batch, step) pairs; its own place is plain.
+                        Piece::Step(t) => {
+                            let steps = f.shape(c)[1];
+                            (cl.k.is_none() && cl.rows == rows * steps).then_some(Loc {
+                                offset: cl.offset + (t * cl.row_stride) as isize,
+                                rows,
+                                row_stride: steps * cl.row_stride,
+                                ..cl
+                            })
+                        }
+                    };
+                    let Some(loc) = loc else {
+                        place(r, &mut locs, &mut owned, &mut root, &mut in_slice);
+                        continue;
+                    };
+                    locs[r.index()] = Some(loc);
                     root[r.index()] = root[c.index()];
-                    in_concat.insert(r);
+                    match piece {
+                        Piece::Columns(_) => in_concat.insert(r),
+                        Piece::Step(_) => in_stack.insert(r),
+                    };
                 }
             }
         }
@@ -708,5 +765,6 @@ pub fn plan(f: &Function) -> Result<Plan, IrError> {
         input_lens,
         in_slice,
         in_concat,
+        in_stack,
     })
 }
