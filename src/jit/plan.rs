@@ -267,8 +267,8 @@ enum Piece {
 /// A backward step's gate adjoints come from one kernel in four pieces that
 /// `concat_last` joins for `dz·Uᵀ` (W3's training step copied 6.5 MB so); the kernel may
 /// as well write each piece into its columns. Likewise a fully unrolled loop's per-step
-/// values that a `stack` joins (the tape of a training step: W2's copied ten rows of 128
-/// a step) may be written into their step of it. A piece qualifies when a fused kernel
+/// values that a `stack` joins (a training step's tape: W2's step copied 26 rows of 128
+/// so) may be written into their step of it. A piece qualifies when a fused kernel
 /// in the joining instruction's block computes it, it is not stacked by a loop (it would
 /// have two places), it is a piece once and not an output. A concatenation's piece must
 /// start at a multiple of 4 columns and be a multiple of 4 wide unless it ends the row,
@@ -352,7 +352,7 @@ fn carried_in_place(
     order: &[Inst],
     lin: &Linear,
     stacking: &HashMap<Value, Stacking>,
-    concat_of: &HashMap<Value, (Value, Piece)>,
+    piece_of: &HashMap<Value, (Value, Piece)>,
 ) -> HashMap<Value, Value> {
     let is_view = |op: &Op| {
         matches!(
@@ -402,7 +402,7 @@ fn carried_in_place(
                 && !is_view(&f.inst(def).op)
                 && !matches!(f.inst(def).op, Op::Update(_))
                 && !stacking.contains_key(&y)
-                && !concat_of.contains_key(&y)
+                && !piece_of.contains_key(&y)
                 && !outputs.contains(&y)
                 && yielded.iter().filter(|&&v| v == y).count() == 1;
             if fresh && read.get(&p).is_none_or(|&at| at < lin.pos[&def]) {
@@ -445,12 +445,12 @@ pub fn plan(f: &Function) -> Result<Plan, IrError> {
     let mut order = Vec::new();
     f.walk(f.entry, &mut |i| order.push(i));
     let stacking = stacked_in_place(f, &order);
-    let concat_of = pieces_in_place(f, &order, &lin, &stacking);
-    let carried_at = carried_in_place(f, &order, &lin, &stacking, &concat_of);
+    let piece_of = pieces_in_place(f, &order, &lin, &stacking);
+    let carried_at = carried_in_place(f, &order, &lin, &stacking, &piece_of);
     let mut in_slice = HashMap::new();
     let mut in_concat = HashSet::new();
     let mut in_stack = HashSet::new();
-    // Concatenations placed early, at their first piece in place.
+    // Concatenations and stacks placed early, at their first piece in place.
     let mut early: HashSet<Value> = HashSet::new();
     for &i in &order {
         let d = f.inst(i);
@@ -591,7 +591,7 @@ pub fn plan(f: &Function) -> Result<Plan, IrError> {
                         root[r.index()] = root[p.index()];
                         continue;
                     }
-                    let Some(&(c, piece)) = concat_of.get(&r) else {
+                    let Some(&(c, piece)) = piece_of.get(&r) else {
                         place(r, &mut locs, &mut owned, &mut root, &mut in_slice);
                         continue;
                     };
