@@ -163,6 +163,7 @@ fn lstm_train_step_of(batch: usize) -> (Function, Vec<ArrayD<f64>>) {
     lstm_train_step_over(batch, 20)
 }
 
+/// [`lstm_train_step_of`] over `time` steps.
 fn lstm_train_step_over(batch: usize, time: usize) -> (Function, Vec<ArrayD<f64>>) {
     let spec = lstmc::front::load(
         "m.model",

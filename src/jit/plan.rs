@@ -202,20 +202,26 @@ impl Stacking {
         let &[b, t, feat] = f.shape(self.stacked) else {
             return None;
         };
-        if matrix(f.shape(r)) != (b, feat) || st.k.is_some() || st.rows != b * t {
+        if matrix(f.shape(r)) != (b, feat) {
             return None;
         }
-        let rs = st.row_stride;
-        let loc = Loc {
-            base: st.base,
-            offset: st.offset + (self.j * rs) as isize,
-            k: Some((self.k, (self.per_iter * rs) as isize)),
-            rows: b,
-            cols: feat,
-            row_stride: t * rs,
-        };
+        let mut loc = step_of(st, b, t, feat, self.j)?;
+        loc.k = Some((self.k, (self.per_iter * st.row_stride) as isize));
         Some((loc, self.stacked))
     }
+}
+
+/// Step `t` of a `[b, steps, feat]` sequence planned at `st`, whose rows are (batch,
+/// step) pairs: `b` rows of `feat`, `steps` rows apart; `None` where `st` is a view.
+fn step_of(st: &Loc, b: usize, steps: usize, feat: usize, t: usize) -> Option<Loc> {
+    (st.k.is_none() && st.rows == b * steps).then_some(Loc {
+        base: st.base,
+        offset: st.offset + (t * st.row_stride) as isize,
+        k: None,
+        rows: b,
+        cols: feat,
+        row_stride: steps * st.row_stride,
+    })
 }
 
 /// The per-step values that loops stack, each with where it goes (the first place, if
@@ -609,16 +615,7 @@ pub fn plan(f: &Function) -> Result<Plan, IrError> {
                             cols,
                             ..cl
                         }),
-                        // Rows of the stack are (batch, step) pairs; its own place is plain.
-                        Piece::Step(t) => {
-                            let steps = f.shape(c)[1];
-                            (cl.k.is_none() && cl.rows == rows * steps).then_some(Loc {
-                                offset: cl.offset + (t * cl.row_stride) as isize,
-                                rows,
-                                row_stride: steps * cl.row_stride,
-                                ..cl
-                            })
-                        }
+                        Piece::Step(t) => step_of(&cl, rows, f.shape(c)[1], cols, t),
                     };
                     let Some(loc) = loc else {
                         place(r, &mut locs, &mut owned, &mut root, &mut in_slice);
