@@ -96,3 +96,74 @@ fn a_diverging_run_stops_naming_epoch_and_batch_and_keeps_finite_weights() {
         "the kept weights are finite"
     );
 }
+
+/// The tutorial's stateful model at two threads (its recurrent kernel's batch-1 products
+/// and update split between them) trains to the same bits whether the parts run on the
+/// workers or, as when the workers' cores are far, all on the caller: where a part runs
+/// changes nothing but the time. Also the same with every product, kernel and update
+/// split at its smallest size, on a fixture's model.
+#[test]
+fn a_split_training_step_has_the_same_bits_wherever_its_parts_run() {
+    use lstmc::jit::{set_placement, Placement};
+    use lstmc::model::{Loss, Optimizer};
+    use ndarray::{ArrayD, IxDyn};
+    let text = std::fs::read(format!(
+        "{}/examples/butterfly.model",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let spec = lstmc::front::load("butterfly.model", &text).unwrap();
+    let mut threaded = lstmc::jit::Options::default();
+    threaded.tuning.threads = 2;
+    let adam = Optimizer::Adam {
+        learning_rate: 0.001,
+        beta_1: 0.9,
+        beta_2: 0.999,
+        epsilon: 1e-7,
+    };
+    let x = ArrayD::from_shape_fn(IxDyn(&[1, 4, 1]), |i| i[1] as f32 * 0.3 - 0.4);
+    let mut target = ArrayD::zeros(IxDyn(&[1, 12]));
+    target[[0, 5]] = 1.0;
+    let tutorial = (
+        spec.clone(),
+        lstmc::weights::Weights::init(&spec, 7),
+        Loss::CategoricalCrossentropy,
+        adam,
+        threaded,
+        x,
+        target,
+    );
+    let fx = load(&fixture_names()[0]);
+    let fx_spec = fx.spec();
+    let fixture = (
+        fx_spec.clone(),
+        fx.weights(&fx_spec),
+        fx.loss_kind(),
+        fx.optimizer(),
+        split_options(),
+        array(&fx.batches()[0]["x"]).mapv(|v| v as f32),
+        array(&fx.json["loss"]["target"]),
+    );
+    for (spec, w, loss, opt, options, x, target) in [tutorial, fixture] {
+        let steps = |placement| {
+            set_placement(placement);
+            let mut t = Trainer::new(spec.clone(), w.clone(), loss, opt, options);
+            let losses: Vec<u64> = (0..4)
+                .map(|_| t.train_on_batch(&x, &target).unwrap().0.to_bits())
+                .collect();
+            (losses, t.weights())
+        };
+        let (near_losses, near) = steps(Placement::Near);
+        let (far_losses, far) = steps(Placement::Far);
+        set_placement(Placement::Measured);
+        assert_eq!(near_losses, far_losses, "{}: losses", spec.name);
+        for ((n, a), (_, b)) in near.tensors.iter().zip(&far.tensors) {
+            let differ = a
+                .iter()
+                .zip(b.iter())
+                .filter(|(x, y)| x.to_bits() != y.to_bits())
+                .count();
+            assert_eq!(differ, 0, "{}: {n} differs in {differ} elements", spec.name);
+        }
+    }
+}

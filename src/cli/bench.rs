@@ -101,6 +101,19 @@ pub struct BenchArgs {
     /// Override the size (multiply-adds) from which host GEMMs use every thread.
     #[arg(long)]
     pub parallel_min: Option<usize>,
+    /// Where batch-1 products and updates run with --threads above 1: `measured` (the
+    /// default: split between threads while the workers' cores are near, measured every
+    /// 20 ms), or `near` or `far` taken as given (split always, or never), for measuring.
+    #[arg(long, value_enum, default_value_t = PlacementArg::Measured)]
+    pub placement: PlacementArg,
+}
+
+/// `--placement`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlacementArg {
+    Measured,
+    Near,
+    Far,
 }
 
 struct Timing {
@@ -148,6 +161,11 @@ fn quantile(sorted: &[f64], p: f64) -> f64 {
 }
 
 pub fn bench(args: BenchArgs) -> Result<(), Error> {
+    lstmc::jit::set_placement(match args.placement {
+        PlacementArg::Measured => lstmc::jit::Placement::Measured,
+        PlacementArg::Near => lstmc::jit::Placement::Near,
+        PlacementArg::Far => lstmc::jit::Placement::Far,
+    });
     // A model of the user's: one measurement, named `custom`.
     let custom = match (&args.model, &args.input) {
         (Some(path), Some(input)) => {

@@ -15,7 +15,7 @@ pub mod plan;
 
 pub use buf::Buf;
 pub use codegen::Tuning;
-pub use native::NativeCode;
+pub use native::{set_placement, NativeCode, Placement};
 
 use crate::error::{Error, Result};
 use crate::ir::{verify::verify, Function};

@@ -29,6 +29,9 @@
 pub mod capi;
 mod pool;
 
+use pool::Handoff;
+pub use pool::{set_placement, Placement};
+
 use crate::error::{Error, Result};
 use cranelift_jit::JITModule;
 use cranelift_module::FuncId;
@@ -296,12 +299,12 @@ extern "C" fn lstmc_gemm_strided(
         product.block(0..m, 0..n);
     } else if n >= m {
         let step = split(n, 16);
-        pool::run(parts, &|i| {
+        pool::run(parts, Handoff::Always, &|i| {
             product.block(0..m, (i * step).min(n)..((i + 1) * step).min(n))
         });
     } else {
         let step = split(m, 8);
-        pool::run(parts, &|i| {
+        pool::run(parts, Handoff::Always, &|i| {
             product.block((i * step).min(m)..((i + 1) * step).min(m), 0..n)
         });
     }
@@ -488,7 +491,7 @@ extern "C" fn lstmc_update(
         .map(|i| unsafe { std::slice::from_raw_parts(d.add(i * d_rs as usize), cols) })
         .collect();
     let (w, g, s1, s2) = (w as usize, g as usize, s1 as usize, s2 as usize);
-    split_rows(rows as usize, threads, &|_, rows| {
+    split_rows(rows as usize, threads, Handoff::WhenNear, &|_, rows| {
         let (w, g, s1, s2) = (
             w as *mut f32,
             g as *const f32,
@@ -539,10 +542,15 @@ extern "C" fn lstmc_update(
 /// [`pool`]'s workers when `threads > 1`: block `i` of `parts`, always the same block for
 /// the same `rows` and `threads`, so that the row-split products and updates of a weight
 /// ([`lstmc_few_rows`], [`lstmc_update`]) keep each block of it in one core's cache.
-fn split_rows(rows: usize, threads: u64, f: &(dyn Fn(usize, std::ops::Range<usize>) + Sync)) {
+fn split_rows(
+    rows: usize,
+    threads: u64,
+    handoff: Handoff,
+    f: &(dyn Fn(usize, std::ops::Range<usize>) + Sync),
+) {
     let parts = row_parts(rows, threads);
     let step = rows.div_ceil(parts);
-    pool::run(parts, &|i| {
+    pool::run(parts, handoff, &|i| {
         f(i, (i * step).min(rows)..((i + 1) * step).min(rows))
     });
 }
@@ -597,7 +605,7 @@ extern "C" fn lstmc_few_rows(
     let parts = row_parts(rows, threads);
     let mut scratch = vec![0.0f32; if code == 0 { (parts - 1) * m * n } else { 0 }];
     let partial = scratch.as_mut_ptr() as usize;
-    split_rows(rows, threads, &|i, block| {
+    split_rows(rows, threads, Handoff::WhenNear, &|i, block| {
         let part = if code == 0 && i > 0 {
             // SAFETY: part `i >= 1` has its own `m × n` of `scratch`.
             let c = unsafe { (partial as *mut f32).add((i - 1) * m * n) };
@@ -930,7 +938,7 @@ extern "C" fn lstmc_rows(kernel: *const u8, operands: *const *mut f32, rows: u64
     // signature `Kernel` names (`codegen::kernel_signature`).
     let kernel = unsafe { std::mem::transmute::<*const u8, Kernel>(kernel) };
     let call = Call { kernel, operands };
-    split_rows(rows as usize, threads, &|_, block| {
+    split_rows(rows as usize, threads, Handoff::Always, &|_, block| {
         if !block.is_empty() {
             call.rows(block.start as u64, block.end as u64)
         }

@@ -15,14 +15,62 @@
 //! count of running workers that all of them decremented: an empty fork–join at two
 //! threads took 0.22 µs (0.90 µs for an hour in which the host placed the two virtual CPUs
 //! farther apart), this one 0.10 µs (0.53 µs).
+//!
+//! Where the host puts the workers' cores matters more than the protocol: on far cores
+//! (another core complex), the cache lines that batch-1 parts hand over cost more than
+//! the split saves. So the pool measures the placement now and then ([`Pool::far`]), and
+//! while the workers are far, it runs the parts of small fork–joins ([`Handoff::WhenNear`])
+//! on the caller, one after another: the same parts, so the same results.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock, TryLockError};
 use std::time::{Duration, Instant};
 
 /// How long an idle worker spins before it sleeps.
 const SPIN: Duration = Duration::from_millis(2);
+
+/// A probe ([`Pool::probe`]) slower than this means the workers' cores are far from the
+/// caller's ([`Handoff::WhenNear`]). Measured at two threads on this machine's virtual
+/// CPUs, which the host places on near cores or on far ones, for seconds or minutes at
+/// a time: probes took 0.08–0.24 µs near (median 0.19) and mostly 0.7–0.8 µs far; a
+/// round trip of one cache line took 27–70 ns near and 330–385 ns far.
+const FAR: Duration = Duration::from_nanos(400);
+
+/// A probe slower than this measured something else than the placement.
+const UNSURE: Duration = Duration::from_micros(20);
+
+/// How often the placement is measured again, at most.
+const REPROBE: Duration = Duration::from_millis(20);
+
+/// Small fork–joins between two probes' checks of the clock.
+const CHECK_EVERY: u64 = 256;
+
+/// Whether a fork–join's parts go to the workers.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Handoff {
+    /// Always (large work: GEMMs and split kernels).
+    Always,
+    /// Only while the workers' cores are near the caller's; else the caller runs every
+    /// part itself, in order. For batch-1 work (few-row products and the updates of the
+    /// same weights), where a part is a microsecond or two: with the cores far apart, the
+    /// cache lines the parts hand over cost more than the split saves, and two threads
+    /// were slower than one (W2's forward 16–18 µs against 12.3 µs, its epoch 3.0–3.2 ms
+    /// against 2.6–2.7 ms). A part computes the same thing wherever it runs, so results
+    /// do not depend on where they ran.
+    WhenNear,
+}
+
+/// Where the workers' cores are, as [`Handoff::WhenNear`] uses it: measured, or set.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Placement {
+    /// Measured every [`REPROBE`] at most (the default).
+    Measured,
+    /// Taken as near: parts go to the workers.
+    Near,
+    /// Taken as far: the caller runs the parts of small fork–joins.
+    Far,
+}
 
 /// A posted task: part `i` of it runs on worker `i` (the caller runs part 0).
 #[derive(Clone, Copy)]
@@ -66,6 +114,13 @@ struct Pool {
     /// Tests only: how long a poster dawdles between seeing a sleeper and notifying, to
     /// widen the window a lost wake-up needs.
     dawdle: Duration,
+    /// Whether the last probe found the workers far ([`Handoff::WhenNear`]).
+    far: AtomicBool,
+    /// Small fork–joins since the clock was last checked for a probe.
+    small: AtomicU64,
+    /// When the last probe ran, in nanoseconds since `born`.
+    probed: AtomicU64,
+    born: Instant,
 }
 
 // SAFETY: `post.task` is the only field without its own synchronization; see `Post` for
@@ -99,6 +154,10 @@ impl Pool {
             wake: Condvar::new(),
             spin,
             dawdle,
+            far: AtomicBool::new(false),
+            small: AtomicU64::new(0),
+            probed: AtomicU64::new(0),
+            born: Instant::now(),
         }));
         // No task is posted before this function returns, so workers may start late; one
         // that cannot be spawned is simply not counted (and its parts run on the caller).
@@ -159,6 +218,66 @@ impl Pool {
         }
     }
 
+    /// [`run`] with the placement given.
+    fn run_placed(
+        &self,
+        parts: usize,
+        handoff: Handoff,
+        placement: Placement,
+        f: &(dyn Fn(usize) + Sync),
+    ) {
+        if handoff == Handoff::WhenNear && self.far(placement) {
+            return (0..parts).for_each(f);
+        }
+        self.run(parts, &|i| {
+            if i < parts {
+                f(i)
+            }
+        });
+    }
+
+    /// Whether small fork–joins should stay on the caller: the last probe's answer, probed
+    /// again when [`REPROBE`] has passed (the clock is read once per [`CHECK_EVERY`]).
+    fn far(&self, placement: Placement) -> bool {
+        match placement {
+            Placement::Near => return false,
+            Placement::Far => return true,
+            Placement::Measured => {}
+        }
+        if self
+            .small
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(CHECK_EVERY)
+        {
+            let now = self.born.elapsed().as_nanos() as u64;
+            let last = self.probed.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= REPROBE.as_nanos() as u64 || last == 0 {
+                // A probe that took far longer than any placement (a worker not yet started,
+                // or descheduled) says nothing: the next check probes again.
+                let took = self.probe();
+                if took < UNSURE {
+                    self.probed.store(now.max(1), Ordering::Relaxed);
+                    self.far.store(took > FAR, Ordering::Relaxed);
+                }
+            }
+        }
+        self.far.load(Ordering::Relaxed)
+    }
+
+    /// The fastest of three empty fork–joins with every worker, after one that wakes them.
+    fn probe(&self) -> Duration {
+        let parts = self.workers.load(Ordering::Relaxed) + 1;
+        self.run(parts, &|_| {});
+        (0..3)
+            .map(|_| {
+                let start = Instant::now();
+                self.run(parts, &|_| {});
+                start.elapsed()
+            })
+            .min()
+            .unwrap_or_default()
+    }
+
     fn run(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
         let guard = match self.submit.try_lock() {
             Ok(g) => g,
@@ -207,18 +326,31 @@ pub(super) fn parts(threads: usize) -> usize {
     }
 }
 
+/// How [`run`] places small fork–joins ([`Handoff::WhenNear`]): a [`Placement`] as `u8`.
+static PLACEMENT: AtomicU8 = AtomicU8::new(Placement::Measured as u8);
+
+/// Sets how small fork–joins are placed from now on, process-wide. Results do not depend
+/// on it, only where the parts run; for tests and measurements.
+pub fn set_placement(placement: Placement) {
+    PLACEMENT.store(placement as u8, Ordering::Relaxed);
+}
+
+fn placement() -> Placement {
+    match PLACEMENT.load(Ordering::Relaxed) {
+        x if x == Placement::Near as u8 => Placement::Near,
+        x if x == Placement::Far as u8 => Placement::Far,
+        _ => Placement::Measured,
+    }
+}
+
 /// Runs `f(0)` … `f(parts - 1)`, part 0 on the calling thread and the others on the
-/// workers, and returns when all have finished. `parts` must come from [`parts`].
-pub(super) fn run(parts: usize, f: &(dyn Fn(usize) + Sync)) {
+/// workers (or, as `handoff` says, all on the calling thread, in order), and returns
+/// when all have finished. `parts` must come from [`parts`].
+pub(super) fn run(parts: usize, handoff: Handoff, f: &(dyn Fn(usize) + Sync)) {
     if parts <= 1 {
         return (0..parts).for_each(f);
     }
-    let pool = pool();
-    pool.run(parts, &|i| {
-        if i < parts {
-            f(i)
-        }
-    });
+    pool().run_placed(parts, handoff, placement(), f);
 }
 
 #[cfg(test)]
@@ -232,6 +364,33 @@ mod tests {
     /// every part of every task runs exactly once, and no task waits forever. The pool's
     /// first wake-up protocol (a poster clearing a flag that a worker had set for a later
     /// sleep) hung a test run; this finds such a lost wake-up as a timeout, not a hang.
+    /// Small fork–joins run every part once, on the workers when they are taken as near
+    /// and all on the caller when far; large ones go to the workers either way.
+    #[test]
+    fn small_fork_joins_stay_on_the_caller_when_the_workers_are_far() {
+        let pool = Pool::start(1, SPIN, Duration::ZERO);
+        assert_eq!(pool.workers.load(Ordering::Relaxed), 1);
+        let me = std::thread::current().id();
+        let ran_here = |handoff, placement| {
+            let here: Vec<Mutex<Option<bool>>> = (0..2).map(|_| Mutex::new(None)).collect();
+            pool.run_placed(2, handoff, placement, &|i| {
+                let mut slot = here[i].lock().unwrap();
+                assert!(slot.is_none(), "part {i} ran twice");
+                *slot = Some(std::thread::current().id() == me);
+            });
+            here.iter()
+                .map(|h| h.lock().unwrap().expect("a part did not run"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ran_here(Handoff::WhenNear, Placement::Far), [true, true]);
+        assert_eq!(ran_here(Handoff::WhenNear, Placement::Near), [true, false]);
+        assert_eq!(ran_here(Handoff::Always, Placement::Far), [true, false]);
+        for _ in 0..10 {
+            let measured = ran_here(Handoff::WhenNear, Placement::Measured);
+            assert!(measured[0], "part 0 left the caller");
+        }
+    }
+
     #[test]
     fn every_part_runs_once_and_no_wake_up_is_lost() {
         // Workers that sleep as soon as they are idle, and posters that dawdle before they
