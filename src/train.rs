@@ -238,6 +238,12 @@ impl Trainer {
         out
     }
 
+    /// The training steps compiled so far (forward, loss, backward and update), one per
+    /// batch shape trained on.
+    pub fn step_functions(&self) -> impl Iterator<Item = &Compiled> {
+        self.funcs.values().map(|f| &*f.step)
+    }
+
     /// Optimizer steps taken so far.
     pub fn iterations(&self) -> u64 {
         self.iterations

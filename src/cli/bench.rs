@@ -106,6 +106,10 @@ pub struct BenchArgs {
     /// 20 ms), or `near` or `far` taken as given (split always, or never), for measuring.
     #[arg(long, value_enum, default_value_t = PlacementArg::Measured)]
     pub placement: PlacementArg,
+    /// Also count the time of every IR instruction of the timed function, and print
+    /// where it went (to standard error). Profiled code runs slower: read the shares.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 /// `--placement`.
@@ -218,6 +222,7 @@ pub fn bench(args: BenchArgs) -> Result<(), Error> {
         let weights = Weights::init(&spec, 0);
         let mut options = lstmc::jit::Options::default();
         options.tuning.threads = args.threads.max(1);
+        options.profile = args.profile;
         if let Some(v) = args.full_unroll_max {
             options.passes.full_unroll_max = v;
         }
@@ -256,7 +261,9 @@ pub fn bench(args: BenchArgs) -> Result<(), Error> {
         if args.phase != Phase::Train {
             let t = measure(args.budget, || model.predict_into(&x, &shape, &mut y))?;
             let shapes = lstmc::reference::batch_shapes(&spec, &shape)?;
-            let compile_ms = model.compiled(shapes)?.compile_time.as_secs_f64() * 1e3;
+            let compiled = model.compiled(shapes)?;
+            let compile_ms = compiled.compile_time.as_secs_f64() * 1e3;
+            print_profile(&format!("{} forward", w.id), &compiled);
             report(
                 w,
                 "forward",
@@ -330,6 +337,9 @@ fn train_phase(
             trainer.reset_states();
             Ok(())
         })?;
+        trainer
+            .step_functions()
+            .for_each(|f| print_profile("W2 epoch", f));
         let median = {
             let mut s = t.per_call_us.clone();
             s.sort_by(f64::total_cmp);
@@ -353,6 +363,9 @@ fn train_phase(
     let t = measure(args.budget, || {
         trainer.train_on_batch(&xa, &target).map(|_| ())
     })?;
+    trainer
+        .step_functions()
+        .for_each(|f| print_profile(&format!("{} train", w.id), f));
     report(
         w,
         "train",
@@ -362,6 +375,57 @@ fn train_phase(
         serde_json::json!({}),
     );
     Ok(())
+}
+
+/// Prints where a profiled function's time went (`--profile`), to standard error: the
+/// slowest instructions, then the time per kind of operation.
+fn print_profile(what: &str, compiled: &lstmc::jit::Compiled) {
+    let Some(profile) = &compiled.profile else {
+        return;
+    };
+    let lines = profile.report(&compiled.func);
+    let total: f64 = lines.iter().map(|l| l.ns_per_call).sum();
+    if total <= 0.0 {
+        return;
+    }
+    eprintln!(
+        "profile of {what} (function `{}`): {:.2} µs per call counted",
+        compiled.func.name,
+        total / 1e3
+    );
+    eprintln!("  share    µs/call  passes  instruction");
+    for l in lines.iter().take(25) {
+        let inst: String = l.inst.chars().take(110).collect();
+        eprintln!(
+            "  {:5.1}%  {:8.3}  {:6.1}  {inst}",
+            100.0 * l.ns_per_call / total,
+            l.ns_per_call / 1e3,
+            l.passes_per_call
+        );
+    }
+    let mut kinds: Vec<(String, f64, f64)> = Vec::new();
+    for l in &lines {
+        // The operation's name: the word after `=`, without its brackets.
+        let op = l.inst.split(" = ").nth(1).unwrap_or(&l.inst);
+        let kind: String = op.split([' ', '[']).next().unwrap_or(op).to_string();
+        match kinds.iter_mut().find(|(k, ..)| *k == kind) {
+            Some(entry) => {
+                entry.1 += l.ns_per_call;
+                entry.2 += l.passes_per_call;
+            }
+            None => kinds.push((kind, l.ns_per_call, l.passes_per_call)),
+        }
+    }
+    kinds.sort_by(|a, b| b.1.total_cmp(&a.1));
+    eprintln!("  by operation:");
+    for (kind, ns, passes) in kinds {
+        eprintln!(
+            "  {:5.1}%  {:8.3}  {:6.1}  {kind}",
+            100.0 * ns / total,
+            ns / 1e3,
+            passes
+        );
+    }
 }
 
 /// Prints one measurement in the peers' fields (plus `extra`).

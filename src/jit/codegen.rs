@@ -105,6 +105,8 @@ pub struct Hosts {
     pub copy: FuncRef,
     /// `lstmc_sum_rows`
     pub sum_rows: FuncRef,
+    /// `lstmc_tick`
+    pub tick: FuncRef,
 }
 
 /// The memory flags of a function's code: a training step writes its weights and slots
@@ -123,7 +125,9 @@ fn flags(f: &Function) -> Flags {
 }
 
 /// Emits the body of the forward function into `b` (whose entry block has the two
-/// pointer parameters); the kernels it outlines are declared in `outline`.
+/// pointer parameters); the kernels it outlines are declared in `outline`. With
+/// `profile` (the address of a [`super::profile::Profile`]), the code counts the time of
+/// each instruction.
 pub fn emit(
     f: &Function,
     plan: &Plan,
@@ -131,6 +135,7 @@ pub fn emit(
     b: &mut FunctionBuilder,
     hosts: Hosts,
     outline: &mut Outline,
+    profile: Option<i64>,
 ) -> Result<(), IrError> {
     let entry = b.create_block();
     b.append_block_params_for_function_params(entry);
@@ -157,8 +162,15 @@ pub fn emit(
         outline: Some(outline),
         outer: deferred_outer(f, plan, tuning)?,
         scratch: None,
+        profile: None,
     };
+    if let Some(address) = profile {
+        let p = e.imm(address);
+        e.profile = Some(p);
+        e.tick(super::profile::START);
+    }
     e.block(f.entry)?;
+    e.tick(super::profile::END);
     e.b.ins().return_(&[]);
     e.b.seal_all_blocks();
     Ok(())
@@ -183,6 +195,8 @@ struct Emitter<'a, 'b, 'c> {
     /// The one scratch row of the function's two-pass kernels, made at the first one
     /// (they run one after another, so they share it).
     scratch: Option<StackSlot>,
+    /// The address of the profile that counts each instruction's time, if any.
+    profile: Option<Value>,
 }
 
 /// The memory flags of the generated code's loads and stores.
@@ -292,9 +306,23 @@ impl Emitter<'_, '_, '_> {
         self.b.ins().iadd(m.ptr, off)
     }
 
+    /// Tells the profile, if any, that instruction `id` starts ([`super::profile`]).
+    fn tick(&mut self, id: u64) {
+        if let Some(p) = self.profile {
+            let id = self.b.ins().iconst(types::I64, id as i64);
+            self.b.ins().call(self.hosts.tick, &[p, id]);
+        }
+    }
+
     fn block(&mut self, blk: crate::ir::Block) -> Result<(), IrError> {
         for &i in &self.f.block(blk).insts {
             let d = self.f.inst(i);
+            if !matches!(
+                d.op,
+                Op::SliceLast { .. } | Op::Row { .. } | Op::TimeStep { .. } | Op::Yield
+            ) {
+                self.tick(i.index() as u64);
+            }
             match &d.op {
                 Op::SliceLast { .. } | Op::Row { .. } | Op::TimeStep { .. } | Op::Yield => {}
                 Op::Zeros(_) => {

@@ -12,6 +12,7 @@ pub mod math;
 #[allow(unsafe_code)]
 mod native;
 pub mod plan;
+pub mod profile;
 
 pub use buf::Buf;
 pub use codegen::Tuning;
@@ -40,6 +41,9 @@ pub struct Options {
     pub tuning: Tuning,
     /// Keep the Cranelift IR and machine code text (for `lstmc asm`).
     pub keep_text: bool,
+    /// Count the time of every instruction of the function ([`profile`]; for `lstmc
+    /// bench --profile`). Profiled code runs slower.
+    pub profile: bool,
 }
 
 /// A compiled forward function.
@@ -57,6 +61,8 @@ pub struct Compiled {
     pub machine: Option<String>,
     /// Time spent in passes, planning and code generation.
     pub compile_time: Duration,
+    /// The time per instruction, when compiled to count it ([`Options::profile`]).
+    pub profile: Option<std::sync::Arc<profile::Profile>>,
 }
 
 fn isa() -> Result<std::sync::Arc<dyn cranelift_codegen::isa::TargetIsa>> {
@@ -116,7 +122,7 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
     ctx.func.name = UserFuncName::user(0, id.as_u32());
     // The host functions generated code calls (`native.rs`), with their parameters: so
     // many 64-bit integers and pointers, then so many f32s.
-    let imports: [(&str, usize, usize); 10] = [
+    let imports: [(&str, usize, usize); 11] = [
         // (kind, y, ys, t, ts, dy, dys, rows, cols, out)
         ("lstmc_loss", 10, 0),
         // (m, n, k, a, lda, b, ldb, c, ldc, threads)
@@ -137,6 +143,8 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         ("lstmc_copy", 6, 0),
         // (src, src_stride, dst, rows, cols)
         ("lstmc_sum_rows", 5, 0),
+        // (profile, instruction)
+        ("lstmc_tick", 2, 0),
     ];
     let mut ids = Vec::with_capacity(imports.len());
     for (name, ints, floats) in imports {
@@ -152,8 +160,8 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         );
     }
     let hosts = |module: &mut JITModule, func: &mut cranelift_codegen::ir::Function| {
-        let [loss, gemm, softmax, gemm_strided, softmax_grad, update, rows, few_rows, copy, sum_rows] =
-            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9].map(|i| module.declare_func_in_func(ids[i], func));
+        let [loss, gemm, softmax, gemm_strided, softmax_grad, update, rows, few_rows, copy, sum_rows, tick] =
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10].map(|i| module.declare_func_in_func(ids[i], func));
         codegen::Hosts {
             loss,
             gemm,
@@ -165,6 +173,7 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
             few_rows,
             copy,
             sum_rows,
+            tick,
         }
     };
     let mut fctx = FunctionBuilderContext::new();
@@ -184,6 +193,9 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         module.clear_context(ctx);
         Ok::<(), Error>(())
     };
+    let profile = options
+        .profile
+        .then(|| std::sync::Arc::new(profile::Profile::new(func.insts.len())));
     let kernels = {
         let h = hosts(&mut module, &mut ctx.func);
         let mut outline = codegen::Outline {
@@ -191,7 +203,18 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
             kernels: Vec::new(),
         };
         let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-        codegen::emit(&func, &plan, &options.tuning, &mut b, h, &mut outline)?;
+        // The profile's address, for the code to pass to `lstmc_tick`: `Compiled` keeps
+        // the profile as long as the code.
+        let counts = profile.as_ref().map(|p| std::sync::Arc::as_ptr(p) as i64);
+        codegen::emit(
+            &func,
+            &plan,
+            &options.tuning,
+            &mut b,
+            h,
+            &mut outline,
+            counts,
+        )?;
         b.finalize(outline.module.target_config());
         outline.kernels
     };
@@ -223,5 +246,6 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         clif,
         machine,
         compile_time: start.elapsed(),
+        profile,
     })
 }

@@ -962,8 +962,15 @@ impl Call {
     }
 }
 
+/// Instruction `id` of a profiled function starts ([`super::profile::Profile::tick`]).
+extern "C" fn lstmc_tick(profile: *const super::profile::Profile, id: u64) {
+    // SAFETY: profiled code passes the address of the profile its `Compiled` keeps alive
+    // as long as the code (`jit::compile`).
+    unsafe { &*profile }.tick(id)
+}
+
 /// The host symbols generated code may call, for `JITBuilder::symbol`.
-pub fn host_symbols() -> [(&'static str, *const u8); 10] {
+pub fn host_symbols() -> [(&'static str, *const u8); 11] {
     [
         ("lstmc_sum_rows", lstmc_sum_rows as *const u8),
         ("lstmc_copy", lstmc_copy as *const u8),
@@ -975,5 +982,6 @@ pub fn host_symbols() -> [(&'static str, *const u8); 10] {
         ("lstmc_softmax", lstmc_softmax as *const u8),
         ("lstmc_gemm_strided", lstmc_gemm_strided as *const u8),
         ("lstmc_softmax_grad", lstmc_softmax_grad as *const u8),
+        ("lstmc_tick", lstmc_tick as *const u8),
     ]
 }

@@ -104,6 +104,7 @@ pub fn emit_kernel(
         outline: None,
         outer: HashMap::new(),
         scratch: None,
+        profile: None,
     };
     e.fused_rows(
         &kernel.kernel,
