@@ -498,7 +498,53 @@ extern "C" fn lstmc_update(
             s1 as *mut f32,
             s2 as *mut f32,
         );
+        let update = |w: &mut [f32], grad: Grad, s1: &mut [f32], s2: &mut [f32]| {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: generated code calls the updates only when the CPU has AVX-512F.
+            unsafe {
+                if code == 0 {
+                    adam_row_avx512(w, grad, s1, s2, [rate, k0, k1, k2])
+                } else {
+                    rmsprop_row_avx512(w, grad, s1, s2, [rate, k0, k1, k2, k3])
+                }
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (code, w, grad, s1, s2);
+        };
         let mut xs = vec![0.0f32; t];
+        if cols < 16 && ws == cols && s1s == cols && s2s == cols {
+            // Rows narrower than a vector (a Dense kernel of 12 columns) waste lanes and
+            // pay a call and a square root's latency per row: a chunk of contiguous rows
+            // is updated as one row instead, its gradient gathered first (the same bits:
+            // the lanes of an outer product are summed the same way either way).
+            let chunk = (NARROW_CHUNK / cols).max(1);
+            let mut flat = vec![0.0f32; chunk * cols];
+            for first in rows.clone().step_by(chunk) {
+                let n = chunk.min(rows.end - first);
+                for i in 0..n {
+                    // SAFETY: row `first + i` of the gradient (see `row_grad`).
+                    let grad = unsafe { row_grad(g, gs, cols, first + i, &mut xs, &d_rows) };
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above (AVX-512F).
+                    unsafe {
+                        grad.store_avx512(&mut flat[i * cols..(i + 1) * cols])
+                    };
+                    #[cfg(not(target_arch = "x86_64"))]
+                    let _ = grad;
+                }
+                // SAFETY: rows `first..first + n` of the weight and its slots are
+                // contiguous (`*s == cols`), and this part's alone.
+                let (w, s1, s2) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(w.add(first * cols), n * cols),
+                        std::slice::from_raw_parts_mut(s1.add(first * cols), n * cols),
+                        std::slice::from_raw_parts_mut(s2.add(first * cols), n * cols),
+                    )
+                };
+                update(w, Grad::Row(&flat[..n * cols]), s1, s2);
+            }
+            return;
+        }
         for r in rows {
             // SAFETY: as above; the weight, its slots and the gradient are distinct slots,
             // and row `r` is this part's alone.
@@ -509,34 +555,45 @@ extern "C" fn lstmc_update(
                     std::slice::from_raw_parts_mut(s2.add(r * s2s), cols),
                 )
             };
-            let grad = if t == 0 {
-                // SAFETY: row `r` of the stored gradient.
-                Grad::Row(unsafe { std::slice::from_raw_parts(g.add(r * gs), cols) })
-            } else {
-                for (i, x) in xs.iter_mut().enumerate() {
-                    // SAFETY: `a[i, r]` with `i < t`, `r < rows`.
-                    *x = unsafe { *g.add(i * gs + r) };
-                }
-                Grad::Outer {
-                    xs: &xs,
-                    rows: &d_rows,
-                }
-            };
-            let k = [rate, k0, k1, k2, k3];
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: generated code calls the updates only when the CPU has AVX-512F.
-            unsafe {
-                if code == 0 {
-                    adam_row_avx512(w, grad, s1, s2, [k[0], k[1], k[2], k[3]])
-                } else {
-                    rmsprop_row_avx512(w, grad, s1, s2, k)
-                }
-            };
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = (code, w, grad, s1, s2, k);
+            // SAFETY: row `r` of the gradient (see `row_grad`).
+            update(
+                w,
+                unsafe { row_grad(g, gs, cols, r, &mut xs, &d_rows) },
+                s1,
+                s2,
+            );
         }
     });
 }
+
+/// Row `r` of an update's gradient ([`lstmc_update`]): stored at `g` (rows `gs` apart)
+/// when `xs` is empty, else `Σ_i a[i, r] · d_rows[i]` with `a = g` (rows `gs` apart),
+/// whose column `r` this reads into `xs`.
+///
+/// # Safety
+/// `g` must point to a stored gradient with a row `r` of `cols` elements, or to `a` with
+/// `xs.len()` rows and a column `r`.
+unsafe fn row_grad<'a>(
+    g: *const f32,
+    gs: usize,
+    cols: usize,
+    r: usize,
+    xs: &'a mut [f32],
+    d_rows: &'a [&'a [f32]],
+) -> Grad<'a> {
+    if xs.is_empty() {
+        // SAFETY: the caller's.
+        return Grad::Row(unsafe { std::slice::from_raw_parts(g.add(r * gs), cols) });
+    }
+    for (i, x) in xs.iter_mut().enumerate() {
+        // SAFETY: the caller's: `a[i, r]`.
+        *x = unsafe { *g.add(i * gs + r) };
+    }
+    Grad::Outer { xs, rows: d_rows }
+}
+
+/// Elements of narrow rows that [`lstmc_update`] updates as one row.
+const NARROW_CHUNK: usize = 1024;
 
 /// Runs `f` over blocks of consecutive rows of `0..rows`, on the calling thread and the
 /// [`pool`]'s workers when `threads > 1`: block `i` of `parts`, always the same block for
@@ -842,6 +899,21 @@ enum Grad<'a> {
 
 #[cfg(target_arch = "x86_64")]
 impl Grad<'_> {
+    /// The whole row into `out` (as long as the row).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store_avx512(&self, out: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let n = out.len();
+        for i in (0..n).step_by(16) {
+            let mask = lanes(i, n);
+            // SAFETY: the mask stops at `n`, the length of `out` and of the gradient's rows.
+            unsafe {
+                let v = self.lanes(i, mask);
+                _mm512_mask_storeu_ps(out.as_mut_ptr().add(i), mask, v);
+            }
+        }
+    }
+
     /// Lanes `i..i + 16` under `mask`, which stops within the row.
     #[target_feature(enable = "avx512f")]
     #[inline]
