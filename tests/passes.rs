@@ -637,3 +637,20 @@ fn the_backward_loop_reads_a_transposed_recurrent_kernel() {
     let after = optimized_alike(&small, "transpose", &inputs);
     assert_eq!(ops(&before), ops(&after));
 }
+
+/// `fold` on a training step at batch 1: every per-step bias gradient (`sum_rows` of a
+/// one-row adjoint) becomes a view of its row, with the same numbers; at batch 2 the
+/// sums stay.
+#[test]
+fn a_sum_over_one_row_folds_into_the_row() {
+    use lstmc::ir::Op;
+    let sums = |f: &Function| ops(f).iter().filter(|o| **o == Op::SumRows).count();
+    let (step, inputs) = lstm_train_step_over(1, 4);
+    let before = optimized_alike(&step, "unroll", &inputs);
+    let after = optimized_alike(&step, "fold", &inputs);
+    assert!(sums(&before) >= 16, "{} sums before fold", sums(&before));
+    assert_eq!(sums(&after), 0);
+    let (step, inputs) = lstm_train_step_over(2, 4);
+    let after = optimized_alike(&step, "fold", &inputs);
+    assert!(sums(&after) >= 16, "{} sums at batch 2", sums(&after));
+}

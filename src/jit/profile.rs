@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 /// The id of a function's start: nothing runs before it.
-pub const START: u64 = u64::MAX - 1;
+pub(crate) const START: u64 = u64::MAX - 1;
 /// The id of a function's end: the last instruction stops there.
-pub const END: u64 = u64::MAX;
+pub(crate) const END: u64 = u64::MAX;
 
 /// Nanoseconds and passes per instruction of one compiled function.
 #[derive(Debug)]

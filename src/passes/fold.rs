@@ -4,6 +4,10 @@
 //! fold away, and with them a whole recurrent matmul per layer and call.
 //! (Inputs and weights are checked to be finite, and bounded activations of
 //! finite values are finite, so `s · 0 = 0` holds exactly.)
+//!
+//! And a sum over one row is that row: at batch 1, a bias's gradient per step
+//! (`sum_rows` of a `[1, N]` adjoint) becomes a view of the adjoint instead of a
+//! host call that copies it (W2's training step made seventeen, 1.7 µs of 54).
 
 use super::Options;
 use crate::ir::{BinOp, Function, IrError, Op, Value};
@@ -31,6 +35,11 @@ pub fn run(f: &mut Function, _: &Options) -> Result<(), IrError> {
             Op::Binary(BinOp::Mul) => {
                 (zero(f, d.args[0]) && bounded(f, d.args[1]))
                     || (zero(f, d.args[1]) && bounded(f, d.args[0]))
+            }
+            Op::SumRows if f.shape(d.args[0]).len() == 2 && f.shape(d.args[0])[0] == 1 => {
+                let inst = &mut f.insts[i.index()];
+                inst.op = Op::Row { index: 0 };
+                false
             }
             Op::Binary(BinOp::Add) => {
                 if zero(f, d.args[1]) {
