@@ -172,25 +172,23 @@ impl Emitter<'_, '_, '_> {
         self.counted(m, |e, r| {
             let arow = e.row(&a, r);
             let crow = e.row(&c, r);
-            let mut col = 0;
-            for width in [8usize, 4, 1] {
-                let span = width * 4;
-                let blocks = (n - col) / span;
-                if blocks == 0 {
-                    continue;
-                }
-                let start = col;
+            // Blocks of eight vectors, then the rest as one block of as many vectors (its
+            // last one partial: c's rows have room, w's rows are padded), so that every
+            // column's chain of multiply-adds runs beside the others: three blocks of one
+            // vector, one after another, made a 128×12 Dense product (W2) wait on three
+            // chains of 128 in a row.
+            let blocks = n / 32;
+            if blocks > 0 {
                 e.counted(blocks, |e, jb| {
-                    let off = e.b.ins().imul_imm_s(jb, (span * 4) as i64);
-                    let off = e.b.ins().iadd_imm_s(off, (start * 4) as i64);
-                    e.dot_block(&a, a_cs, &w, arow, off, k, width, types::F32X4, crow)
+                    let off = e.b.ins().imul_imm_s(jb, 128);
+                    e.dot_block(&a, a_cs, &w, arow, off, k, 8, types::F32X4, crow)
                 })?;
-                col += blocks * span;
             }
+            let col = blocks * 32;
             if col < n {
-                // The last columns as one vector: c's rows have room, w's rows are padded.
                 let off = e.imm((col * 4) as i64);
-                e.dot_block(&a, a_cs, &w, arow, off, k, 1, types::F32X4, crow)?;
+                let width = (n - col).div_ceil(4);
+                e.dot_block(&a, a_cs, &w, arow, off, k, width, types::F32X4, crow)?;
             }
             Ok(())
         })
