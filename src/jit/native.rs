@@ -518,7 +518,7 @@ extern "C" fn lstmc_update(
             // is updated as one row instead, its gradient gathered first (the same bits:
             // the lanes of an outer product are summed the same way either way).
             let chunk = (NARROW_CHUNK / cols).max(1);
-            let mut flat = vec![0.0f32; chunk * cols];
+            let mut flat = vec![0.0f32; chunk.min(rows.len()) * cols];
             for first in rows.clone().step_by(chunk) {
                 let n = chunk.min(rows.end - first);
                 for i in 0..n {
