@@ -512,7 +512,7 @@ extern "C" fn lstmc_update(
             let _ = (code, w, grad, s1, s2);
         };
         let mut xs = vec![0.0f32; t];
-        if cols < 16 && ws == cols && s1s == cols && s2s == cols {
+        if (1..16).contains(&cols) && ws == cols && s1s == cols && s2s == cols {
             // Rows narrower than a vector (a Dense kernel of 12 columns) waste lanes and
             // pay a call and a square root's latency per row: a chunk of contiguous rows
             // is updated as one row instead, its gradient gathered first (the same bits:
