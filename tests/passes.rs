@@ -480,9 +480,10 @@ fn gate_adjoints_are_written_into_their_concatenation() {
 }
 
 /// A fully unrolled training step (4 steps) has no loop to stack its tape: `stack`s
-/// join each step's values for the backward pass. Every step that a kernel of the
-/// stack's block computes is planned in its step of the stack, so the stack copies
-/// only the others (the initial states, which are inputs, and concatenations).
+/// join each step's values for the backward pass. Every step that a kernel or a
+/// concatenation of the stack's block computes is planned in its step of the stack
+/// (and a concatenation's pieces in their columns of that step), so the stack copies
+/// only the others (the initial states, which are inputs).
 #[test]
 fn an_unrolled_tape_is_written_into_its_stacks() {
     use lstmc::ir::Op;
@@ -491,7 +492,7 @@ fn an_unrolled_tape_is_written_into_its_stacks() {
     let f = optimized_alike(&step, "schedule-updates", &inputs);
     let p = plan(&f).unwrap();
     p.check_bounds(&f).unwrap();
-    let (mut in_place, mut copied) = (0, 0);
+    let (mut in_place, mut copied, mut pieces) = (0, 0, 0);
     f.walk(f.entry, &mut |i| {
         let d = f.inst(i);
         let Op::Stack = d.op else { return };
@@ -503,7 +504,7 @@ fn an_unrolled_tape_is_written_into_its_stacks() {
         for (k, &a) in d.args.iter().enumerate() {
             let by_kernel = f
                 .def_inst(a)
-                .is_some_and(|q| matches!(f.inst(q).op, Op::Fused(_)));
+                .is_some_and(|q| matches!(f.inst(q).op, Op::Fused(_) | Op::ConcatLast { .. }));
             if !by_kernel {
                 assert!(!p.in_stack.contains(&a), "{a} of {i}");
                 copied += 1;
@@ -522,12 +523,21 @@ fn an_unrolled_tape_is_written_into_its_stacks() {
                 (b, feat, t * sl.row_stride)
             );
             in_place += 1;
+            // A concatenation in a step: its pieces in their columns of the step.
+            let q = f.def_inst(a).unwrap();
+            if let Op::ConcatLast { starts, .. } = &f.inst(q).op {
+                for (&piece, &start) in f.inst(q).args.iter().zip(starts) {
+                    assert!(p.in_concat.contains(&piece), "{piece} of {a} is copied");
+                    assert_eq!(p.loc(piece).unwrap().offset, al.offset + start as isize);
+                    pieces += 1;
+                }
+            }
         }
     });
     // The tape: seven stacks of four steps, of which h and c start from the input
     // states. An eighth stacks the backward steps' four concatenated gate adjoints for
-    // the weight gradient; no kernel computes those, so they are copied.
-    assert_eq!((in_place, copied), (7 * 4 - 2, 2 + 4));
+    // the weight gradient, four pieces each.
+    assert_eq!((in_place, copied, pieces), (7 * 4 - 2 + 4, 2, 16));
 }
 
 /// A forward loop hands its state to the next step without copies: each carried value

@@ -281,7 +281,10 @@ enum Piece {
 /// whose padding takes the last vector, because kernels write rows in whole vectors (a
 /// GRU(13)'s third gate at column 26 wrote past its row); the concatenation must cover
 /// every column (no zeros to fill). A step of a stack is a whole padded row, so any
-/// width fits. What joins the pieces must not be a piece itself, nor stacked by a loop.
+/// width fits, and may be a concatenation in turn, whose pieces then lie in that step (a
+/// backward step's gate adjoints, stacked for the weight gradient: W2's step copied four
+/// rows of 512 so); deeper chains are not placed. What joins the pieces must not be
+/// stacked by a loop.
 fn pieces_in_place(
     f: &Function,
     order: &[Inst],
@@ -292,13 +295,19 @@ fn pieces_in_place(
     let mut twice = HashSet::new();
     for &i in order {
         let d = f.inst(i);
-        let by_kernel = |a: Value| {
+        // Computed in this block by a kernel (or, for a stack's step, by a concatenation
+        // whose pieces may be in place in turn).
+        let made_here = |a: Value, concat_too: bool| {
             f.def_inst(a).is_some_and(|p| {
-                matches!(f.inst(p).op, Op::Fused(_)) && lin.block_of.get(&p) == lin.block_of.get(&i)
+                let op = &f.inst(p).op;
+                (matches!(op, Op::Fused(_)) || concat_too && matches!(op, Op::ConcatLast { .. }))
+                    && lin.block_of.get(&p) == lin.block_of.get(&i)
             })
         };
         let mut add = |a: Value, at: (Value, Piece)| {
-            if by_kernel(a) && !stacking.contains_key(&a) && out.insert(a, at).is_some() {
+            let concat_too = matches!(at.1, Piece::Step(_));
+            if made_here(a, concat_too) && !stacking.contains_key(&a) && out.insert(a, at).is_some()
+            {
                 twice.insert(a);
             }
         };
@@ -334,14 +343,16 @@ fn pieces_in_place(
             _ => {}
         }
     }
-    let nested: HashSet<Value> = out
-        .values()
-        .map(|&(c, _)| c)
-        .filter(|c| out.contains_key(c))
-        .collect();
-    out.retain(|a, (c, _)| !twice.contains(a) && !nested.contains(c));
     let outputs: HashSet<Value> = f.outputs.iter().map(|&(_, v)| v).collect();
-    out.retain(|a, _| !outputs.contains(a));
+    out.retain(|a, _| !twice.contains(a) && !outputs.contains(a));
+    // One level of nesting: a piece of a concatenation that is a step of a stack lies in
+    // that step; nothing deeper.
+    let deep: HashSet<Value> = out
+        .iter()
+        .filter(|(_, (c, _))| out.get(c).is_some_and(|(c2, _)| out.contains_key(c2)))
+        .map(|(&a, _)| a)
+        .collect();
+    out.retain(|a, _| !deep.contains(a));
     out
 }
 
@@ -597,36 +608,48 @@ pub fn plan(f: &Function) -> Result<Plan, IrError> {
                         root[r.index()] = root[p.index()];
                         continue;
                     }
-                    let Some(&(c, piece)) = piece_of.get(&r) else {
+                    if !piece_of.contains_key(&r) {
                         place(r, &mut locs, &mut owned, &mut root, &mut in_slice);
                         continue;
-                    };
-                    // A piece in place: what joins it gets its place now, live from here.
-                    if early.insert(c) {
-                        def_pos[c.index()] = at;
-                        place(c, &mut locs, &mut owned, &mut root, &mut in_slice);
                     }
-                    let cl =
-                        locs[c.index()].ok_or_else(|| IrError(format!("{i}: {c} has no place")))?;
-                    let (rows, cols) = matrix(f.shape(r));
-                    let loc = match piece {
-                        Piece::Columns(start) => Some(Loc {
-                            offset: cl.offset + start as isize,
-                            cols,
-                            ..cl
-                        }),
-                        Piece::Step(t) => step_of(&cl, rows, f.shape(c)[1], cols, t),
-                    };
-                    let Some(loc) = loc else {
-                        place(r, &mut locs, &mut owned, &mut root, &mut in_slice);
-                        continue;
-                    };
-                    locs[r.index()] = Some(loc);
-                    root[r.index()] = root[c.index()];
-                    match piece {
-                        Piece::Columns(_) => in_concat.insert(r),
-                        Piece::Step(_) => in_stack.insert(r),
-                    };
+                    // A piece in place: what joins it gets its place now, live from here;
+                    // and when that is a piece itself (a concatenation that is a step of a
+                    // stack), what joins that first.
+                    let mut unplaced = Vec::new();
+                    let mut x = r;
+                    while let Some(&(c, _)) = piece_of.get(&x) {
+                        if !early.insert(c) {
+                            break;
+                        }
+                        def_pos[c.index()] = at;
+                        unplaced.push(c);
+                        x = c;
+                    }
+                    for x in unplaced.into_iter().rev().chain([r]) {
+                        let Some(&(c, piece)) = piece_of.get(&x) else {
+                            place(x, &mut locs, &mut owned, &mut root, &mut in_slice);
+                            continue;
+                        };
+                        let (rows, cols) = matrix(f.shape(x));
+                        let loc = locs[c.index()].and_then(|cl| match piece {
+                            Piece::Columns(start) => Some(Loc {
+                                offset: cl.offset + start as isize,
+                                cols,
+                                ..cl
+                            }),
+                            Piece::Step(t) => step_of(&cl, rows, f.shape(c)[1], cols, t),
+                        });
+                        let Some(loc) = loc else {
+                            place(x, &mut locs, &mut owned, &mut root, &mut in_slice);
+                            continue;
+                        };
+                        locs[x.index()] = Some(loc);
+                        root[x.index()] = root[c.index()];
+                        match piece {
+                            Piece::Columns(_) => in_concat.insert(x),
+                            Piece::Step(_) => in_stack.insert(x),
+                        };
+                    }
                 }
             }
         }
