@@ -405,15 +405,12 @@ fn print_profile(what: &str, compiled: &lstmc::jit::Compiled) {
     }
     let mut kinds: Vec<(String, f64, f64)> = Vec::new();
     for l in &lines {
-        // The operation's name: the word after `=`, without its brackets.
-        let op = l.inst.split(" = ").nth(1).unwrap_or(&l.inst);
-        let kind: String = op.split([' ', '[']).next().unwrap_or(op).to_string();
-        match kinds.iter_mut().find(|(k, ..)| *k == kind) {
+        match kinds.iter_mut().find(|(k, ..)| *k == l.kind) {
             Some(entry) => {
                 entry.1 += l.ns_per_call;
                 entry.2 += l.passes_per_call;
             }
-            None => kinds.push((kind, l.ns_per_call, l.passes_per_call)),
+            None => kinds.push((l.kind.clone(), l.ns_per_call, l.passes_per_call)),
         }
     }
     kinds.sort_by(|a, b| b.1.total_cmp(&a.1));

@@ -38,6 +38,8 @@ pub struct Profile {
 pub struct Line {
     /// The instruction, as `lstmc ir` prints it (its first line).
     pub inst: String,
+    /// Its operation's name, without its attributes (`update`, `fused`, `matmul`).
+    pub kind: String,
     /// Nanoseconds per call of the function.
     pub ns_per_call: f64,
     /// Passes per call (more than one inside a loop).
@@ -97,6 +99,7 @@ impl Profile {
                     }
                     op => op.mnemonic(),
                 };
+                let kind = op.split([' ', '[']).next().unwrap_or_default().to_string();
                 let args: Vec<String> = d.args.iter().map(|a| a.to_string()).collect();
                 Line {
                     inst: format!(
@@ -105,6 +108,7 @@ impl Profile {
                         args.join(", "),
                         ty.unwrap_or_default()
                     ),
+                    kind,
                     ns_per_call: self.ns[i].load(Ordering::Relaxed) as f64 / calls,
                     passes_per_call: self.passes[i].load(Ordering::Relaxed) as f64 / calls,
                 }
