@@ -113,3 +113,32 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(60))]
+
+    /// The host's 512-bit activations (`wide_activations`, where the CPU has AVX-512F)
+    /// run the operations of the generated 128-bit ones in the same order: the same bits,
+    /// call after call (states carried), on one thread and split between two.
+    #[test]
+    fn host_activations_have_the_bits_of_generated_ones(m in random_model(), split in any::<bool>()) {
+        let wide = if split { common::split_options() } else { lstmc::jit::Options::default() };
+        if !wide.tuning.wide_activations {
+            return Ok(()); // a CPU without AVX-512F has only the generated ones
+        }
+        let mut narrow = wide;
+        narrow.tuning.wide_activations = false;
+        let spec = m.spec();
+        let w = m.weights(&spec);
+        let (mut a, mut b) = (CompiledModel::new(spec.clone(), &w, wide), CompiledModel::new(spec.clone(), &w, narrow));
+        for (call, x) in m.inputs(&spec, 3).into_iter().enumerate() {
+            let x = x.mapv(|v| v as f32);
+            let (p, q) = (a.predict_batch(&x).unwrap(), b.predict_batch(&x).unwrap());
+            let bits = |y: &ndarray::ArrayD<f32>| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(bits(&p.y), bits(&q.y), "{} call {}", m.text, call);
+            for ((l, s, g), (_, _, h)) in p.states.iter().zip(&q.states) {
+                prop_assert_eq!(bits(g), bits(h), "{} call {} layer {} {}", m.text, call, l, s);
+            }
+        }
+    }
+}

@@ -1,19 +1,23 @@
 //! The generated activations against f64 references, over a dense sweep and
 //! the special values: at most 1e-6 absolute error, ±inf to the limits, NaN
 //! to NaN. Each is compiled as a one-op function, so vector and scalar code
-//! (31 elements: seven f32x4 chunks and a scalar tail of three) are both run.
+//! (31 elements: seven f32x4 chunks and a scalar tail of three) are both run;
+//! and again with tanh and sigmoid on the host's 512-bit code where the CPU has
+//! AVX-512F (`wide_activations`), which must give the same bits.
 
 use lstmc::ir::{Function, InputRole, Op, OutputRole};
 use lstmc::jit;
 use lstmc::model::Activation;
 
-fn compile_act(a: Activation, n: usize) -> jit::Compiled {
+fn compile_act(a: Activation, n: usize, wide: bool) -> jit::Compiled {
     let mut f = Function::new("act");
     let x = f.add_input(InputRole::X, vec![1, n]);
     let entry = f.entry;
     let y = f.push(entry, Op::Act(a), &[x], None).unwrap().unwrap();
     f.outputs.push((OutputRole::Y, y));
-    jit::compile(f, &jit::Options::default()).unwrap()
+    let mut options = jit::Options::default();
+    options.tuning.wide_activations &= wide;
+    jit::compile(f, &options).unwrap()
 }
 
 fn eval(c: &jit::Compiled, xs: &[f32]) -> Vec<f32> {
@@ -39,7 +43,18 @@ fn activations_are_within_1e6_everywhere_and_right_at_special_values() {
         Activation::HardSigmoid,
         Activation::Relu,
     ] {
-        let c = compile_act(a, N);
+        let c = compile_act(a, N, false);
+        let wide = compile_act(a, N, true);
+        let same = |x: &[f32], y: &[f32]| {
+            let y_wide = eval(&wide, x);
+            for ((x, y), w) in x.iter().zip(y).zip(&y_wide) {
+                assert_eq!(
+                    y.to_bits(),
+                    w.to_bits(),
+                    "{a:?}({x}): {y} generated, {w} on the host"
+                );
+            }
+        };
         // Every output lies in the function's range: a sigmoid of -16 that came out as
         // -1e-9 would pass the error bound and then be a negative probability.
         let (lo, hi) = match a {
@@ -54,6 +69,7 @@ fn activations_are_within_1e6_everywhere_and_right_at_special_values() {
             let mut v = chunk.to_vec();
             v.resize(N, 0.0);
             let y = eval(&c, &v);
+            same(&v, &y);
             for (&x, &y) in v.iter().zip(&y) {
                 let err = (y as f64 - reference(a, x as f64)).abs();
                 worst = worst.max(err);
@@ -76,6 +92,7 @@ fn activations_are_within_1e6_everywhere_and_right_at_special_values() {
         ];
         special.resize(N, 0.0);
         let y = eval(&c, &special);
+        same(&special, &y);
         let want = |x: f32| -> f32 {
             match a {
                 Activation::Tanh => (x as f64).tanh() as f32,

@@ -53,6 +53,11 @@ pub struct Tuning {
     /// updates, and Cranelift's 128-bit ones took a third of the tutorial's training
     /// step (`lstmc bench W2 --phase train`: see the commit that added this).
     pub wide_updates: bool,
+    /// Fused kernels over rows long enough for a loop stage their tanh and sigmoid
+    /// activations in a scratch row and call the host's 512-bit code for them
+    /// (`lstmc_activate`), where the CPU has AVX-512F: the same bits as the generated
+    /// 128-bit code, which they replace.
+    pub wide_activations: bool,
     /// Products with at most this many rows (`a`'s in `a · w` and `d · wᵀ`, the summed
     /// rows in `aᵀ · d`) and at least 4,096 multiply-adds call the host's
     /// 512-bit kernels (`lstmc_few_rows`) where the CPU has AVX-512F; 0 turns them off.
@@ -77,6 +82,7 @@ impl Default for Tuning {
             parallel_min: 1 << 20,
             parallel_elems: 1 << 12,
             wide_updates: super::native::wide_updates(),
+            wide_activations: super::native::wide_updates(),
             few_rows_max: if super::native::wide_updates() { 4 } else { 0 },
             parallel_few_rows: 1 << 15,
         }
@@ -107,6 +113,8 @@ pub struct Hosts {
     pub sum_rows: FuncRef,
     /// `lstmc_tick`
     pub tick: FuncRef,
+    /// `lstmc_activate`
+    pub activate: FuncRef,
 }
 
 /// The memory flags of a function's code: a training step writes its weights and slots

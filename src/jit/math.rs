@@ -65,8 +65,9 @@ pub fn clamp(b: &mut FunctionBuilder, ty: Type, x: Value, lo: f32, hi: f32) -> V
 
 /// `tanh(x)`.
 pub fn tanh(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
-    let x = clamp(b, ty, x, -TANH_CLAMP, TANH_CLAMP);
-    let (p, q) = rational(b, ty, x, 1.0, 1.0, 1.0);
+    let r = tanh_rational();
+    let x = clamp(b, ty, x, -r.clamp, r.clamp);
+    let (p, q) = rational(b, ty, x, &r);
     let p = b.ins().fmul(x, p);
     b.ins().fdiv(p, q)
 }
@@ -75,26 +76,57 @@ pub fn tanh(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
 /// go into the coefficients (exactly: they are powers of two), and the sum into the
 /// numerator's last multiply-add, so that the chain is no longer than tanh's.
 pub fn sigmoid(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
-    let x = clamp(b, ty, x, -2.0 * TANH_CLAMP, 2.0 * TANH_CLAMP);
-    let (p, q) = rational(b, ty, x, 0.25, 0.25, 0.5);
+    let r = sigmoid_rational();
+    let x = clamp(b, ty, x, -r.clamp, r.clamp);
+    let (p, q) = rational(b, ty, x, &r);
     let num = b.ins().fma(x, p, q);
     let den = b.ins().fadd(q, q);
     b.ins().fdiv(num, den)
 }
 
+/// The coefficients of `(pk·P(k·y), qk·Q(k·y))` ([`rational`]): exact, since `k`, `pk`
+/// and `qk` are powers of two.
+fn coefficients(k: f32, pk: f32, qk: f32) -> ([f32; 7], [f32; 4]) {
+    (
+        std::array::from_fn(|i| ALPHA[i] * pk * k.powi(i as i32)),
+        std::array::from_fn(|i| BETA[i] * qk * k.powi(i as i32)),
+    )
+}
+
+/// What the host's 512-bit activations ([`crate::jit::native`]'s `lstmc_activate`)
+/// need to compute [`tanh`] and [`sigmoid`] with the same operations in the same order:
+/// the clamp, and the coefficients of [`rational`]'s two polynomials.
+#[derive(Clone, Copy, Debug)]
+pub struct Rational {
+    pub clamp: f32,
+    pub alpha: [f32; 7],
+    pub beta: [f32; 4],
+}
+
+/// [`Rational`] for [`tanh`].
+pub fn tanh_rational() -> Rational {
+    let (alpha, beta) = coefficients(1.0, 1.0, 1.0);
+    Rational {
+        clamp: TANH_CLAMP,
+        alpha,
+        beta,
+    }
+}
+
+/// [`Rational`] for [`sigmoid`].
+pub fn sigmoid_rational() -> Rational {
+    let (alpha, beta) = coefficients(0.25, 0.25, 0.5);
+    Rational {
+        clamp: 2.0 * TANH_CLAMP,
+        alpha,
+        beta,
+    }
+}
+
 /// `(pk·P(k·x²), qk·Q(k·x²))`, tanh's numerator (without its factor x) and denominator
-/// at `x·√k`, scaled by `pk` and `qk`; `k`, `pk` and `qk` are powers of two, so the
-/// scaled coefficients are exact.
-fn rational(
-    b: &mut FunctionBuilder,
-    ty: Type,
-    x: Value,
-    k: f32,
-    pk: f32,
-    qk: f32,
-) -> (Value, Value) {
-    let alpha: [f32; 7] = std::array::from_fn(|i| ALPHA[i] * pk * k.powi(i as i32));
-    let beta: [f32; 4] = std::array::from_fn(|i| BETA[i] * qk * k.powi(i as i32));
+/// at `x·√k`, scaled by `pk` and `qk` (see [`coefficients`]).
+fn rational(b: &mut FunctionBuilder, ty: Type, x: Value, r: &Rational) -> (Value, Value) {
+    let (alpha, beta) = (r.alpha, r.beta);
     // P(y) and Q(y) with y = x², by Estrin's scheme: pairs of terms in parallel,
     // joined by y² and y⁴. Three levels of fused multiply-adds instead of Horner's chain
     // of six: an LSTM step waits on two tanh levels in a row, and at batch 1 that chain

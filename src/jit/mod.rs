@@ -122,7 +122,7 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
     ctx.func.name = UserFuncName::user(0, id.as_u32());
     // The host functions generated code calls (`native.rs`), with their parameters: so
     // many 64-bit integers and pointers, then so many f32s.
-    let imports: [(&str, usize, usize); 11] = [
+    let imports: [(&str, usize, usize); 12] = [
         // (kind, y, ys, t, ts, dy, dys, rows, cols, out)
         ("lstmc_loss", 10, 0),
         // (m, n, k, a, lda, b, ldb, c, ldc, threads)
@@ -145,6 +145,8 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         ("lstmc_sum_rows", 5, 0),
         // (profile, instruction)
         ("lstmc_tick", 2, 0),
+        // (kind, x, n)
+        ("lstmc_activate", 3, 0),
     ];
     let mut ids = Vec::with_capacity(imports.len());
     for (name, ints, floats) in imports {
@@ -160,8 +162,9 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         );
     }
     let hosts = |module: &mut JITModule, func: &mut cranelift_codegen::ir::Function| {
-        let [loss, gemm, softmax, gemm_strided, softmax_grad, update, rows, few_rows, copy, sum_rows, tick] =
-            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10].map(|i| module.declare_func_in_func(ids[i], func));
+        let [loss, gemm, softmax, gemm_strided, softmax_grad, update, rows, few_rows, copy, sum_rows, tick, activate] =
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+                .map(|i| module.declare_func_in_func(ids[i], func));
         codegen::Hosts {
             loss,
             gemm,
@@ -174,6 +177,7 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
             copy,
             sum_rows,
             tick,
+            activate,
         }
     };
     let mut fctx = FunctionBuilderContext::new();

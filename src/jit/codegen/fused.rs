@@ -1,6 +1,8 @@
 //! Fused elementwise kernels: their code (in one pass over a row, or two when
-//! activations feed activations), and their outlined form, a function of a row
-//! range that `lstmc_rows` splits between threads.
+//! activations feed activations; where the CPU has AVX-512F, one pass per level of
+//! activations, which the host's 512-bit code computes between the passes), and
+//! their outlined form, a function of a row range that `lstmc_rows` splits between
+//! threads.
 
 use super::{flags, math, Emitter, Hosts, Mat, Tuning, SMALL_LOOP};
 use crate::ir::{BinOp, FNode, Function, FusedKernel, IrError, Value as IrValue};
@@ -236,19 +238,53 @@ impl Emitter<'_, '_, '_> {
         // instructions, so the chains barely overlap. The first pass computes the
         // activations that read no other into a scratch row on the stack (in L1); the
         // second reads them back and does the rest.
+        //
+        // Where the host has 512-bit activations (`wide_activations`), every tanh and
+        // sigmoid goes through the scratch row instead, one level at a time: a pass
+        // stores the arguments of one level's activations, sorted by kind, and one host
+        // call per kind turns them into the activations in place, which later passes
+        // read back. (Staging only the first level, the rest in 128-bit code, measured
+        // 1–2% better on W3's and W5's training steps and 4% worse on W2's; putting the
+        // training forward's saved activations straight into their output rows, 5–10%
+        // worse on W3's cell.)
         let level = activation_levels(k);
-        let firsts: Vec<usize> = (0..k.nodes.len())
-            .filter(|&n| costly(&k.nodes[n]) && level[n] == 1)
-            .collect();
         let padded = cols.div_ceil(4) * 4;
-        let scratch_bytes = firsts.len() * padded * 4;
-        // Only rows long enough for a real loop: shorter ones are straight-line code
-        // whose vectors the core overlaps anyway, and there the round trip through the
-        // scratch row lengthens a small step's chain (W1 forward 0.210 -> 0.22-0.25 µs).
-        let split = level.iter().any(|&l| l >= 2) && scratch_bytes <= SCRATCH_MAX && looped;
+        let costly_nodes: Vec<usize> = (0..k.nodes.len())
+            .filter(|&n| costly(&k.nodes[n]))
+            .collect();
+        let fits = |n: usize| n * padded * 4 <= SCRATCH_MAX;
+        let host = self.tuning.wide_activations
+            && looped
+            && !costly_nodes.is_empty()
+            && fits(costly_nodes.len());
+        // The stages before the last pass, each a list of (scratch row, node).
+        let mut stages: Vec<Vec<(usize, usize)>> = Vec::new();
+        if host {
+            let mut order = costly_nodes;
+            order.sort_by_key(|&n| (level[n], activate_code(&k.nodes[n])));
+            for (j, &n) in order.iter().enumerate() {
+                match stages.last_mut() {
+                    Some(stage) if level[stage[0].1] == level[n] => stage.push((j, n)),
+                    _ => stages.push(vec![(j, n)]),
+                }
+            }
+        } else {
+            // Only rows long enough for a real loop: shorter ones are straight-line code
+            // whose vectors the core overlaps anyway, and there the round trip through the
+            // scratch row lengthens a small step's chain (W1 forward 0.210 -> 0.22-0.25 µs).
+            let firsts: Vec<usize> = costly_nodes
+                .into_iter()
+                .filter(|&n| level[n] == 1)
+                .collect();
+            if level.iter().any(|&l| l >= 2) && fits(firsts.len()) && looped {
+                stages.push(firsts.into_iter().enumerate().collect());
+            }
+        }
         // One slot per function, whatever the number of kernels: a slot each made a
         // 3-layer LSTM(2048)'s frame 1.5 MB, too much for a thread's stack.
-        let scratch = if split {
+        let scratch = if stages.is_empty() {
+            None
+        } else {
             Some(*self.scratch.get_or_insert_with(|| {
                 self.b.create_sized_stack_slot(StackSlotData::new(
                     StackSlotKind::ExplicitSlot,
@@ -256,10 +292,9 @@ impl Emitter<'_, '_, '_> {
                     4,
                 ))
             }))
-        } else {
-            None
         };
         let scratch_flags = MemFlagsData::trusted();
+        let row_bytes = (padded * 4) as i32;
         let body = |e: &mut Self, r: Value| {
             let in_rows: Vec<Value> = ins
                 .iter()
@@ -267,38 +302,70 @@ impl Emitter<'_, '_, '_> {
                 .map(|(i, m)| if k.broadcast[i] { m.ptr } else { e.row(m, r) })
                 .collect();
             let out_rows: Vec<Value> = outs.iter().map(|m| e.row(m, r)).collect();
-            let scratch = scratch.map(|slot| e.b.ins().stack_addr(types::I64, slot, 0));
-            // The first pass: the first-level activations into the scratch row.
-            if let Some(base) = scratch {
+            let base = scratch.map(|slot| e.b.ins().stack_addr(types::I64, slot, 0));
+            // Per node, where in the scratch row its value is, once a stage has put it there.
+            let mut staged: Vec<Option<i32>> = vec![None; k.nodes.len()];
+            for stage in &stages {
+                let base = base.ok_or_else(|| IrError("a stage without scratch".into()))?;
                 e.columns(cols, true, |e, off, ty| {
                     let mut t = vec![None; k.nodes.len()];
                     let at = e.b.ins().iadd(base, off);
-                    for (j, &n) in firsts.iter().enumerate() {
-                        let v = e.node(k, &mut t, n, ty, movable, ins, &in_rows, off);
-                        e.b.ins()
-                            .store(scratch_flags, v, at, (j * padded * 4) as i32);
+                    let ctx = Ctx {
+                        ty,
+                        movable,
+                        ins,
+                        in_rows: &in_rows,
+                        off,
+                        staged: Some((at, &staged)),
+                    };
+                    for &(j, n) in stage {
+                        // The host computes the activation from its argument.
+                        let target = match k.nodes[n] {
+                            FNode::Act(_, x) if host => x,
+                            _ => n,
+                        };
+                        let v = e.node(k, &mut t, target, &ctx);
+                        e.b.ins().store(scratch_flags, v, at, j as i32 * row_bytes);
                     }
                     Ok(())
                 })?;
+                if host {
+                    let runs = stage.chunk_by(|a, b| {
+                        activate_code(&k.nodes[a.1]) == activate_code(&k.nodes[b.1])
+                    });
+                    for run in runs {
+                        let (j, n) = run[0];
+                        let at = e.b.ins().iadd_imm_s(base, j as i64 * row_bytes as i64);
+                        let args = [
+                            e.imm(activate_code(&k.nodes[n])),
+                            at,
+                            e.imm((run.len() * padded) as i64),
+                        ];
+                        e.b.ins().call(e.hosts.activate, &args);
+                    }
+                }
+                for &(j, n) in stage {
+                    staged[n] = Some(j as i32 * row_bytes);
+                }
             }
             e.columns(cols, true, |e, off, ty| {
                 let mut t = vec![None; k.nodes.len()];
-                if let Some(base) = scratch {
-                    let at = e.b.ins().iadd(base, off);
-                    for (j, &n) in firsts.iter().enumerate() {
-                        let v =
-                            e.b.ins()
-                                .load(ty, scratch_flags, at, (j * padded * 4) as i32);
-                        t[n] = Some(v);
-                    }
-                }
+                let at = base.map(|base| e.b.ins().iadd(base, off));
+                let ctx = Ctx {
+                    ty,
+                    movable,
+                    ins,
+                    in_rows: &in_rows,
+                    off,
+                    staged: at.map(|at| (at, staged.as_slice())),
+                };
                 // Every load is emitted before the first store (and a load that may
                 // move reads nothing an output overlaps), so an output may overwrite an
                 // input's buffer.
                 let results: Vec<Value> = k
                     .outputs
                     .iter()
-                    .map(|&n| e.node(k, &mut t, n, ty, movable, ins, &in_rows, off))
+                    .map(|&n| e.node(k, &mut t, n, &ctx))
                     .collect();
                 for (v, &row) in results.into_iter().zip(&out_rows) {
                     e.store(v, row, off);
@@ -312,29 +379,25 @@ impl Emitter<'_, '_, '_> {
         }
     }
 
-    /// Node `n` of a fused kernel at one column offset, computing (once) what it needs;
-    /// `t` holds the nodes computed so far.
-    #[allow(clippy::too_many_arguments)]
-    fn node(
-        &mut self,
-        k: &FusedKernel,
-        t: &mut [Option<Value>],
-        n: usize,
-        ty: Type,
-        movable: bool,
-        ins: &[Mat],
-        in_rows: &[Value],
-        off: Value,
-    ) -> Value {
+    /// Node `n` of a fused kernel at one column offset, computing (once) what it needs,
+    /// or reading it from the scratch row where a stage put it; `t` holds the nodes
+    /// computed so far.
+    fn node(&mut self, k: &FusedKernel, t: &mut [Option<Value>], n: usize, c: &Ctx) -> Value {
         if let Some(v) = t[n] {
             return v;
         }
-        let mut arg = |e: &mut Self, a: usize| e.node(k, t, a, ty, movable, ins, in_rows, off);
+        let ty = c.ty;
+        if let Some((at, Some(off))) = c.staged.map(|(at, s)| (at, s[n])) {
+            let v = self.b.ins().load(ty, MemFlagsData::trusted(), at, off);
+            t[n] = Some(v);
+            return v;
+        }
+        let mut arg = |e: &mut Self, a: usize| e.node(k, t, a, c);
         let v = match k.nodes[n] {
-            FNode::Input(i) if movable && ty == types::F32X4 => {
-                self.load_movable(ty, &ins[i], in_rows[i], off)
+            FNode::Input(i) if c.movable && ty == types::F32X4 => {
+                self.load_movable(ty, &c.ins[i], c.in_rows[i], c.off)
             }
-            FNode::Input(i) => self.load(ty, &ins[i], in_rows[i], off),
+            FNode::Input(i) => self.load(ty, &c.ins[i], c.in_rows[i], c.off),
             FNode::Bin(op, a, b) => {
                 let (a, b) = (arg(self, a), arg(self, b));
                 match op {
@@ -360,6 +423,23 @@ impl Emitter<'_, '_, '_> {
         t[n] = Some(v);
         v
     }
+}
+
+/// What [`Emitter::node`] reads at one column offset: the vector type, whether input
+/// loads may move, the inputs and their rows, the offset, and the scratch row's address
+/// at this offset with, per node, where a stage put its value.
+struct Ctx<'a> {
+    ty: Type,
+    movable: bool,
+    ins: &'a [Mat],
+    in_rows: &'a [Value],
+    off: Value,
+    staged: Option<(Value, &'a [Option<i32>])>,
+}
+
+/// `lstmc_activate`'s code for a costly activation node: 0 tanh, 1 sigmoid.
+fn activate_code(node: &FNode) -> i64 {
+    i64::from(matches!(node, FNode::Act(Activation::Sigmoid, _)))
 }
 
 /// Per node of a fused kernel, the most activations on a path from the inputs to it
