@@ -145,8 +145,8 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         ("lstmc_sum_rows", 5, 0),
         // (profile, instruction)
         ("lstmc_tick", 2, 0),
-        // (kind, x, n)
-        ("lstmc_activate", 3, 0),
+        // (kind, x, n, terms, t0, t1, t2, t3)
+        ("lstmc_activate", 8, 0),
     ];
     let mut ids = Vec::with_capacity(imports.len());
     for (name, ints, floats) in imports {

@@ -966,34 +966,63 @@ fn adam_row_avx512(w: &mut [f32], g: Grad, m: &mut [f32], v: &mut [f32], k: [f32
     }
 }
 
-/// Tanh (`kind` 0) or sigmoid (1) of the `n` floats at `x`, in place, 16 lanes at a
-/// time: the operations of [`super::math::tanh`] and [`super::math::sigmoid`] in the same
-/// order, so the same bits as the generated code (IEEE operations round the same way
-/// whatever the vector's width). Called only where the CPU has AVX-512F
-/// ([`wide_updates`]), by the passes of a fused kernel that stage its activations in a
-/// scratch row: Cranelift's 128-bit code runs each activation's chain of multiply-adds
-/// on 4 lanes, this on 16, with twice the registers.
-extern "C" fn lstmc_activate(kind: u64, x: *mut f32, n: u64) {
-    // SAFETY: generated code passes a scratch row of its own stack frame, `n` floats long.
-    let x = unsafe { std::slice::from_raw_parts_mut(x, n as usize) };
+/// Tanh (`kind` 0) or sigmoid (1) of `n` floats into `x`: of the floats at `x`, in place,
+/// when `terms` is 0, else of the left-to-right sum of the first `terms` of the rows
+/// `t0..t3` (`((t0 + t1) + t2) + t3`), each `n` floats long. 16 lanes at a time, with the
+/// operations of [`super::math::tanh`] and [`super::math::sigmoid`] (and of the fused
+/// kernel's additions) in the same order, so the same bits as the generated code (IEEE
+/// operations round the same way whatever the vector's width). Called only where the
+/// CPU has AVX-512F ([`wide_updates`]), by the fused kernels that stage their
+/// activations in a scratch row: Cranelift's 128-bit code runs each activation's chain
+/// of multiply-adds on 4 lanes, this on 16, with twice the registers.
+#[allow(clippy::too_many_arguments)]
+extern "C" fn lstmc_activate(
+    kind: u64,
+    x: *mut f32,
+    n: u64,
+    terms: u64,
+    t0: *const f32,
+    t1: *const f32,
+    t2: *const f32,
+    t3: *const f32,
+) {
+    let n = n as usize;
+    // SAFETY: generated code passes a scratch row of its own stack frame, `n` floats long,
+    // and `terms` rows of its planned buffers, each at least `n` floats long (rows hold
+    // whole vectors), which the scratch row does not overlap.
+    let x = unsafe { std::slice::from_raw_parts_mut(x, n) };
+    let t = |p: *const f32| unsafe { std::slice::from_raw_parts(p, n) };
     let r = if kind == 0 {
         super::math::tanh_rational()
     } else {
         super::math::sigmoid_rational()
     };
+    let sigmoid = kind != 0;
     #[cfg(target_arch = "x86_64")]
     // SAFETY: generated code calls this only when the CPU has AVX-512F.
     unsafe {
-        activate_avx512(x, &r, kind != 0)
+        match terms {
+            0 => activate_avx512(x, [], &r, sigmoid),
+            1 => activate_avx512(x, [t(t0)], &r, sigmoid),
+            2 => activate_avx512(x, [t(t0), t(t1)], &r, sigmoid),
+            3 => activate_avx512(x, [t(t0), t(t1), t(t2)], &r, sigmoid),
+            _ => activate_avx512(x, [t(t0), t(t1), t(t2), t(t3)], &r, sigmoid),
+        }
     };
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (x, r);
+    let _ = (x, t, terms, t0, t1, t2, t3, r, sigmoid);
 }
 
-/// [`lstmc_activate`]'s loop: `sigmoid` or tanh with `r`'s coefficients.
+/// [`lstmc_activate`]'s loop: `sigmoid` or tanh with `r`'s coefficients, of the sum of
+/// `terms` (of `x` itself without any).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn activate_avx512(x: &mut [f32], r: &super::math::Rational, sigmoid: bool) {
+fn activate_avx512<const T: usize>(
+    x: &mut [f32],
+    terms: [&[f32]; T],
+    r: &super::math::Rational,
+    sigmoid: bool,
+) {
     use std::arch::x86_64::*;
     let n = x.len();
     let (hi, lo) = (_mm512_set1_ps(r.clamp), _mm512_set1_ps(-r.clamp));
@@ -1001,9 +1030,19 @@ fn activate_avx512(x: &mut [f32], r: &super::math::Rational, sigmoid: bool) {
     let b = r.beta.map(|c| _mm512_set1_ps(c));
     for i in (0..n).step_by(16) {
         let mask = lanes(i, n);
-        // SAFETY: lanes `i..i + 16` under `mask` lie within `x` (the mask stops at `n`).
+        // SAFETY: lanes `i..i + 16` under `mask` lie within `x` and every term (the mask
+        // stops at `n`, their common length).
         unsafe {
-            let v = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(i));
+            let v = match terms.split_first() {
+                None => _mm512_maskz_loadu_ps(mask, x.as_ptr().add(i)),
+                Some((first, rest)) => {
+                    let mut v = _mm512_maskz_loadu_ps(mask, first.as_ptr().add(i));
+                    for t in rest {
+                        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, t.as_ptr().add(i)));
+                    }
+                    v
+                }
+            };
             // `hi < v ? hi : v`, then `v < lo ? lo : v`: what `minps` and `maxps` compute
             // with their operands in this order (NaN passes through), as in `math::clamp`.
             let v = _mm512_min_ps(hi, v);

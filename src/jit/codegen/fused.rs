@@ -257,11 +257,19 @@ impl Emitter<'_, '_, '_> {
             && looped
             && !costly_nodes.is_empty()
             && fits(costly_nodes.len());
+        // Per costly node, the inputs whose sum is its argument, when the host can read
+        // them itself (an LSTM gate: projection, product and bias); no pass stores those.
+        let direct: Vec<Option<Vec<usize>>> = (0..k.nodes.len())
+            .map(|n| match k.nodes[n] {
+                FNode::Act(_, x) if host && costly(&k.nodes[n]) => input_sum(k, x),
+                _ => None,
+            })
+            .collect();
         // The stages before the last pass, each a list of (scratch row, node).
         let mut stages: Vec<Vec<(usize, usize)>> = Vec::new();
         if host {
             let mut order = costly_nodes;
-            order.sort_by_key(|&n| (level[n], activate_code(&k.nodes[n])));
+            order.sort_by_key(|&n| (level[n], direct[n].is_none(), activate_code(&k.nodes[n])));
             for (j, &n) in order.iter().enumerate() {
                 match stages.last_mut() {
                     Some(stage) if level[stage[0].1] == level[n] => stage.push((j, n)),
@@ -307,40 +315,61 @@ impl Emitter<'_, '_, '_> {
             let mut staged: Vec<Option<i32>> = vec![None; k.nodes.len()];
             for stage in &stages {
                 let base = base.ok_or_else(|| IrError("a stage without scratch".into()))?;
-                e.columns(cols, true, |e, off, ty| {
-                    let mut t = vec![None; k.nodes.len()];
-                    let at = e.b.ins().iadd(base, off);
-                    let ctx = Ctx {
-                        ty,
-                        movable,
-                        ins,
-                        in_rows: &in_rows,
-                        off,
-                        staged: Some((at, &staged)),
-                    };
-                    for &(j, n) in stage {
-                        // The host computes the activation from its argument.
-                        let target = match k.nodes[n] {
-                            FNode::Act(_, x) if host => x,
-                            _ => n,
+                let stored: Vec<(usize, usize)> = stage
+                    .iter()
+                    .copied()
+                    .filter(|&(_, n)| direct[n].is_none())
+                    .collect();
+                e.columns(
+                    if stored.is_empty() { 0 } else { cols },
+                    true,
+                    |e, off, ty| {
+                        let mut t = vec![None; k.nodes.len()];
+                        let at = e.b.ins().iadd(base, off);
+                        let ctx = Ctx {
+                            ty,
+                            movable,
+                            ins,
+                            in_rows: &in_rows,
+                            off,
+                            staged: Some((at, &staged)),
                         };
-                        let v = e.node(k, &mut t, target, &ctx);
-                        e.b.ins().store(scratch_flags, v, at, j as i32 * row_bytes);
-                    }
-                    Ok(())
-                })?;
+                        for &(j, n) in &stored {
+                            // The host computes the activation from its argument.
+                            let target = match k.nodes[n] {
+                                FNode::Act(_, x) if host => x,
+                                _ => n,
+                            };
+                            let v = e.node(k, &mut t, target, &ctx);
+                            e.b.ins().store(scratch_flags, v, at, j as i32 * row_bytes);
+                        }
+                        Ok(())
+                    },
+                )?;
                 if host {
+                    // One call per node the host sums itself, then one per run of stored
+                    // arguments of one kind.
                     let runs = stage.chunk_by(|a, b| {
-                        activate_code(&k.nodes[a.1]) == activate_code(&k.nodes[b.1])
+                        direct[a.1].is_none()
+                            && direct[b.1].is_none()
+                            && activate_code(&k.nodes[a.1]) == activate_code(&k.nodes[b.1])
                     });
                     for run in runs {
                         let (j, n) = run[0];
                         let at = e.b.ins().iadd_imm_s(base, j as i64 * row_bytes as i64);
-                        let args = [
+                        let terms = direct[n].as_deref().unwrap_or(&[]);
+                        let mut args = vec![
                             e.imm(activate_code(&k.nodes[n])),
                             at,
                             e.imm((run.len() * padded) as i64),
+                            e.imm(terms.len() as i64),
                         ];
+                        for slot in 0..4 {
+                            args.push(match terms.get(slot) {
+                                Some(&i) => in_rows[i],
+                                None => at,
+                            });
+                        }
                         e.b.ins().call(e.hosts.activate, &args);
                     }
                 }
@@ -435,6 +464,21 @@ struct Ctx<'a> {
     in_rows: &'a [Value],
     off: Value,
     staged: Option<(Value, &'a [Option<i32>])>,
+}
+
+/// The inputs whose sum, left to right, node `n` is (`((a + b) + c) + d`), if it is
+/// one of at most four. (Only in that order: with two NaNs, which one's payload a sum
+/// keeps depends on the order of its operands.)
+fn input_sum(k: &FusedKernel, n: usize) -> Option<Vec<usize>> {
+    let terms = match k.nodes[n] {
+        FNode::Input(i) => vec![i],
+        FNode::Bin(BinOp::Add, a, b) => match k.nodes[b] {
+            FNode::Input(i) => [input_sum(k, a)?, vec![i]].concat(),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    (terms.len() <= 4).then_some(terms)
 }
 
 /// `lstmc_activate`'s code for a costly activation node: 0 tanh, 1 sigmoid.
