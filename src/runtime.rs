@@ -45,6 +45,10 @@ pub struct CompiledModel {
     stream: Stream,
 }
 
+/// Batches of at least this much work (multiply-adds times two, over every layer and
+/// step) are split between threads by rows ([`Shared::parts`]).
+const PART_MIN_FLOPS: usize = 1 << 24;
+
 /// A compiled function with where each of its inputs comes from.
 type Entry = (Arc<Compiled>, Arc<[Source]>);
 
@@ -56,6 +60,9 @@ struct Shared {
     weights: Vec<((usize, &'static str), Buf)>,
     /// Compiled functions by sizes; kept when the weights change (the code reads them).
     cache: Arc<Mutex<HashMap<lower::Shapes, Entry>>>,
+    /// The same for the blocks of rows of a batch split between threads, compiled for one
+    /// thread each ([`Shared::parts`]).
+    part_cache: Arc<Mutex<HashMap<lower::Shapes, Entry>>>,
     options: jit::Options,
 }
 
@@ -79,14 +86,53 @@ struct Shared {
 #[derive(Debug, Default)]
 pub struct Stream {
     states: States<f32>,
-    arena: Buf,
-    /// x and the states, laid out for the generated code, reused from call to call.
-    staged: Vec<Buf>,
+    /// The scratch memory of a batch run whole.
+    whole: Part,
     /// The most recently used function.
     last: Option<(lower::Shapes, Entry)>,
+    /// The scratch memory of the parts of a batch split between threads
+    /// ([`Shared::parts`]), and their most recently used function.
+    parts: Vec<Part>,
+    last_part: Option<(lower::Shapes, Entry)>,
+}
+
+/// What one call of generated code needs besides the weights: its arena, and x and the
+/// states laid out for it, reused from call to call.
+#[derive(Debug, Default)]
+struct Part {
+    arena: Buf,
+    staged: Vec<Buf>,
+}
+
+/// The carried state `key` (admitted for the batch before the call), as one slice.
+fn state<'s>(states: &'s States<f32>, key: (usize, &'static str)) -> Result<&'s [f32]> {
+    states
+        .values
+        .get(&key)
+        .and_then(|a| a.as_slice())
+        .ok_or_else(|| Error::Internal(format!("no state layers.{}.{}", key.0, key.1)))
+}
+
+/// Where a call left its outputs: in the stream's arena (`parts == 1`), or in the
+/// arenas of `parts` equal blocks of the batch's rows, in order.
+struct Ran {
+    compiled: Arc<Compiled>,
+    parts: usize,
 }
 
 impl Stream {
+    /// Output `loc` of a call into `out` (its elements in row-major order): from each
+    /// part's arena in turn when the batch ran in parts.
+    fn gather(&self, ran: &Ran, loc: &jit::plan::Loc, out: &mut [f32]) {
+        if ran.parts == 1 {
+            return gather(&self.whole.arena, loc, out);
+        }
+        let n = loc.rows * loc.cols;
+        for (part, out) in self.parts.iter().zip(out.chunks_mut(n)) {
+            gather(&part.arena, loc, out);
+        }
+    }
+
     /// Zeroes the stateful layers' states (Keras's `reset_states`).
     ///
     /// ```
@@ -263,6 +309,7 @@ impl CompiledModel {
                 spec,
                 weights: stage_weights(weights),
                 cache: Arc::new(Mutex::new(HashMap::new())),
+                part_cache: Arc::new(Mutex::new(HashMap::new())),
                 options,
             }),
             stream: Stream::default(),
@@ -288,9 +335,11 @@ impl CompiledModel {
             spec: self.shared.spec.clone(),
             weights: stage_weights(weights),
             cache: self.shared.cache.clone(),
+            part_cache: self.shared.part_cache.clone(),
             options: self.shared.options,
         });
         self.stream.last = None;
+        self.stream.last_part = None;
     }
 
     /// Zeroes the stateful layers' states.
@@ -315,9 +364,17 @@ impl CompiledModel {
         self.stream.states.admit(&pinned, batch)
     }
 
-    /// The compiled function for these sizes (compiled on first use, then cached).
+    /// Into how many blocks of rows a batch of these sizes is split, each run whole on its
+    /// own thread (1: not split; see `jit::Tuning::threads`).
+    pub fn parts(&self, shapes: lower::Shapes) -> usize {
+        self.shared.parts(shapes)
+    }
+
+    /// The compiled function that calls of these sizes run (compiled on first use, then
+    /// cached): for a batch split between threads ([`CompiledModel::parts`]), the function
+    /// of one block of its rows.
     pub fn compiled(&mut self, shapes: lower::Shapes) -> Result<Arc<Compiled>> {
-        Ok(self.shared.entry(shapes)?.0)
+        Ok(self.shared.block_entry(shapes)?.1 .0)
     }
 
     /// The fast path: predicts one batch `x` of `shape` into `y` (the output's elements in
@@ -331,16 +388,16 @@ impl CompiledModel {
                 shape
             )));
         }
-        let c = self.shared.execute(&mut self.stream, x, shape)?;
-        let loc = c.plan.outputs[0];
-        if y.len() != loc.rows * loc.cols {
+        let ran = self.shared.execute(&mut self.stream, x, shape)?;
+        let loc = ran.compiled.plan.outputs[0];
+        if y.len() != loc.rows * loc.cols * ran.parts {
             return Err(Error::Usage(format!(
                 "output buffer has {} elements; the output has {}",
                 y.len(),
-                loc.rows * loc.cols
+                loc.rows * loc.cols * ran.parts
             )));
         }
-        gather(&self.stream.arena, &loc, y);
+        self.stream.gather(&ran, &loc, y);
         Ok(())
     }
 
@@ -363,14 +420,40 @@ impl CompiledModel {
 impl Shared {
     /// The compiled function for these sizes and its input sources (compiled on first use).
     fn entry(&self, shapes: lower::Shapes) -> Result<Entry> {
+        self.entry_in(&self.cache, shapes, &self.options)
+    }
+
+    /// The function for one block of rows of a batch of `shapes` split into `parts`
+    /// blocks ([`Self::parts`]), compiled for one thread: `(block sizes, entry)`.
+    fn block_entry(&self, shapes: lower::Shapes) -> Result<(lower::Shapes, Entry)> {
+        let parts = self.parts(shapes);
+        if parts == 1 {
+            return Ok((shapes, self.entry(shapes)?));
+        }
+        let block = lower::Shapes {
+            batch: shapes.batch / parts,
+            ..shapes
+        };
+        let mut one = self.options;
+        one.tuning.threads = 1;
+        Ok((block, self.entry_in(&self.part_cache, block, &one)?))
+    }
+
+    /// [`Self::entry`] from `cache`, compiled with `options`.
+    fn entry_in(
+        &self,
+        cache: &Mutex<HashMap<lower::Shapes, Entry>>,
+        shapes: lower::Shapes,
+        options: &jit::Options,
+    ) -> Result<Entry> {
         // A poisoned lock only means another thread panicked while compiling: the map
         // itself is intact (entries are inserted whole).
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = cache.get(&shapes) {
             return Ok(e.clone());
         }
         let f = lower::lower(&self.spec, shapes)?;
-        let c = Arc::new(jit::compile(f, &self.options)?);
+        let c = Arc::new(jit::compile(f, options)?);
         let src = c
             .func
             .input_roles
@@ -397,11 +480,92 @@ impl Shared {
         Ok(e)
     }
 
+    /// Into how many blocks of rows a batch of `shapes` is split, one per thread, each run
+    /// whole by a function compiled for one thread: where each block has at least 8 rows
+    /// and the batch is large work ([`PART_MIN_FLOPS`]). A recurrent layer's steps then
+    /// need no hand-off between threads at all (each block's rows depend on its own rows
+    /// only), where splitting each step's product and cells between threads hands rows
+    /// over twice a step. 1: not split (nor when profiling).
+    fn parts(&self, shapes: lower::Shapes) -> usize {
+        let threads = self.options.tuning.threads;
+        // A profile attributes one call at a time (`jit::profile`).
+        if self.options.profile
+            || threads < 2
+            || shapes.batch < 16
+            || !shapes.batch.is_multiple_of(threads)
+        {
+            return 1;
+        }
+        let steps = if self.spec.input.sequence {
+            shapes.time
+        } else {
+            1
+        };
+        let mut width = self.spec.input.features;
+        let mut flops = 0usize;
+        for l in &self.spec.layers {
+            let gates = l.kind.gates();
+            flops = flops.saturating_add(
+                2usize
+                    .saturating_mul(shapes.batch)
+                    .saturating_mul(steps)
+                    .saturating_mul(gates * l.units)
+                    .saturating_mul(width + if l.kind.is_recurrent() { l.units } else { 0 }),
+            );
+            width = l.units;
+        }
+        if flops >= PART_MIN_FLOPS && shapes.batch / threads >= 8 {
+            threads
+        } else {
+            1
+        }
+    }
+
     /// Runs the compiled function on `x` of `shape` in `stream`: stateful layers start from
-    /// its states, which are updated. The outputs are left in its arena.
-    fn execute(&self, stream: &mut Stream, x: &[f32], shape: &[usize]) -> Result<Arc<Compiled>> {
+    /// its states, which are updated. The outputs are left in its arena, or in its parts'.
+    fn execute(&self, stream: &mut Stream, x: &[f32], shape: &[usize]) -> Result<Ran> {
         let shapes = batch_shapes(&self.spec, shape)?;
         stream.states.admit(&self.spec, shapes.batch)?;
+        let xcols = *shape.last().unwrap_or(&1);
+        let parts = self.parts(shapes);
+        if parts > 1 {
+            let block = lower::Shapes {
+                batch: shapes.batch / parts,
+                ..shapes
+            };
+            let (c, sources) = match &stream.last_part {
+                Some((s, e)) if *s == block => e.clone(),
+                _ => {
+                    let (block, e) = self.block_entry(shapes)?;
+                    stream.last_part = Some((block, e.clone()));
+                    e
+                }
+            };
+            stream.parts.resize_with(parts, Part::default);
+            let states = &stream.states;
+            fn rows(a: &[f32], p: usize, parts: usize) -> &[f32] {
+                &a[p * a.len() / parts..(p + 1) * a.len() / parts]
+            }
+            let slots: Vec<Mutex<&mut Part>> = stream.parts.iter_mut().map(Mutex::new).collect();
+            // A part that panicked (the pool catches it) leaves its error in place.
+            let results: Vec<Mutex<Result<()>>> = (0..parts)
+                .map(|_| Mutex::new(Err(Error::Internal("a block of rows did not run".into()))))
+                .collect();
+            jit::fork_join(parts, &|p| {
+                let mut part = slots[p].lock().unwrap_or_else(|e| e.into_inner());
+                let r = self.call(&c, &sources, &mut part, rows(x, p, parts), xcols, &|key| {
+                    state(states, key).map(|a| rows(a, p, parts))
+                });
+                *results[p].lock().unwrap_or_else(|e| e.into_inner()) = r;
+            });
+            drop(slots);
+            for r in results {
+                r.into_inner().unwrap_or_else(|e| e.into_inner())?;
+            }
+            let ran = Ran { compiled: c, parts };
+            self.carry(stream, &ran)?;
+            return Ok(ran);
+        }
         let (c, sources) = match &stream.last {
             Some((s, e)) if *s == shapes => e.clone(),
             _ => {
@@ -410,66 +574,88 @@ impl Shared {
                 e
             }
         };
-        if stream.arena.len() < c.plan.arena_len {
-            stream.arena.resize(c.plan.arena_len, 0.0);
+        let states = &stream.states;
+        self.call(&c, &sources, &mut stream.whole, x, xcols, &|key| {
+            state(states, key)
+        })?;
+        let ran = Ran {
+            compiled: c,
+            parts: 1,
+        };
+        self.carry(stream, &ran)?;
+        Ok(ran)
+    }
+
+    /// One call of `c` with its arena and staged inputs in `part`: x, and each state from
+    /// `state`.
+    fn call<'s>(
+        &self,
+        c: &Compiled,
+        sources: &[Source],
+        part: &mut Part,
+        x: &[f32],
+        xcols: usize,
+        state: &dyn Fn((usize, &'static str)) -> Result<&'s [f32]>,
+    ) -> Result<()> {
+        if part.arena.len() < c.plan.arena_len {
+            part.arena.resize(c.plan.arena_len, 0.0);
         }
         // Stage x and the states (weights were staged when set).
         let n = sources.len();
-        stream.staged.resize_with(n, Buf::new);
-        let xcols = *shape.last().unwrap_or(&1);
+        part.staged.resize_with(n, Buf::new);
         for (k, src) in sources.iter().enumerate() {
             match *src {
-                Source::X => stage(x, xcols, &mut stream.staged[k]),
+                Source::X => stage(x, xcols, &mut part.staged[k]),
                 Source::State(layer, slot) => {
-                    let s = &stream.states.values[&(layer, slot)];
-                    let cols = *s.shape().last().unwrap_or(&1);
-                    stage(
-                        s.as_slice()
-                            .ok_or_else(|| Error::Internal("state not contiguous".into()))?,
-                        cols,
-                        &mut stream.staged[k],
-                    );
+                    let s = state((layer, slot))?;
+                    let cols = self.spec.layers[layer].units;
+                    stage(s, cols, &mut part.staged[k]);
                 }
                 Source::Weight(_) => {}
             }
         }
-        {
-            const ON_STACK: usize = 32;
-            let mut small: [&[f32]; ON_STACK] = [&[]; ON_STACK];
-            let mut heap: Vec<&[f32]> = Vec::new();
-            for (k, src) in sources.iter().enumerate() {
-                let s: &[f32] = match *src {
-                    Source::X | Source::State(..) => &stream.staged[k],
-                    Source::Weight(i) => &self.weights[i].1,
-                };
-                if n <= ON_STACK {
-                    small[k] = s;
-                } else {
-                    heap.push(s);
-                }
-            }
-            let inputs = if n <= ON_STACK {
-                &small[..n]
-            } else {
-                &heap[..]
+        const ON_STACK: usize = 32;
+        let mut small: [&[f32]; ON_STACK] = [&[]; ON_STACK];
+        let mut heap: Vec<&[f32]> = Vec::new();
+        for (k, src) in sources.iter().enumerate() {
+            let s: &[f32] = match *src {
+                Source::X | Source::State(..) => &part.staged[k],
+                Source::Weight(i) => &self.weights[i].1,
             };
-            c.code.call(inputs, &mut stream.arena)?;
+            if n <= ON_STACK {
+                small[k] = s;
+            } else {
+                heap.push(s);
+            }
         }
-        // Carry the stateful layers' final states to the next call.
+        let inputs = if n <= ON_STACK {
+            &small[..n]
+        } else {
+            &heap[..]
+        };
+        c.code.call(inputs, &mut part.arena)
+    }
+
+    /// Carries the stateful layers' final states to the next call.
+    fn carry(&self, stream: &mut Stream, ran: &Ran) -> Result<()> {
+        let c = &ran.compiled;
         for ((role, _), loc) in c.func.outputs.iter().zip(&c.plan.outputs) {
             if let OutputRole::State { layer, slot } = role {
                 if self.spec.layers[*layer].stateful {
-                    let dst = stream
+                    let mut dst = stream
                         .states
                         .values
-                        .get_mut(&(*layer, *slot))
-                        .and_then(|a| a.as_slice_mut())
+                        .remove(&(*layer, *slot))
+                        .ok_or_else(|| Error::Internal("no state".into()))?;
+                    let out = dst
+                        .as_slice_mut()
                         .ok_or_else(|| Error::Internal("state not contiguous".into()))?;
-                    gather(&stream.arena, loc, dst);
+                    stream.gather(ran, loc, out);
+                    stream.states.values.insert((*layer, *slot), dst);
                 }
             }
         }
-        Ok(c)
+        Ok(())
     }
 
     /// Runs one batch in `stream`; returns the output and every recurrent layer's final states.
@@ -478,13 +664,19 @@ impl Shared {
         let xs = x
             .as_slice()
             .ok_or_else(|| Error::Internal("input not contiguous".into()))?;
-        let c = self.execute(stream, xs, x.shape())?;
+        let ran = self.execute(stream, xs, x.shape())?;
+        let c = &ran.compiled;
         let mut y = None;
         let mut states = Vec::new();
         for (k, ((role, v), loc)) in c.func.outputs.iter().zip(&c.plan.outputs).enumerate() {
-            let mut out = vec![0.0; loc.rows * loc.cols];
-            gather(&stream.arena, loc, &mut out);
-            let a = ArrayD::from_shape_vec(IxDyn(c.func.shape(*v)), out)
+            let mut out = vec![0.0; loc.rows * loc.cols * ran.parts];
+            stream.gather(&ran, loc, &mut out);
+            // Every output's first axis is the batch's.
+            let mut shape = c.func.shape(*v).to_vec();
+            if let Some(rows) = shape.first_mut() {
+                *rows *= ran.parts;
+            }
+            let a = ArrayD::from_shape_vec(IxDyn(&shape), out)
                 .map_err(|e| Error::Internal(format!("output {k}: {e}")))?;
             match role {
                 OutputRole::Y => y = Some(a),

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::random::random_model;
+use common::random::{random_model, RandomModel};
 use lstmc::reference::Reference;
 use lstmc::runtime::CompiledModel;
 use proptest::prelude::*;
@@ -140,5 +140,63 @@ proptest! {
                 prop_assert_eq!(bits(g), bits(h), "{} call {} layer {} {}", m.text, call, l, s);
             }
         }
+    }
+}
+
+/// A large batch at two threads runs as two blocks of rows, each whole on its own thread
+/// (a function compiled for one thread and half the batch, no hand-off between steps):
+/// the bits of the whole batch on one thread, call after call (states carried), through
+/// the batch path and the allocation-free one, and the interpreter's numbers.
+#[test]
+fn a_large_batch_split_in_blocks_of_rows_has_the_bits_of_one_thread() {
+    for (text, batch) in [
+        (
+            "LSTM 64 input_dim=24 input_length=40 batch_size=16 stateful\n",
+            16,
+        ),
+        (
+            "GRU 48 input_dim=16 input_length=30 return_sequences\nLSTM 32\nDense 5\n",
+            32,
+        ),
+    ] {
+        let m = RandomModel {
+            text: text.into(),
+            batch,
+            seed: 7,
+        };
+        let spec = m.spec();
+        let w = m.weights(&spec);
+        let one = lstmc::jit::Options::default();
+        let mut two = one;
+        two.tuning.threads = 2;
+        let (mut a, mut b) = (
+            CompiledModel::new(spec.clone(), &w, one),
+            CompiledModel::new(spec.clone(), &w, two),
+        );
+        let xs = m.inputs(&spec, 3);
+        let shape = xs[0].shape().to_vec();
+        let shapes = lstmc::reference::batch_shapes(&spec, &shape).unwrap();
+        assert_eq!((a.parts(shapes), b.parts(shapes)), (1, 2), "{text}");
+        let bits = |y: &ndarray::ArrayD<f32>| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let mut reference = Reference::new(spec.clone(), w.clone());
+        for (call, x) in xs.iter().enumerate() {
+            let xf = x.mapv(|v| v as f32);
+            let (p, q) = (a.predict_batch(&xf).unwrap(), b.predict_batch(&xf).unwrap());
+            assert_eq!(bits(&p.y), bits(&q.y), "{text} call {call}");
+            assert_eq!(p.states.len(), q.states.len());
+            for ((l, s, g), (_, _, h)) in p.states.iter().zip(&q.states) {
+                assert_eq!(bits(g), bits(h), "{text} call {call} layer {l} {s}");
+            }
+            let want = reference.predict_batch(x).unwrap();
+            agree(&format!("{text} call {call}"), &q.y, &want.y).unwrap();
+        }
+        let xf: Vec<f32> = xs[0].iter().map(|&v| v as f32).collect();
+        let n = a.predict_batch(&xs[0].mapv(|v| v as f32)).unwrap().y.len();
+        let (mut ya, mut yb) = (vec![0.0f32; n], vec![0.0f32; n]);
+        a.predict_into(&xf, &shape, &mut ya).unwrap();
+        b.predict_batch(&xs[0].mapv(|v| v as f32)).unwrap();
+        b.predict_into(&xf, &shape, &mut yb).unwrap();
+        let raw = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(raw(&ya), raw(&yb), "{text}: predict_into");
     }
 }

@@ -16,6 +16,7 @@ pub mod profile;
 
 pub use buf::Buf;
 pub use codegen::Tuning;
+pub(crate) use native::fork_join;
 pub use native::{set_placement, NativeCode, Placement};
 
 use crate::error::{Error, Result};

@@ -175,6 +175,13 @@ impl Drop for NativeCode {
     }
 }
 
+/// Runs `f(0)`, …, `f(parts - 1)` at once, part 0 on the calling thread and the others on
+/// the [`pool`]'s workers (or all on the caller, in order, while another fork–join holds
+/// them), and returns when every part has.
+pub(crate) fn fork_join(parts: usize, f: &(dyn Fn(usize) + Sync)) {
+    pool::run(parts, Handoff::Always, f)
+}
+
 /// `c = a · b` for row-major f32 matrices with row strides, by the `gemm` crate.
 #[allow(clippy::too_many_arguments)]
 extern "C" fn lstmc_gemm(
