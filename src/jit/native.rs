@@ -1001,26 +1001,30 @@ extern "C" fn lstmc_activate(
     t3: *const f32,
 ) {
     let n = n as usize;
-    // SAFETY: generated code passes a scratch row of its own stack frame, `n` floats long,
-    // and `terms` rows of its planned buffers, each at least `n` floats long (rows hold
-    // whole vectors), which the scratch row does not overlap.
+    // SAFETY: generated code passes a scratch row of its own stack frame, `n` floats long.
     let x = unsafe { std::slice::from_raw_parts_mut(x, n) };
+    // SAFETY: and `terms` rows of its planned buffers, each at least `n` floats long (rows
+    // hold whole vectors), which the scratch row does not overlap.
     let t = |p: *const f32| unsafe { std::slice::from_raw_parts(p, n) };
-    let r = if kind == 0 {
-        super::math::tanh_rational()
-    } else {
-        super::math::sigmoid_rational()
-    };
+    // The coefficients once per process, not per call (a W2 forward makes a dozen calls).
+    static RATIONALS: std::sync::LazyLock<[super::math::Rational; 2]> =
+        std::sync::LazyLock::new(|| {
+            [
+                super::math::tanh_rational(),
+                super::math::sigmoid_rational(),
+            ]
+        });
     let sigmoid = kind != 0;
+    let r = &RATIONALS[usize::from(sigmoid)];
     #[cfg(target_arch = "x86_64")]
     // SAFETY: generated code calls this only when the CPU has AVX-512F.
     unsafe {
         match terms {
-            0 => activate_avx512(x, [], &r, sigmoid),
-            1 => activate_avx512(x, [t(t0)], &r, sigmoid),
-            2 => activate_avx512(x, [t(t0), t(t1)], &r, sigmoid),
-            3 => activate_avx512(x, [t(t0), t(t1), t(t2)], &r, sigmoid),
-            _ => activate_avx512(x, [t(t0), t(t1), t(t2), t(t3)], &r, sigmoid),
+            0 => activate_avx512(x, [], r, sigmoid),
+            1 => activate_avx512(x, [t(t0)], r, sigmoid),
+            2 => activate_avx512(x, [t(t0), t(t1)], r, sigmoid),
+            3 => activate_avx512(x, [t(t0), t(t1), t(t2)], r, sigmoid),
+            _ => activate_avx512(x, [t(t0), t(t1), t(t2), t(t3)], r, sigmoid),
         }
     };
     #[cfg(not(target_arch = "x86_64"))]
