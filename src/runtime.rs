@@ -557,18 +557,21 @@ impl Shared {
             stream.parts.resize_with(parts, Part::default);
             let states = &stream.states;
             let slots: Vec<Mutex<&mut Part>> = stream.parts.iter_mut().map(Mutex::new).collect();
-            // A part that panicked (the pool catches it) leaves its error in place.
-            let results: Vec<Mutex<Result<()>>> = (0..parts)
-                .map(|_| Mutex::new(Err(Error::Internal("a block of rows did not run".into()))))
-                .collect();
+            // A part that panicked (the pool catches it) leaves no result.
+            let results: Vec<Mutex<Option<Result<()>>>> =
+                (0..parts).map(|_| Mutex::new(None)).collect();
             jit::fork_join(parts, &|p| {
                 let mut part = slots[p].lock().unwrap_or_else(|e| e.into_inner());
                 let r = self.call(&c, &sources, &mut part, x, xcols, states, (p, parts));
-                *results[p].lock().unwrap_or_else(|e| e.into_inner()) = r;
+                *results[p].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
             });
             drop(slots);
             for r in results {
-                r.into_inner().unwrap_or_else(|e| e.into_inner())?;
+                r.into_inner()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or_else(|| {
+                        Err(Error::Internal("a block of rows did not run".into()))
+                    })?;
             }
             let ran = Ran { compiled: c, parts };
             self.carry(stream, &ran)?;
