@@ -26,8 +26,10 @@
 //! caller passes, after checking each for NULL and each buffer's length
 //! against the shapes it claims, and catches every panic at the boundary.
 
+mod activate;
 pub mod capi;
 mod pool;
+mod update;
 
 use pool::Handoff;
 pub use pool::{set_placement, Placement};
@@ -447,7 +449,7 @@ extern "C" fn lstmc_loss(
     );
 }
 
-/// Whether this CPU runs [`lstmc_update`]'s 512-bit kernels (else generated code
+/// Whether this CPU runs [`update::lstmc_update`]'s 512-bit kernels (else generated code
 /// updates with 128-bit vectors).
 pub fn wide_updates() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -460,159 +462,10 @@ pub fn wide_updates() -> bool {
     }
 }
 
-/// An optimizer's update of `rows × cols` parameters in place (rows `*s` elements
-/// apart), 16 lanes at a time: the same operations in the same order as the generated
-/// 128-bit code, so the same bits (square roots and divisions bound these loops).
-/// Emitted only when [`wide_updates`] holds. `code` 0 is Adam, with
-/// `k = [1 - β1, 1 - β2, ε, _]` and slots `m`, `v`; 1 is RMSprop, with
-/// `k = [ρ, 1 - ρ, ε, momentum]` and slots velocity, momentum. `rate` is the step's
-/// learning rate (Adam's bias-corrected).
-///
-/// With `t == 0` the gradient is stored at `g` (rows `gs` apart). Otherwise it is
-/// `aᵀ · d`, with `a = g` of `t × rows` (rows `gs` apart) and `d` of `t × cols`, few rows
-/// `t`, computed 16 lanes at a time as the update needs it, the way [`lstmc_few_rows`]
-/// computes it (so the same bits), instead of stored whole: the tutorial's recurrent
-/// kernel, its two slots and its gradient (256 KB each) overflow this core's 1 MB L2;
-/// without the gradient, they fit. With `threads > 1`, [`split_rows`] splits the rows.
-#[allow(clippy::too_many_arguments)]
-extern "C" fn lstmc_update(
-    code: u64,
-    w: *mut f32,
-    ws: u64,
-    g: *const f32,
-    gs: u64,
-    d: *const f32,
-    d_rs: u64,
-    t: u64,
-    s1: *mut f32,
-    s1s: u64,
-    s2: *mut f32,
-    s2s: u64,
-    rows: u64,
-    cols: u64,
-    threads: u64,
-    rate: f32,
-    k0: f32,
-    k1: f32,
-    k2: f32,
-    k3: f32,
-) {
-    let (t, cols) = (t as usize, cols as usize);
-    let (ws, gs, s1s, s2s) = (ws as usize, gs as usize, s1s as usize, s2s as usize);
-    // SAFETY: called by generated code with pointers and sizes from a bounds-checked plan:
-    // `d` has `t` rows of `cols` (none when the gradient is stored).
-    let d_rows: Vec<&[f32]> = (0..t)
-        .map(|i| unsafe { std::slice::from_raw_parts(d.add(i * d_rs as usize), cols) })
-        .collect();
-    let (w, g, s1, s2) = (w as usize, g as usize, s1 as usize, s2 as usize);
-    split_rows(rows as usize, threads, Handoff::WhenNear, &|_, rows| {
-        let (w, g, s1, s2) = (
-            w as *mut f32,
-            g as *const f32,
-            s1 as *mut f32,
-            s2 as *mut f32,
-        );
-        let update = |w: &mut [f32], grad: Grad, s1: &mut [f32], s2: &mut [f32]| {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: generated code calls the updates only when the CPU has AVX-512F.
-            unsafe {
-                if code == 0 {
-                    adam_row_avx512(w, grad, s1, s2, [rate, k0, k1, k2])
-                } else {
-                    rmsprop_row_avx512(w, grad, s1, s2, [rate, k0, k1, k2, k3])
-                }
-            };
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = (code, w, grad, s1, s2);
-        };
-        let mut xs = vec![0.0f32; t];
-        if (1..16).contains(&cols) && ws == cols && s1s == cols && s2s == cols {
-            // Rows narrower than a vector (a Dense kernel of 12 columns) waste lanes and
-            // pay a call and a square root's latency per row: a chunk of contiguous rows
-            // is updated as one row instead, its gradient gathered first (the same bits:
-            // the lanes of an outer product are summed the same way either way).
-            let chunk = (NARROW_CHUNK / cols).max(1);
-            let mut flat = vec![0.0f32; chunk.min(rows.len()) * cols];
-            for first in rows.clone().step_by(chunk) {
-                let n = chunk.min(rows.end - first);
-                for i in 0..n {
-                    // SAFETY: row `first + i` of the gradient (see `row_grad`).
-                    let grad = unsafe { row_grad(g, gs, cols, first + i, &mut xs, &d_rows) };
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: as above (AVX-512F).
-                    unsafe {
-                        grad.store_avx512(&mut flat[i * cols..(i + 1) * cols])
-                    };
-                    #[cfg(not(target_arch = "x86_64"))]
-                    let _ = grad;
-                }
-                // SAFETY: rows `first..first + n` of the weight and its slots are
-                // contiguous (`*s == cols`), and this part's alone.
-                let (w, s1, s2) = unsafe {
-                    (
-                        std::slice::from_raw_parts_mut(w.add(first * cols), n * cols),
-                        std::slice::from_raw_parts_mut(s1.add(first * cols), n * cols),
-                        std::slice::from_raw_parts_mut(s2.add(first * cols), n * cols),
-                    )
-                };
-                update(w, Grad::Row(&flat[..n * cols]), s1, s2);
-            }
-            return;
-        }
-        for r in rows {
-            // SAFETY: as above; the weight, its slots and the gradient are distinct slots,
-            // and row `r` is this part's alone.
-            let (w, s1, s2) = unsafe {
-                (
-                    std::slice::from_raw_parts_mut(w.add(r * ws), cols),
-                    std::slice::from_raw_parts_mut(s1.add(r * s1s), cols),
-                    std::slice::from_raw_parts_mut(s2.add(r * s2s), cols),
-                )
-            };
-            // SAFETY: row `r` of the gradient (see `row_grad`).
-            update(
-                w,
-                unsafe { row_grad(g, gs, cols, r, &mut xs, &d_rows) },
-                s1,
-                s2,
-            );
-        }
-    });
-}
-
-/// Row `r` of an update's gradient ([`lstmc_update`]): stored at `g` (rows `gs` apart)
-/// when `xs` is empty, else `Σ_i a[i, r] · d_rows[i]` with `a = g` (rows `gs` apart),
-/// whose column `r` this reads into `xs`.
-///
-/// # Safety
-/// `g` must point to a stored gradient with a row `r` of `cols` elements, or to `a` with
-/// `xs.len()` rows and a column `r`.
-unsafe fn row_grad<'a>(
-    g: *const f32,
-    gs: usize,
-    cols: usize,
-    r: usize,
-    xs: &'a mut [f32],
-    d_rows: &'a [&'a [f32]],
-) -> Grad<'a> {
-    if xs.is_empty() {
-        // SAFETY: the caller's.
-        return Grad::Row(unsafe { std::slice::from_raw_parts(g.add(r * gs), cols) });
-    }
-    for (i, x) in xs.iter_mut().enumerate() {
-        // SAFETY: the caller's: `a[i, r]`.
-        *x = unsafe { *g.add(i * gs + r) };
-    }
-    Grad::Outer { xs, rows: d_rows }
-}
-
-/// Elements of narrow rows that [`lstmc_update`] updates as one row.
-const NARROW_CHUNK: usize = 1024;
-
 /// Runs `f` over blocks of consecutive rows of `0..rows`, on the calling thread and the
 /// [`pool`]'s workers when `threads > 1`: block `i` of `parts`, always the same block for
 /// the same `rows` and `threads`, so that the row-split products and updates of a weight
-/// ([`lstmc_few_rows`], [`lstmc_update`]) keep each block of it in one core's cache.
+/// ([`lstmc_few_rows`], [`update::lstmc_update`]) keep each block of it in one core's cache.
 fn split_rows(
     rows: usize,
     threads: u64,
@@ -899,227 +752,6 @@ fn lanes(i: usize, n: usize) -> u16 {
     }
 }
 
-/// Where an update row's gradient comes from, 16 lanes at a time.
-enum Grad<'a> {
-    /// A stored row.
-    Row(&'a [f32]),
-    /// `Σ_t xs[t] · rows[t]`: a row of `aᵀ · d`, summed in order of `t` from zero with one
-    /// fused multiply-add per term (as [`FewRows::transposed_times_avx512`] does).
-    Outer {
-        xs: &'a [f32],
-        rows: &'a [&'a [f32]],
-    },
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Grad<'_> {
-    /// The whole row into `out` (as long as the row).
-    #[target_feature(enable = "avx512f")]
-    unsafe fn store_avx512(&self, out: &mut [f32]) {
-        use std::arch::x86_64::*;
-        let n = out.len();
-        for i in (0..n).step_by(16) {
-            let mask = lanes(i, n);
-            // SAFETY: the mask stops at `n`, the length of `out` and of the gradient's rows.
-            unsafe {
-                let v = self.lanes(i, mask);
-                _mm512_mask_storeu_ps(out.as_mut_ptr().add(i), mask, v);
-            }
-        }
-    }
-
-    /// Lanes `i..i + 16` under `mask`, which stops within the row.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn lanes(&self, i: usize, mask: u16) -> std::arch::x86_64::__m512 {
-        use std::arch::x86_64::*;
-        // SAFETY: the caller's mask keeps lanes within the rows (all of the update's width).
-        unsafe {
-            match self {
-                Grad::Row(g) => _mm512_maskz_loadu_ps(mask, g.as_ptr().add(i)),
-                Grad::Outer { xs, rows } => {
-                    let mut acc = _mm512_setzero_ps();
-                    for (x, row) in xs.iter().zip(rows.iter()) {
-                        let dv = _mm512_maskz_loadu_ps(mask, row.as_ptr().add(i));
-                        acc = _mm512_fmadd_ps(_mm512_set1_ps(*x), dv, acc);
-                    }
-                    acc
-                }
-            }
-        }
-    }
-}
-
-/// One row of an Adam update, 16 lanes at a time: `k = [rate, 1 - β1, 1 - β2, ε]`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn adam_row_avx512(w: &mut [f32], g: Grad, m: &mut [f32], v: &mut [f32], k: [f32; 4]) {
-    use std::arch::x86_64::*;
-    let n = w.len().min(m.len()).min(v.len());
-    let [rate, b1, b2, eps] = k.map(|x| _mm512_set1_ps(x));
-    for i in (0..n).step_by(16) {
-        let mask = lanes(i, n);
-        // SAFETY: lanes `i..i + 16` under `mask` lie within the slices (`i < n`, and the
-        // mask stops at `n`, which the gradient's rows have too); masked-off lanes are
-        // neither read nor written.
-        unsafe {
-            let gv = g.lanes(i, mask);
-            let mv = _mm512_maskz_loadu_ps(mask, m.as_ptr().add(i));
-            let vv = _mm512_maskz_loadu_ps(mask, v.as_ptr().add(i));
-            let wv = _mm512_maskz_loadu_ps(mask, w.as_ptr().add(i));
-            let mv = _mm512_add_ps(mv, _mm512_mul_ps(_mm512_sub_ps(gv, mv), b1));
-            let gg = _mm512_mul_ps(gv, gv);
-            let vv = _mm512_add_ps(vv, _mm512_mul_ps(_mm512_sub_ps(gg, vv), b2));
-            let num = _mm512_mul_ps(mv, rate);
-            let den = _mm512_add_ps(_mm512_sqrt_ps(vv), eps);
-            let wv = _mm512_sub_ps(wv, _mm512_div_ps(num, den));
-            _mm512_mask_storeu_ps(m.as_mut_ptr().add(i), mask, mv);
-            _mm512_mask_storeu_ps(v.as_mut_ptr().add(i), mask, vv);
-            _mm512_mask_storeu_ps(w.as_mut_ptr().add(i), mask, wv);
-        }
-    }
-}
-
-/// Tanh (`kind` 0) or sigmoid (1) of `n` floats into `x`: of the floats at `x`, in place,
-/// when `terms` is 0, else of the left-to-right sum of the first `terms` of the rows
-/// `t0..t3` (`((t0 + t1) + t2) + t3`), each `n` floats long. 16 lanes at a time, with the
-/// operations of [`super::math::tanh`] and [`super::math::sigmoid`] (and of the fused
-/// kernel's additions) in the same order, so the same bits as the generated code (IEEE
-/// operations round the same way whatever the vector's width). Called only where the
-/// CPU has AVX-512F ([`wide_updates`]), by the fused kernels that stage their
-/// activations in a scratch row: Cranelift's 128-bit code runs each activation's chain
-/// of multiply-adds on 4 lanes, this on 16, with twice the registers.
-#[allow(clippy::too_many_arguments)]
-extern "C" fn lstmc_activate(
-    kind: u64,
-    x: *mut f32,
-    n: u64,
-    terms: u64,
-    t0: *const f32,
-    t1: *const f32,
-    t2: *const f32,
-    t3: *const f32,
-) {
-    let n = n as usize;
-    // SAFETY: generated code passes a scratch row of its own stack frame, `n` floats long.
-    let x = unsafe { std::slice::from_raw_parts_mut(x, n) };
-    // SAFETY: and `terms` rows of its planned buffers, each at least `n` floats long (rows
-    // hold whole vectors), which the scratch row does not overlap.
-    let t = |p: *const f32| unsafe { std::slice::from_raw_parts(p, n) };
-    // The coefficients once per process, not per call (a W2 forward makes a dozen calls).
-    static RATIONALS: std::sync::LazyLock<[super::math::Rational; 2]> =
-        std::sync::LazyLock::new(|| {
-            [
-                super::math::tanh_rational(),
-                super::math::sigmoid_rational(),
-            ]
-        });
-    let sigmoid = kind != 0;
-    let r = &RATIONALS[usize::from(sigmoid)];
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: generated code calls this only when the CPU has AVX-512F.
-    unsafe {
-        match terms {
-            0 => activate_avx512(x, [], r, sigmoid),
-            1 => activate_avx512(x, [t(t0)], r, sigmoid),
-            2 => activate_avx512(x, [t(t0), t(t1)], r, sigmoid),
-            3 => activate_avx512(x, [t(t0), t(t1), t(t2)], r, sigmoid),
-            _ => activate_avx512(x, [t(t0), t(t1), t(t2), t(t3)], r, sigmoid),
-        }
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (x, t, terms, t0, t1, t2, t3, r, sigmoid);
-}
-
-/// [`lstmc_activate`]'s loop: `sigmoid` or tanh with `r`'s coefficients, of the sum of
-/// `terms` (of `x` itself without any).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn activate_avx512<const T: usize>(
-    x: &mut [f32],
-    terms: [&[f32]; T],
-    r: &super::math::Rational,
-    sigmoid: bool,
-) {
-    use std::arch::x86_64::*;
-    let n = x.len();
-    let (hi, lo) = (_mm512_set1_ps(r.clamp), _mm512_set1_ps(-r.clamp));
-    let a = r.alpha.map(|c| _mm512_set1_ps(c));
-    let b = r.beta.map(|c| _mm512_set1_ps(c));
-    for i in (0..n).step_by(16) {
-        let mask = lanes(i, n);
-        // SAFETY: lanes `i..i + 16` under `mask` lie within `x` and every term (the mask
-        // stops at `n`, their common length).
-        unsafe {
-            let v = match terms.split_first() {
-                None => _mm512_maskz_loadu_ps(mask, x.as_ptr().add(i)),
-                Some((first, rest)) => {
-                    let mut v = _mm512_maskz_loadu_ps(mask, first.as_ptr().add(i));
-                    for t in rest {
-                        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, t.as_ptr().add(i)));
-                    }
-                    v
-                }
-            };
-            // `hi < v ? hi : v`, then `v < lo ? lo : v`: what `minps` and `maxps` compute
-            // with their operands in this order (NaN passes through), as in `math::clamp`.
-            let v = _mm512_min_ps(hi, v);
-            let v = _mm512_max_ps(lo, v);
-            let y = _mm512_mul_ps(v, v);
-            let y2 = _mm512_mul_ps(y, y);
-            let y4 = _mm512_mul_ps(y2, y2);
-            let p01 = _mm512_fmadd_ps(a[1], y, a[0]);
-            let p23 = _mm512_fmadd_ps(a[3], y, a[2]);
-            let p45 = _mm512_fmadd_ps(a[5], y, a[4]);
-            let q01 = _mm512_fmadd_ps(b[1], y, b[0]);
-            let q23 = _mm512_fmadd_ps(b[3], y, b[2]);
-            let p03 = _mm512_fmadd_ps(p23, y2, p01);
-            let p46 = _mm512_fmadd_ps(a[6], y2, p45);
-            let p = _mm512_fmadd_ps(p46, y4, p03);
-            let q = _mm512_fmadd_ps(q23, y2, q01);
-            let out = if sigmoid {
-                _mm512_div_ps(_mm512_fmadd_ps(v, p, q), _mm512_add_ps(q, q))
-            } else {
-                _mm512_div_ps(_mm512_mul_ps(v, p), q)
-            };
-            _mm512_mask_storeu_ps(x.as_mut_ptr().add(i), mask, out);
-        }
-    }
-}
-
-/// One row of an RMSprop update: `k = [rate, ρ, 1 - ρ, ε, momentum]`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn rmsprop_row_avx512(w: &mut [f32], g: Grad, v: &mut [f32], m: &mut [f32], k: [f32; 5]) {
-    use std::arch::x86_64::*;
-    let n = w.len().min(m.len()).min(v.len());
-    let momentum = k[4] > 0.0;
-    let [rate, rho, one_rho, eps, mom] = k.map(|x| _mm512_set1_ps(x));
-    for i in (0..n).step_by(16) {
-        let mask = lanes(i, n);
-        // SAFETY: as in `adam_row_avx512`.
-        unsafe {
-            let gv = g.lanes(i, mask);
-            let vv = _mm512_maskz_loadu_ps(mask, v.as_ptr().add(i));
-            let wv = _mm512_maskz_loadu_ps(mask, w.as_ptr().add(i));
-            let gg = _mm512_mul_ps(_mm512_mul_ps(one_rho, gv), gv);
-            let vv = _mm512_add_ps(_mm512_mul_ps(rho, vv), gg);
-            _mm512_mask_storeu_ps(v.as_mut_ptr().add(i), mask, vv);
-            let root = _mm512_sqrt_ps(_mm512_add_ps(vv, eps));
-            let inc = _mm512_div_ps(_mm512_mul_ps(gv, rate), root);
-            let step = if momentum {
-                let mv = _mm512_maskz_loadu_ps(mask, m.as_ptr().add(i));
-                let mv = _mm512_add_ps(_mm512_mul_ps(mom, mv), inc);
-                _mm512_mask_storeu_ps(m.as_mut_ptr().add(i), mask, mv);
-                mv
-            } else {
-                inc
-            };
-            _mm512_mask_storeu_ps(w.as_mut_ptr().add(i), mask, _mm512_sub_ps(wv, step));
-        }
-    }
-}
-
 /// An outlined kernel (see [`super::codegen::Kernel`]): its operands' addresses and a
 /// range of rows.
 type Kernel = unsafe extern "C" fn(*const *mut f32, u64, u64);
@@ -1169,13 +801,13 @@ pub fn host_symbols() -> [(&'static str, *const u8); 12] {
         ("lstmc_copy", lstmc_copy as *const u8),
         ("lstmc_few_rows", lstmc_few_rows as *const u8),
         ("lstmc_rows", lstmc_rows as *const u8),
-        ("lstmc_update", lstmc_update as *const u8),
+        ("lstmc_update", update::lstmc_update as *const u8),
         ("lstmc_loss", lstmc_loss as *const u8),
         ("lstmc_gemm", lstmc_gemm as *const u8),
         ("lstmc_softmax", lstmc_softmax as *const u8),
         ("lstmc_gemm_strided", lstmc_gemm_strided as *const u8),
         ("lstmc_softmax_grad", lstmc_softmax_grad as *const u8),
         ("lstmc_tick", lstmc_tick as *const u8),
-        ("lstmc_activate", lstmc_activate as *const u8),
+        ("lstmc_activate", activate::lstmc_activate as *const u8),
     ]
 }

@@ -1,0 +1,268 @@
+//! Optimizer updates in place on 512-bit host code (`lstmc_update`): Adam's and
+//! RMSprop's rules 16 lanes at a time, with the same operations in the same order as the
+//! generated 128-bit updates, and a few-row weight gradient computed as they go.
+
+use super::{lanes, split_rows, Handoff};
+
+/// An optimizer's update of `rows × cols` parameters in place (rows `*s` elements
+/// apart), 16 lanes at a time: the same operations in the same order as the generated
+/// 128-bit code, so the same bits (square roots and divisions bound these loops).
+/// Emitted only when [`super::wide_updates`] holds. `code` 0 is Adam, with
+/// `k = [1 - β1, 1 - β2, ε, _]` and slots `m`, `v`; 1 is RMSprop, with
+/// `k = [ρ, 1 - ρ, ε, momentum]` and slots velocity, momentum. `rate` is the step's
+/// learning rate (Adam's bias-corrected).
+///
+/// With `t == 0` the gradient is stored at `g` (rows `gs` apart). Otherwise it is
+/// `aᵀ · d`, with `a = g` of `t × rows` (rows `gs` apart) and `d` of `t × cols`, few rows
+/// `t`, computed 16 lanes at a time as the update needs it, the way [`super::lstmc_few_rows`]
+/// computes it (so the same bits), instead of stored whole: the tutorial's recurrent
+/// kernel, its two slots and its gradient (256 KB each) overflow this core's 1 MB L2;
+/// without the gradient, they fit. With `threads > 1`, [`super::split_rows`] splits the rows.
+#[allow(clippy::too_many_arguments)]
+pub(super) extern "C" fn lstmc_update(
+    code: u64,
+    w: *mut f32,
+    ws: u64,
+    g: *const f32,
+    gs: u64,
+    d: *const f32,
+    d_rs: u64,
+    t: u64,
+    s1: *mut f32,
+    s1s: u64,
+    s2: *mut f32,
+    s2s: u64,
+    rows: u64,
+    cols: u64,
+    threads: u64,
+    rate: f32,
+    k0: f32,
+    k1: f32,
+    k2: f32,
+    k3: f32,
+) {
+    let (t, cols) = (t as usize, cols as usize);
+    let (ws, gs, s1s, s2s) = (ws as usize, gs as usize, s1s as usize, s2s as usize);
+    // SAFETY: called by generated code with pointers and sizes from a bounds-checked plan:
+    // `d` has `t` rows of `cols` (none when the gradient is stored).
+    let d_rows: Vec<&[f32]> = (0..t)
+        .map(|i| unsafe { std::slice::from_raw_parts(d.add(i * d_rs as usize), cols) })
+        .collect();
+    let (w, g, s1, s2) = (w as usize, g as usize, s1 as usize, s2 as usize);
+    split_rows(rows as usize, threads, Handoff::WhenNear, &|_, rows| {
+        let (w, g, s1, s2) = (
+            w as *mut f32,
+            g as *const f32,
+            s1 as *mut f32,
+            s2 as *mut f32,
+        );
+        let update = |w: &mut [f32], grad: Grad, s1: &mut [f32], s2: &mut [f32]| {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: generated code calls the updates only when the CPU has AVX-512F.
+            unsafe {
+                if code == 0 {
+                    adam_row_avx512(w, grad, s1, s2, [rate, k0, k1, k2])
+                } else {
+                    rmsprop_row_avx512(w, grad, s1, s2, [rate, k0, k1, k2, k3])
+                }
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (code, w, grad, s1, s2);
+        };
+        let mut xs = vec![0.0f32; t];
+        if (1..16).contains(&cols) && ws == cols && s1s == cols && s2s == cols {
+            // Rows narrower than a vector (a Dense kernel of 12 columns) waste lanes and
+            // pay a call and a square root's latency per row: a chunk of contiguous rows
+            // is updated as one row instead, its gradient gathered first (the same bits:
+            // the lanes of an outer product are summed the same way either way).
+            let chunk = (NARROW_CHUNK / cols).max(1);
+            let mut flat = vec![0.0f32; chunk.min(rows.len()) * cols];
+            for first in rows.clone().step_by(chunk) {
+                let n = chunk.min(rows.end - first);
+                for i in 0..n {
+                    // SAFETY: row `first + i` of the gradient (see `row_grad`).
+                    let grad = unsafe { row_grad(g, gs, cols, first + i, &mut xs, &d_rows) };
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above (AVX-512F).
+                    unsafe {
+                        grad.store_avx512(&mut flat[i * cols..(i + 1) * cols])
+                    };
+                    #[cfg(not(target_arch = "x86_64"))]
+                    let _ = grad;
+                }
+                // SAFETY: rows `first..first + n` of the weight and its slots are
+                // contiguous (`*s == cols`), and this part's alone.
+                let (w, s1, s2) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(w.add(first * cols), n * cols),
+                        std::slice::from_raw_parts_mut(s1.add(first * cols), n * cols),
+                        std::slice::from_raw_parts_mut(s2.add(first * cols), n * cols),
+                    )
+                };
+                update(w, Grad::Row(&flat[..n * cols]), s1, s2);
+            }
+            return;
+        }
+        for r in rows {
+            // SAFETY: as above; the weight, its slots and the gradient are distinct slots,
+            // and row `r` is this part's alone.
+            let (w, s1, s2) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(w.add(r * ws), cols),
+                    std::slice::from_raw_parts_mut(s1.add(r * s1s), cols),
+                    std::slice::from_raw_parts_mut(s2.add(r * s2s), cols),
+                )
+            };
+            // SAFETY: row `r` of the gradient (see `row_grad`).
+            update(
+                w,
+                unsafe { row_grad(g, gs, cols, r, &mut xs, &d_rows) },
+                s1,
+                s2,
+            );
+        }
+    });
+}
+
+/// Row `r` of an update's gradient ([`lstmc_update`]): stored at `g` (rows `gs` apart)
+/// when `xs` is empty, else `Σ_i a[i, r] · d_rows[i]` with `a = g` (rows `gs` apart),
+/// whose column `r` this reads into `xs`.
+///
+/// # Safety
+/// `g` must point to a stored gradient with a row `r` of `cols` elements, or to `a` with
+/// `xs.len()` rows and a column `r`.
+unsafe fn row_grad<'a>(
+    g: *const f32,
+    gs: usize,
+    cols: usize,
+    r: usize,
+    xs: &'a mut [f32],
+    d_rows: &'a [&'a [f32]],
+) -> Grad<'a> {
+    if xs.is_empty() {
+        // SAFETY: the caller's.
+        return Grad::Row(unsafe { std::slice::from_raw_parts(g.add(r * gs), cols) });
+    }
+    for (i, x) in xs.iter_mut().enumerate() {
+        // SAFETY: the caller's: `a[i, r]`.
+        *x = unsafe { *g.add(i * gs + r) };
+    }
+    Grad::Outer { xs, rows: d_rows }
+}
+
+/// Elements of narrow rows that [`lstmc_update`] updates as one row.
+const NARROW_CHUNK: usize = 1024;
+
+/// Where an update row's gradient comes from, 16 lanes at a time.
+enum Grad<'a> {
+    /// A stored row.
+    Row(&'a [f32]),
+    /// `Σ_t xs[t] · rows[t]`: a row of `aᵀ · d`, summed in order of `t` from zero with one
+    /// fused multiply-add per term (as [`super::FewRows::transposed_times_avx512`] does).
+    Outer {
+        xs: &'a [f32],
+        rows: &'a [&'a [f32]],
+    },
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Grad<'_> {
+    /// The whole row into `out` (as long as the row).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store_avx512(&self, out: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let n = out.len();
+        for i in (0..n).step_by(16) {
+            let mask = lanes(i, n);
+            // SAFETY: the mask stops at `n`, the length of `out` and of the gradient's rows.
+            unsafe {
+                let v = self.lanes(i, mask);
+                _mm512_mask_storeu_ps(out.as_mut_ptr().add(i), mask, v);
+            }
+        }
+    }
+
+    /// Lanes `i..i + 16` under `mask`, which stops within the row.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn lanes(&self, i: usize, mask: u16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's mask keeps lanes within the rows (all of the update's width).
+        unsafe {
+            match self {
+                Grad::Row(g) => _mm512_maskz_loadu_ps(mask, g.as_ptr().add(i)),
+                Grad::Outer { xs, rows } => {
+                    let mut acc = _mm512_setzero_ps();
+                    for (x, row) in xs.iter().zip(rows.iter()) {
+                        let dv = _mm512_maskz_loadu_ps(mask, row.as_ptr().add(i));
+                        acc = _mm512_fmadd_ps(_mm512_set1_ps(*x), dv, acc);
+                    }
+                    acc
+                }
+            }
+        }
+    }
+}
+
+/// One row of an Adam update, 16 lanes at a time: `k = [rate, 1 - β1, 1 - β2, ε]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn adam_row_avx512(w: &mut [f32], g: Grad, m: &mut [f32], v: &mut [f32], k: [f32; 4]) {
+    use std::arch::x86_64::*;
+    let n = w.len().min(m.len()).min(v.len());
+    let [rate, b1, b2, eps] = k.map(|x| _mm512_set1_ps(x));
+    for i in (0..n).step_by(16) {
+        let mask = lanes(i, n);
+        // SAFETY: lanes `i..i + 16` under `mask` lie within the slices (`i < n`, and the
+        // mask stops at `n`, which the gradient's rows have too); masked-off lanes are
+        // neither read nor written.
+        unsafe {
+            let gv = g.lanes(i, mask);
+            let mv = _mm512_maskz_loadu_ps(mask, m.as_ptr().add(i));
+            let vv = _mm512_maskz_loadu_ps(mask, v.as_ptr().add(i));
+            let wv = _mm512_maskz_loadu_ps(mask, w.as_ptr().add(i));
+            let mv = _mm512_add_ps(mv, _mm512_mul_ps(_mm512_sub_ps(gv, mv), b1));
+            let gg = _mm512_mul_ps(gv, gv);
+            let vv = _mm512_add_ps(vv, _mm512_mul_ps(_mm512_sub_ps(gg, vv), b2));
+            let num = _mm512_mul_ps(mv, rate);
+            let den = _mm512_add_ps(_mm512_sqrt_ps(vv), eps);
+            let wv = _mm512_sub_ps(wv, _mm512_div_ps(num, den));
+            _mm512_mask_storeu_ps(m.as_mut_ptr().add(i), mask, mv);
+            _mm512_mask_storeu_ps(v.as_mut_ptr().add(i), mask, vv);
+            _mm512_mask_storeu_ps(w.as_mut_ptr().add(i), mask, wv);
+        }
+    }
+}
+
+/// One row of an RMSprop update: `k = [rate, ρ, 1 - ρ, ε, momentum]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn rmsprop_row_avx512(w: &mut [f32], g: Grad, v: &mut [f32], m: &mut [f32], k: [f32; 5]) {
+    use std::arch::x86_64::*;
+    let n = w.len().min(m.len()).min(v.len());
+    let momentum = k[4] > 0.0;
+    let [rate, rho, one_rho, eps, mom] = k.map(|x| _mm512_set1_ps(x));
+    for i in (0..n).step_by(16) {
+        let mask = lanes(i, n);
+        // SAFETY: as in `adam_row_avx512`.
+        unsafe {
+            let gv = g.lanes(i, mask);
+            let vv = _mm512_maskz_loadu_ps(mask, v.as_ptr().add(i));
+            let wv = _mm512_maskz_loadu_ps(mask, w.as_ptr().add(i));
+            let gg = _mm512_mul_ps(_mm512_mul_ps(one_rho, gv), gv);
+            let vv = _mm512_add_ps(_mm512_mul_ps(rho, vv), gg);
+            _mm512_mask_storeu_ps(v.as_mut_ptr().add(i), mask, vv);
+            let root = _mm512_sqrt_ps(_mm512_add_ps(vv, eps));
+            let inc = _mm512_div_ps(_mm512_mul_ps(gv, rate), root);
+            let step = if momentum {
+                let mv = _mm512_maskz_loadu_ps(mask, m.as_ptr().add(i));
+                let mv = _mm512_add_ps(_mm512_mul_ps(mom, mv), inc);
+                _mm512_mask_storeu_ps(m.as_mut_ptr().add(i), mask, mv);
+                mv
+            } else {
+                inc
+            };
+            _mm512_mask_storeu_ps(w.as_mut_ptr().add(i), mask, _mm512_sub_ps(wv, step));
+        }
+    }
+}
