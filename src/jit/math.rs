@@ -93,9 +93,9 @@ fn coefficients(k: f32, pk: f32, qk: f32) -> ([f32; 7], [f32; 4]) {
     )
 }
 
-/// What the host's 512-bit activations ([`crate::jit::native`]'s `lstmc_activate`)
+/// What the host's 512-bit activations (`lstmc_activate`)
 /// need to compute [`tanh`] and [`sigmoid`] with the same operations in the same order:
-/// the clamp, and the coefficients of [`rational`]'s two polynomials.
+/// the clamp, and the coefficients of the two polynomials of the rational.
 #[derive(Clone, Copy, Debug)]
 pub struct Rational {
     pub clamp: f32,

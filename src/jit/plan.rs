@@ -67,12 +67,12 @@ pub struct Plan {
     /// The element count of each input, as its location sees it.
     pub input_lens: Vec<usize>,
     /// Per-step values planned in their loop's stacked result, with that result and
-    /// their group `j` ([`Stacking`]): the loop stacks them without a copy.
+    /// their group `j` (`Stacking`): the loop stacks them without a copy.
     pub in_slice: HashMap<Value, (Value, usize)>,
     /// Pieces of a `concat_last` that their kernel writes in its columns
-    /// ([`pieces_in_place`]): the concatenation copies only the others.
+    /// (`pieces_in_place`): the concatenation copies only the others.
     pub in_concat: HashSet<Value>,
-    /// Steps of a `stack` that their kernel writes in place ([`pieces_in_place`]): the
+    /// Steps of a `stack` that their kernel writes in place (`pieces_in_place`): the
     /// stack copies only the others.
     pub in_stack: HashSet<Value>,
 }

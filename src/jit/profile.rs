@@ -59,7 +59,7 @@ impl Profile {
         }
     }
 
-    /// Instruction `id` starts (or the function starts or ends, [`START`], [`END`]): the
+    /// Instruction `id` starts (or the function starts or ends, `START`, `END`): the
     /// time since the last tick goes to the instruction that was running.
     pub fn tick(&self, id: u64) {
         let now = self.epoch.elapsed().as_nanos() as u64;

@@ -7,7 +7,7 @@
 //! training step that repacking took 13% of the time (`perf`), and reading a
 //! contiguous transpose instead made the step 10% faster (W3 train 40.5 → 36.6 ms,
 //! W5 31.3 → 28.2 ms at one thread, `lstmc bench --phase train`, alternating runs).
-//! Batches of at most [`FEW_ROWS`] rows are left alone: their products run on
+//! Batches of at most `FEW_ROWS` rows are left alone: their products run on
 //! kernels that read `w` transposed as it is (W1, the tutorial's W2), and there the
 //! transpose would cost more than it saves.
 

@@ -79,7 +79,7 @@ impl Emitter<'_, '_, '_> {
     }
 
     /// Calls `lstmc_few_rows` with `code` and `(m, n, k)` as it defines them, if the
-    /// product's `rows` (see [`Tuning::few_rows_max`]) are few and its work is large
+    /// product's `rows` (see [`super::Tuning::few_rows_max`]) are few and its work is large
     /// enough; returns whether it did.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn few_rows(

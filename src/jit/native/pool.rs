@@ -61,10 +61,10 @@ pub enum Handoff {
     WhenNear,
 }
 
-/// Where the workers' cores are, as [`Handoff::WhenNear`] uses it: measured, or set.
+/// Where the workers' cores are, as `Handoff::WhenNear` uses it: measured, or set.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Placement {
-    /// Measured every [`REPROBE`] at most (the default).
+    /// Measured every `REPROBE` at most (the default).
     Measured,
     /// Taken as near: parts go to the workers.
     Near,
