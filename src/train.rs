@@ -238,6 +238,27 @@ impl Trainer {
         out
     }
 
+    /// The optimizer's two slots per weight, by the weights' names (`layers.0.kernel`),
+    /// as float32 values of the weight's shape: Adam's first and second moments,
+    /// RMSprop's average of squares and momentum, SGD's momentum (first). Slots a rule
+    /// does not use stay zero.
+    pub fn optimizer_slots(&self) -> Vec<(String, [ArrayD<f32>; 2])> {
+        self.names
+            .iter()
+            .zip(&self.slots)
+            .map(|((layer, name, shape), pair)| {
+                let slot = |s: &Buf| {
+                    ArrayD::from_shape_vec(IxDyn(shape), unstage(s, shape))
+                        .expect("staged sizes agree")
+                };
+                (
+                    format!("layers.{layer}.{name}"),
+                    [slot(&pair[0]), slot(&pair[1])],
+                )
+            })
+            .collect()
+    }
+
     /// The training steps compiled so far (forward, loss, backward and update), one per
     /// batch shape trained on.
     pub fn step_functions(&self) -> impl Iterator<Item = &Compiled> {
