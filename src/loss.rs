@@ -114,21 +114,27 @@ pub fn row(kind: Loss, yr: &[f64], tr: &[f64], gr: &mut [f64], n: f64) -> f64 {
         }
         Loss::CategoricalCrossentropy | Loss::SparseCategoricalCrossentropy => {
             // p = y / sum(y); p = clip(p); loss = -sum(t log p).
+            // The gradient with respect to p goes into `gr` first.
             let s: f64 = yr.iter().sum();
-            let mut dp = vec![0.0; c];
             let mut l = 0.0;
             for j in 0..c {
                 let p = yr[j] / s;
                 let pc = p.clamp(EPSILON, 1.0 - EPSILON);
-                l -= tr[j] * pc.ln();
-                if p > EPSILON && p < 1.0 - EPSILON {
-                    dp[j] = -tr[j] / pc / n;
+                // A zero target's term is a zero (the clipped logarithm is finite): one-hot
+                // targets need one logarithm per row, not one per class.
+                if tr[j] != 0.0 {
+                    l -= tr[j] * pc.ln();
                 }
+                gr[j] = if p > EPSILON && p < 1.0 - EPSILON {
+                    -tr[j] / pc / n
+                } else {
+                    0.0
+                };
             }
             // Through the normalization: d/dy_k = (dp_k - sum_j dp_j p_j) / s.
-            let dot: f64 = (0..c).map(|j| dp[j] * yr[j] / s).sum();
-            for j in 0..c {
-                gr[j] = (dp[j] - dot) / s;
+            let dot: f64 = (0..c).map(|j| gr[j] * yr[j] / s).sum();
+            for g in gr.iter_mut() {
+                *g = (*g - dot) / s;
             }
             l
         }

@@ -319,6 +319,15 @@ impl Loss {
         "binary_crossentropy",
     ];
 
+    /// Every loss, in the order of [`Loss::NAMES`].
+    pub const ALL: [Loss; 5] = [
+        Loss::Mse,
+        Loss::Mae,
+        Loss::CategoricalCrossentropy,
+        Loss::SparseCategoricalCrossentropy,
+        Loss::BinaryCrossentropy,
+    ];
+
     /// The name, as written.
     pub fn name(self) -> &'static str {
         match self {

@@ -26,9 +26,9 @@ pub fn softmax_row(x: &[f32], y: &mut [f32]) {
 
 /// The loss code of `lstmc_loss`'s first argument (generated code passes it as an integer).
 pub fn loss_code(kind: crate::model::Loss) -> i64 {
-    crate::model::Loss::NAMES
+    crate::model::Loss::ALL
         .iter()
-        .position(|n| *n == kind.name())
+        .position(|&l| l == kind)
         .map_or(0, |p| p as i64)
 }
 
@@ -46,20 +46,29 @@ pub fn loss_rows(
     rows: usize,
     cols: usize,
 ) -> f32 {
-    let kind = crate::model::Loss::NAMES
+    let kind = crate::model::Loss::ALL
         .get(code as usize)
-        .and_then(|n| crate::model::Loss::from_name(n))
+        .copied()
         .unwrap_or(crate::model::Loss::Mse);
-    let mut yr = vec![0.0f64; cols];
-    let mut tr = vec![0.0f64; cols];
-    let mut gr = vec![0.0f64; cols];
+    // A training step calls this once per batch (the tutorial's: every 30 us), so rows
+    // of up to 64 classes stay on the stack.
+    let mut small = [[0.0f64; 64]; 3];
+    let mut large = Vec::new();
+    let [yr, tr, gr] = if cols <= 64 {
+        small.each_mut().map(|b| &mut b[..cols])
+    } else {
+        large.resize(3 * cols, 0.0f64);
+        let (yr, rest) = large.split_at_mut(cols);
+        let (tr, gr) = rest.split_at_mut(cols);
+        [yr, tr, gr]
+    };
     let mut total = 0.0;
     for r in 0..rows {
         for j in 0..cols {
             yr[j] = f64::from(y[r * ys + j]);
             tr[j] = f64::from(t[r * ts + j]);
         }
-        total += crate::loss::row(kind, &yr, &tr, &mut gr, rows as f64);
+        total += crate::loss::row(kind, yr, tr, gr, rows as f64);
         for j in 0..cols {
             dy[r * dys + j] = gr[j] as f32;
         }
