@@ -527,7 +527,11 @@ extern "C" fn lstmc_few_rows(
         _ => p.k,
     };
     let parts = row_parts(rows, threads);
-    let mut scratch = vec![0.0f32; if code == 0 { (parts - 1) * m * n } else { 0 }];
+    // The partial sums' buffer, kept by the calling thread from call to call (the
+    // tutorial's step makes seven of these calls): every part writes all of its `m × n`,
+    // so old values are never read.
+    let mut scratch = PARTIALS.take();
+    scratch.resize(if code == 0 { (parts - 1) * m * n } else { 0 }, 0.0);
     let partial = scratch.as_mut_ptr() as usize;
     split_rows(rows, threads, Handoff::WhenNear, &|i, block| {
         let part = if code == 0 && i > 0 {
@@ -565,6 +569,12 @@ extern "C" fn lstmc_few_rows(
             }
         }
     }
+    PARTIALS.set(scratch);
+}
+
+thread_local! {
+    /// [`lstmc_few_rows`]'s partial sums.
+    static PARTIALS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// The operands of [`lstmc_few_rows`].

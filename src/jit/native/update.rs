@@ -45,9 +45,20 @@ pub(super) extern "C" fn lstmc_update(
     let (ws, gs, s1s, s2s) = (ws as usize, gs as usize, s1s as usize, s2s as usize);
     // SAFETY: called by generated code with pointers and sizes from a bounds-checked plan:
     // `d` has `t` rows of `cols` (none when the gradient is stored).
-    let d_rows: Vec<&[f32]> = (0..t)
-        .map(|i| unsafe { std::slice::from_raw_parts(d.add(i * d_rs as usize), cols) })
-        .collect();
+    let d_row = |i: usize| unsafe { std::slice::from_raw_parts(d.add(i * d_rs as usize), cols) };
+    // Few rows (at most `Tuning::few_rows_max`, 4 by default) without an allocation: the
+    // tutorial's step makes five of these calls.
+    let mut few: [&[f32]; 4] = [&[]; 4];
+    let many: Vec<&[f32]>;
+    let d_rows: &[&[f32]] = if t <= few.len() {
+        for (i, row) in few.iter_mut().enumerate().take(t) {
+            *row = d_row(i);
+        }
+        &few[..t]
+    } else {
+        many = (0..t).map(d_row).collect();
+        &many
+    };
     let (w, g, s1, s2) = (w as usize, g as usize, s1 as usize, s2 as usize);
     split_rows(rows as usize, threads, Handoff::WhenNear, &|_, rows| {
         let (w, g, s1, s2) = (
@@ -79,7 +90,13 @@ pub(super) extern "C" fn lstmc_update(
             #[cfg(not(target_arch = "x86_64"))]
             let _ = (code, w, grad, s1, s2);
         };
-        let mut xs = vec![0.0f32; t];
+        let (mut few, mut many) = ([0.0f32; 4], Vec::new());
+        let xs: &mut [f32] = if t <= few.len() {
+            &mut few[..t]
+        } else {
+            many.resize(t, 0.0);
+            &mut many
+        };
         if (1..16).contains(&cols) && ws == cols && s1s == cols && s2s == cols {
             // Rows narrower than a vector (a Dense kernel of 12 columns) waste lanes and
             // pay a call and a square root's latency per row: a chunk of contiguous rows
@@ -91,7 +108,7 @@ pub(super) extern "C" fn lstmc_update(
                 let n = chunk.min(rows.end - first);
                 for i in 0..n {
                     // SAFETY: row `first + i` of the gradient (see `row_grad`).
-                    let grad = unsafe { row_grad(g, gs, cols, first + i, &mut xs, &d_rows) };
+                    let grad = unsafe { row_grad(g, gs, cols, first + i, xs, d_rows) };
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: as above (AVX-512F).
                     unsafe {
@@ -124,12 +141,7 @@ pub(super) extern "C" fn lstmc_update(
                 )
             };
             // SAFETY: row `r` of the gradient (see `row_grad`).
-            update(
-                w,
-                unsafe { row_grad(g, gs, cols, r, &mut xs, &d_rows) },
-                s1,
-                s2,
-            );
+            update(w, unsafe { row_grad(g, gs, cols, r, xs, d_rows) }, s1, s2);
         }
     });
 }
