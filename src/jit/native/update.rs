@@ -260,6 +260,7 @@ impl Lanes for Grad<'_> {
 }
 
 /// A stored gradient row.
+#[cfg(target_arch = "x86_64")]
 struct Stored<'a>(&'a [f32]);
 
 #[cfg(target_arch = "x86_64")]
