@@ -319,14 +319,17 @@ impl Loss {
         "binary_crossentropy",
     ];
 
-    /// Every loss, in the order of [`Loss::NAMES`].
-    pub const ALL: [Loss; 5] = [
-        Loss::Mse,
-        Loss::Mae,
-        Loss::CategoricalCrossentropy,
-        Loss::SparseCategoricalCrossentropy,
-        Loss::BinaryCrossentropy,
-    ];
+    /// Every loss, in the order of [`Loss::NAMES`]. (A function, not an associated
+    /// constant, which cbindgen would put in the C header.)
+    pub fn all() -> [Loss; 5] {
+        [
+            Loss::Mse,
+            Loss::Mae,
+            Loss::CategoricalCrossentropy,
+            Loss::SparseCategoricalCrossentropy,
+            Loss::BinaryCrossentropy,
+        ]
+    }
 
     /// The name, as written.
     pub fn name(self) -> &'static str {

@@ -77,3 +77,16 @@ fn loss_gradients_match_finite_differences() {
         loss(Loss::CategoricalCrossentropy, &y, &one_hot).unwrap().0
     );
 }
+
+/// Generated code passes a loss to its host kernel as its index in `Loss::all()`
+/// (`jit::host::loss_code`), and the language names losses by `Loss::NAMES`: the two
+/// lists must agree, and each name parse back to its loss.
+#[test]
+fn loss_codes_and_names_agree() {
+    assert_eq!(Loss::all().len(), Loss::NAMES.len());
+    for (i, l) in Loss::all().into_iter().enumerate() {
+        assert_eq!(l.name(), Loss::NAMES[i]);
+        assert_eq!(Loss::from_name(Loss::NAMES[i]), Some(l));
+        assert_eq!(lstmc::jit::host::loss_code(l), i as i64);
+    }
+}

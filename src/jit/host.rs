@@ -26,7 +26,7 @@ pub fn softmax_row(x: &[f32], y: &mut [f32]) {
 
 /// The loss code of `lstmc_loss`'s first argument (generated code passes it as an integer).
 pub fn loss_code(kind: crate::model::Loss) -> i64 {
-    crate::model::Loss::ALL
+    crate::model::Loss::all()
         .iter()
         .position(|&l| l == kind)
         .map_or(0, |p| p as i64)
@@ -46,7 +46,7 @@ pub fn loss_rows(
     rows: usize,
     cols: usize,
 ) -> f32 {
-    let kind = crate::model::Loss::ALL
+    let kind = crate::model::Loss::all()
         .get(code as usize)
         .copied()
         .unwrap_or(crate::model::Loss::Mse);
