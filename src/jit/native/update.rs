@@ -106,7 +106,14 @@ pub(super) extern "C" fn lstmc_update(
             let mut flat = vec![0.0f32; chunk.min(rows.len()) * cols];
             for first in rows.clone().step_by(chunk) {
                 let n = chunk.min(rows.end - first);
-                for i in 0..n {
+                let outer = cfg!(target_arch = "x86_64") && (1..=4).contains(&t);
+                #[cfg(target_arch = "x86_64")]
+                if outer {
+                    // SAFETY: as above (AVX-512F); `g` is `a`, of `t` rows with the
+                    // columns `first..first + n`, and each of `d_rows` has `cols < 16`.
+                    unsafe { outer_rows_avx512(&mut flat[..n * cols], g, gs, first, d_rows) };
+                }
+                for i in (0..n).filter(|_| !outer) {
                     // SAFETY: row `first + i` of the gradient (see `row_grad`).
                     let grad = unsafe { row_grad(g, gs, cols, first + i, xs, d_rows) };
                     #[cfg(target_arch = "x86_64")]
@@ -170,6 +177,46 @@ unsafe fn row_grad<'a>(
         *x = unsafe { *g.add(i * gs + r) };
     }
     Grad::Outer { xs, rows: d_rows }
+}
+
+/// Rows `first..first + n` of the gradient `aᵀ · d` of rows narrower than a vector, one
+/// after another into `flat` (`n × cols`, `cols = flat.len() / n < 16`): each row one
+/// masked vector, `Σ_t a[t, r] · d[t]` summed as [`Grad::Outer`] sums it (so the same
+/// bits), with the `d` rows in registers. Row by row through [`row_grad`], a call and a
+/// dispatch per row of 12 took the tutorial's Dense kernel update 0.8 of its 1.3 µs.
+///
+/// # Safety
+/// The CPU has AVX-512F; `a` has `d.len() <= 4` rows (`a_rs` apart) with the columns
+/// `first..first + n`; each row of `d` has `cols` elements.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn outer_rows_avx512(
+    flat: &mut [f32],
+    a: *const f32,
+    a_rs: usize,
+    first: usize,
+    d: &[&[f32]],
+) {
+    use std::arch::x86_64::*;
+    let Some(cols) = d.first().map(|r| r.len()) else {
+        return;
+    };
+    let mask = lanes(0, cols);
+    let mut dv = [_mm512_setzero_ps(); 4];
+    for (v, row) in dv.iter_mut().zip(d) {
+        // SAFETY: `cols` elements, under the mask.
+        *v = unsafe { _mm512_maskz_loadu_ps(mask, row.as_ptr()) };
+    }
+    for (i, out) in flat.chunks_exact_mut(cols).enumerate() {
+        let mut acc = _mm512_setzero_ps();
+        for (t, v) in dv.iter().enumerate().take(d.len()) {
+            // SAFETY: `a[t, first + i]`, the caller's.
+            let x = unsafe { *a.add(t * a_rs + first + i) };
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(x), *v, acc);
+        }
+        // SAFETY: `cols` elements of `out`, under the mask.
+        unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr(), mask, acc) };
+    }
 }
 
 /// Elements of narrow rows that [`lstmc_update`] updates as one row.
