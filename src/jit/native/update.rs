@@ -106,23 +106,25 @@ pub(super) extern "C" fn lstmc_update(
             let mut flat = vec![0.0f32; chunk.min(rows.len()) * cols];
             for first in rows.clone().step_by(chunk) {
                 let n = chunk.min(rows.end - first);
-                let outer = cfg!(target_arch = "x86_64") && (1..=4).contains(&t);
-                #[cfg(target_arch = "x86_64")]
-                if outer {
+                if cfg!(target_arch = "x86_64") && (1..=4).contains(&t) {
+                    #[cfg(target_arch = "x86_64")]
                     // SAFETY: as above (AVX-512F); `g` is `a`, of `t` rows with the
                     // columns `first..first + n`, and each of `d_rows` has `cols < 16`.
-                    unsafe { outer_rows_avx512(&mut flat[..n * cols], g, gs, first, d_rows) };
-                }
-                for i in (0..n).filter(|_| !outer) {
-                    // SAFETY: row `first + i` of the gradient (see `row_grad`).
-                    let grad = unsafe { row_grad(g, gs, cols, first + i, xs, d_rows) };
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: as above (AVX-512F).
                     unsafe {
-                        grad.store_avx512(&mut flat[i * cols..(i + 1) * cols])
+                        outer_rows_avx512(&mut flat[..n * cols], g, gs, first, d_rows)
                     };
-                    #[cfg(not(target_arch = "x86_64"))]
-                    let _ = grad;
+                } else {
+                    for i in 0..n {
+                        // SAFETY: row `first + i` of the gradient (see `row_grad`).
+                        let grad = unsafe { row_grad(g, gs, cols, first + i, xs, d_rows) };
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: as above (AVX-512F).
+                        unsafe {
+                            grad.store_avx512(&mut flat[i * cols..(i + 1) * cols])
+                        };
+                        #[cfg(not(target_arch = "x86_64"))]
+                        let _ = grad;
+                    }
                 }
                 // SAFETY: rows `first..first + n` of the weight and its slots are
                 // contiguous (`*s == cols`), and this part's alone.
