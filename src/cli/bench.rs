@@ -102,8 +102,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub parallel_min: Option<usize>,
     /// Where batch-1 products and updates run with --threads above 1: `measured` (the
-    /// default: split between threads while the workers' cores are near, measured every
-    /// 20 ms), or `near` or `far` taken as given (split always, or never), for measuring.
+    /// default: each compiled function times its calls split and unsplit now and then and
+    /// takes the faster way), or `near` or `far` taken as given (split always, or never),
+    /// for measuring.
     #[arg(long, value_enum, default_value_t = PlacementArg::Measured)]
     pub placement: PlacementArg,
     /// Also count the time of every IR instruction of the timed function, and print

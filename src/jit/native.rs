@@ -28,6 +28,7 @@
 
 mod activate;
 pub mod capi;
+mod choose;
 mod pool;
 mod update;
 
@@ -48,6 +49,8 @@ pub struct NativeCode {
     input_lens: Vec<usize>,
     arena_len: usize,
     writes_inputs: bool,
+    /// Where the calls' small fork–joins run.
+    chooser: choose::Chooser,
 }
 
 impl std::fmt::Debug for NativeCode {
@@ -78,6 +81,7 @@ impl NativeCode {
             input_lens,
             arena_len,
             writes_inputs,
+            chooser: choose::Chooser::default(),
         }
     }
 
@@ -159,7 +163,8 @@ impl NativeCode {
             &heap
         };
         // SAFETY: see the module documentation; every buffer was checked above.
-        unsafe { (self.entry)(table.as_ptr(), arena.as_mut_ptr()) };
+        self.chooser
+            .call(|| unsafe { (self.entry)(table.as_ptr(), arena.as_mut_ptr()) });
         Ok(())
     }
 }

@@ -20,9 +20,11 @@
 //! (another core complex), the cache lines that batch-1 parts hand over cost more than
 //! the split saves. So the pool measures the placement now and then ([`Pool::far`]), and
 //! while the workers are far, it runs the parts of small fork–joins ([`Handoff::WhenNear`])
-//! on the caller, one after another: the same parts, so the same results.
+//! on the caller, one after another: the same parts, so the same results. A compiled
+//! function's calls do better: they time themselves both ways (`choose.rs`) and set the
+//! placement of their own fork–joins ([`with_placement`]).
 
-use std::cell::UnsafeCell;
+use std::cell::{Cell, UnsafeCell};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock, TryLockError};
 use std::time::{Duration, Instant};
@@ -64,7 +66,9 @@ pub enum Handoff {
 /// Where the workers' cores are, as `Handoff::WhenNear` uses it: measured, or set.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Placement {
-    /// Measured every `REPROBE` at most (the default).
+    /// Measured (the default): each compiled function that makes small fork–joins times
+    /// its calls both ways now and then and takes the faster (`choose.rs`); other calls
+    /// follow an empty fork–join's time, probed every `REPROBE` at most.
     Measured,
     /// Taken as near: parts go to the workers.
     Near,
@@ -329,17 +333,49 @@ pub(super) fn parts(threads: usize) -> usize {
 /// How [`run`] places small fork–joins ([`Handoff::WhenNear`]): a [`Placement`] as `u8`.
 static PLACEMENT: AtomicU8 = AtomicU8::new(Placement::Measured as u8);
 
+thread_local! {
+    /// The placement that the compiled function this thread is calling chose for its
+    /// small fork–joins ([`with_placement`]), if the process sets none.
+    static CALL: Cell<Placement> = const { Cell::new(Placement::Measured) };
+    /// Small fork–joins ([`Handoff::WhenNear`], more than one part) this thread has run.
+    static SMALL: Cell<u64> = const { Cell::new(0) };
+}
+
 /// Sets how small fork–joins are placed from now on, process-wide. Results do not depend
 /// on it, only where the parts run; for tests and measurements.
 pub fn set_placement(placement: Placement) {
     PLACEMENT.store(placement as u8, Ordering::Relaxed);
 }
 
+/// Whether the process takes a placement as given ([`set_placement`]): then a compiled
+/// function has none to choose.
+pub(super) fn placement_is_set() -> bool {
+    PLACEMENT.load(Ordering::Relaxed) != Placement::Measured as u8
+}
+
+/// Runs `f` with this thread's small fork–joins placed as `placement` says (unless the
+/// process sets a placement), as before afterwards.
+pub(super) fn with_placement<R>(placement: Placement, f: impl FnOnce() -> R) -> R {
+    struct Restore(Placement);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CALL.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(CALL.with(|c| c.replace(placement)));
+    f()
+}
+
+/// How many small fork–joins this thread has run so far.
+pub(super) fn small_joins() -> u64 {
+    SMALL.with(Cell::get)
+}
+
 fn placement() -> Placement {
     match PLACEMENT.load(Ordering::Relaxed) {
         x if x == Placement::Near as u8 => Placement::Near,
         x if x == Placement::Far as u8 => Placement::Far,
-        _ => Placement::Measured,
+        _ => CALL.with(Cell::get),
     }
 }
 
@@ -349,6 +385,9 @@ fn placement() -> Placement {
 pub(super) fn run(parts: usize, handoff: Handoff, f: &(dyn Fn(usize) + Sync)) {
     if parts <= 1 {
         return (0..parts).for_each(f);
+    }
+    if handoff == Handoff::WhenNear {
+        SMALL.with(|n| n.set(n.get() + 1));
     }
     pool().run_placed(parts, handoff, placement(), f);
 }

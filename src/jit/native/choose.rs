@@ -1,0 +1,294 @@
+//! Where a compiled function's small fork–joins run ([`super::pool::Handoff::WhenNear`]),
+//! chosen by timing the function itself.
+//!
+//! The pool's probe tells near cores from far ones by the time of an empty fork–join,
+//! against a line drawn on one host (0.4 µs). Another host (2026-12-05, whose two virtual
+//! CPUs hand a cache line over in 160–176 ns, between the first host's near 27–70 ns and
+//! far 330–385 ns) fell on the far side of that line, and there the right answer depended
+//! on the function: the tutorial's training step was 20% faster with its few-row products
+//! and its recurrent kernel's update split between the cores (an epoch 2.04 ms against
+//! 2.6 ms on the caller alone), its forward 18% slower (11.3 µs against 9.5 µs). No line
+//! drawn on the probe fits both. So a function that makes small fork–joins times its
+//! calls, in turn with their parts handed to the workers and kept on the caller, takes the
+//! faster way, and tries again after a while ([`RETRY`]), as the host moves its CPUs. The
+//! choice changes where the parts run, never what they compute: the same bits either way.
+
+use super::pool::{self, Placement};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Mutex, OnceLock, TryLockError};
+use std::time::{Duration, Instant};
+
+/// Calls before a trial is timed: the first ones fault the arena's pages in and wake the
+/// workers.
+const WARM: u32 = 2;
+
+/// Calls timed each way in a trial.
+const TRIAL: usize = 16;
+
+/// Least time from a trial's end to the next trial.
+const RETRY: Duration = Duration::from_millis(250);
+
+/// ... and at least this many times the trial's own calls' time, so that trials of long
+/// calls, half of them the slower way, take a small share of the time.
+const RETRY_PER_TRIAL: u64 = 32;
+
+/// [`Chooser::state`]: a trial is on (or has not started).
+const TRYING: u8 = 0;
+/// The function makes no small fork–joins: nothing to choose.
+const NONE: u8 = 1;
+/// Chosen: to the workers.
+const NEAR: u8 = 2;
+/// Chosen: on the caller.
+const FAR: u8 = 3;
+
+/// One compiled function's choice ([`Chooser::call`]).
+pub(super) struct Chooser {
+    /// [`TRYING`], [`NONE`], [`NEAR`] or [`FAR`].
+    state: AtomicU8,
+    /// While a choice holds: when the next trial starts, in nanoseconds of [`clock`].
+    retry_at: AtomicU64,
+    trial: Mutex<Trial>,
+}
+
+impl Default for Chooser {
+    fn default() -> Chooser {
+        Chooser {
+            state: AtomicU8::new(TRYING),
+            retry_at: AtomicU64::new(0),
+            trial: Mutex::new(Trial::default()),
+        }
+    }
+}
+
+impl Chooser {
+    /// Runs `f` (one call of the function) with its small fork–joins placed as chosen, or,
+    /// during a trial, as the trial tries next, timing it. A call that finds the trial
+    /// taken by a call on another thread, or a placement set for the process, runs as the
+    /// pool's probe says or as set.
+    pub(super) fn call<R>(&self, f: impl FnOnce() -> R) -> R {
+        if pool::placement_is_set() {
+            return f();
+        }
+        match self.state.load(Ordering::Relaxed) {
+            NONE => return f(),
+            chosen @ (NEAR | FAR) => {
+                let placement = if chosen == NEAR {
+                    Placement::Near
+                } else {
+                    Placement::Far
+                };
+                if clock() < self.retry_at.load(Ordering::Relaxed) {
+                    return pool::with_placement(placement, f);
+                }
+                // Time to try again; one caller moves the state, the others run as chosen.
+                if self
+                    .state
+                    .compare_exchange(chosen, TRYING, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+                {
+                    return pool::with_placement(placement, f);
+                }
+            }
+            _ => {}
+        }
+        let mut trial = match self.trial.try_lock() {
+            Ok(t) => t,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return f(),
+        };
+        let placement = trial.next();
+        let joins = pool::small_joins();
+        let start = Instant::now();
+        let out = pool::with_placement(placement, f);
+        let took = start.elapsed();
+        if pool::small_joins() == joins {
+            // Straight-line code makes the same fork–joins at every call.
+            self.state.store(NONE, Ordering::Relaxed);
+            return out;
+        }
+        if let Some((chosen, spent)) = trial.record(placement, took) {
+            let wait = RETRY.max(spent.saturating_mul(RETRY_PER_TRIAL as u32));
+            self.retry_at
+                .store(clock() + wait.as_nanos() as u64, Ordering::Relaxed);
+            let state = if chosen == Placement::Near { NEAR } else { FAR };
+            self.state.store(state, Ordering::Relaxed);
+        }
+        out
+    }
+}
+
+/// Nanoseconds since the first use.
+fn clock() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// The calls of one trial, in nanoseconds, each way.
+#[derive(Default)]
+struct Trial {
+    /// Warm-up calls so far (of [`WARM`]; counted once per function).
+    warm: u32,
+    near: Vec<u64>,
+    far: Vec<u64>,
+    /// The trial's timed calls' time so far (not the warm-up's).
+    spent: Duration,
+}
+
+impl Trial {
+    /// How the next call runs: as the probe says while warming up, then each way in turn.
+    fn next(&self) -> Placement {
+        if self.warm < WARM {
+            Placement::Measured
+        } else if self.near.len() <= self.far.len() {
+            Placement::Near
+        } else {
+            Placement::Far
+        }
+    }
+
+    /// Counts a call that ran as `placement` and took `took`. Once each way has [`TRIAL`]
+    /// calls: the way with the smaller median (the caller's on a tie) and the trial's
+    /// time, and a new trial begins.
+    fn record(&mut self, placement: Placement, took: Duration) -> Option<(Placement, Duration)> {
+        let ns = took.as_nanos() as u64;
+        match placement {
+            Placement::Measured => {
+                self.warm += 1;
+                return None;
+            }
+            Placement::Near => self.near.push(ns),
+            Placement::Far => self.far.push(ns),
+        }
+        self.spent += took;
+        if self.near.len() < TRIAL || self.far.len() < TRIAL {
+            return None;
+        }
+        let chosen = if median(&mut self.near) < median(&mut self.far) {
+            Placement::Near
+        } else {
+            Placement::Far
+        };
+        let spent = std::mem::take(&mut self.spent);
+        self.near.clear();
+        self.far.clear();
+        Some((chosen, spent))
+    }
+}
+
+fn median(xs: &mut [u64]) -> u64 {
+    xs.sort_unstable();
+    xs[xs.len() / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jit::native::pool::Handoff;
+
+    /// A trial warms up, then alternates, and picks the way whose median is smaller,
+    /// though the other way has the single fastest call and the larger mean would agree.
+    #[test]
+    fn a_trial_takes_the_way_with_the_smaller_median() {
+        let mut t = Trial::default();
+        let us = Duration::from_micros;
+        for _ in 0..WARM {
+            assert_eq!(t.next(), Placement::Measured);
+            assert!(t.record(Placement::Measured, us(1000)).is_none());
+        }
+        let mut seen = Vec::new();
+        let mut chosen = None;
+        for i in 0..2 * TRIAL {
+            let p = t.next();
+            seen.push(p);
+            // Near: mostly 30 µs with one 1 µs call; far: mostly 25 µs with one 900 µs.
+            let took = match (p, i) {
+                (Placement::Near, 0) => us(1),
+                (Placement::Near, _) => us(30),
+                (Placement::Far, 1) => us(900),
+                _ => us(25),
+            };
+            chosen = t.record(p, took);
+            assert_eq!(chosen.is_some(), i == 2 * TRIAL - 1, "call {i}");
+        }
+        let expected: Vec<Placement> = (0..2 * TRIAL)
+            .map(|i| [Placement::Near, Placement::Far][i % 2])
+            .collect();
+        assert_eq!(seen, expected);
+        let (placement, spent) = chosen.unwrap();
+        assert_eq!(placement, Placement::Far);
+        assert_eq!(spent, us(1 + 15 * 30 + 900 + 15 * 25));
+        // The next trial starts afresh, without warming up again.
+        assert_eq!(t.next(), Placement::Near);
+        for _ in 0..TRIAL {
+            assert!(t.record(Placement::Far, us(50)).is_none());
+        }
+        for i in 0..TRIAL {
+            let r = t.record(Placement::Near, us(40));
+            assert_eq!(r.map(|r| r.0), (i == TRIAL - 1).then_some(Placement::Near));
+        }
+    }
+
+    /// Whether a fork–join of two parts ran its second part on another thread.
+    fn handed_over() -> bool {
+        let me = std::thread::current().id();
+        let away = std::sync::atomic::AtomicBool::new(false);
+        pool::run(pool::parts(2), Handoff::WhenNear, &|i| {
+            if i == 1 && std::thread::current().id() != me {
+                away.store(true, Ordering::Relaxed);
+            }
+        });
+        away.load(Ordering::Relaxed)
+    }
+
+    /// A function whose calls take longer when its parts go to the workers ends up keeping
+    /// them on the caller, and one that is slower on the caller ends up handing them over:
+    /// the chooser follows the calls' time, whatever the probe says. A function without
+    /// small fork–joins is left alone after its first call.
+    #[test]
+    fn a_function_runs_its_small_fork_joins_the_faster_way() {
+        let spin = |d: Duration| {
+            let start = Instant::now();
+            while start.elapsed() < d {
+                std::hint::spin_loop();
+            }
+        };
+        let call = |slow_when_handed: bool| {
+            move || {
+                let away = handed_over();
+                spin(Duration::from_micros(if away == slow_when_handed {
+                    300
+                } else {
+                    50
+                }));
+                away
+            }
+        };
+        for slow_when_handed in [true, false] {
+            let chooser = Chooser::default();
+            let runs: Vec<bool> = (0..WARM as usize + 2 * TRIAL + 20)
+                .map(|_| chooser.call(call(slow_when_handed)))
+                .collect();
+            if pool::parts(2) == 1 {
+                // One core: nothing is ever handed over, nor chosen.
+                assert!(runs.iter().all(|&away| !away));
+                assert_eq!(chooser.state.load(Ordering::Relaxed), NONE);
+                continue;
+            }
+            let want = if slow_when_handed { FAR } else { NEAR };
+            assert_eq!(chooser.state.load(Ordering::Relaxed), want);
+            // (A fork–join that finds the pool taken by another test runs on the caller.)
+            let after = &runs[WARM as usize + 2 * TRIAL..];
+            let fast = after
+                .iter()
+                .filter(|&&away| away != slow_when_handed)
+                .count();
+            assert!(
+                fast >= after.len() * 3 / 4,
+                "slow when handed over: {slow_when_handed}; after the trial: {after:?}"
+            );
+        }
+        let chooser = Chooser::default();
+        chooser.call(|| spin(Duration::from_micros(10)));
+        assert_eq!(chooser.state.load(Ordering::Relaxed), NONE);
+    }
+}
