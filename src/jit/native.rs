@@ -687,16 +687,18 @@ impl FewRows {
         }
     }
 
-    /// `c = a · wᵀ`: each element the dot product of a row of `a` and a row of `w`, four
-    /// rows of `w` at a time, in 16 partial sums each.
+    /// `c = a · wᵀ`: each element the dot product of a row of `a` and a row of `w`, eight
+    /// rows of `w` at a time, in 16 partial sums each: eight chains of multiply-adds keep two
+    /// FMA ports of four cycles' latency busy, four did not (W2's epoch at one thread
+    /// 6–8% slower with four, alternating runs). The same sums in the same order either way.
     #[target_feature(enable = "avx512f")]
     unsafe fn times_transposed_avx512(&self) {
         for r in 0..self.m {
             let mut i = 0;
-            while self.n - i >= 4 {
-                // SAFETY: rows `i..i + 4` of `w` exist (`n - i >= 4`).
-                unsafe { self.dots::<4>(r, i) };
-                i += 4;
+            while self.n - i >= 8 {
+                // SAFETY: rows `i..i + 8` of `w` exist (`n - i >= 8`).
+                unsafe { self.dots::<8>(r, i) };
+                i += 8;
             }
             while i < self.n {
                 // SAFETY: row `i` of `w` exists.
