@@ -200,3 +200,43 @@ fn a_large_batch_split_in_blocks_of_rows_has_the_bits_of_one_thread() {
         assert_eq!(raw(&ya), raw(&yb), "{text}: predict_into");
     }
 }
+
+/// A wide recurrent kernel (513 units: 513 × 2052) with enough rows is read through a
+/// transpose, its step products written column by column and transposed into place
+/// (`passes::transpose::reads_weight_transposed`), by 16-column tiles and a rest of 4: the
+/// interpreter's numbers, call after call (states carried), and the same bits at one
+/// thread (34 rows) and at two (two blocks of 17 rows).
+#[test]
+fn a_wide_recurrent_kernel_read_transposed_gives_the_interpreters_numbers() {
+    let m = RandomModel {
+        text: "LSTM 513 input_dim=3 input_length=3 batch_size=34 stateful\n".into(),
+        batch: 34,
+        seed: 5,
+    };
+    let spec = m.spec();
+    let w = m.weights(&spec);
+    let one = lstmc::jit::Options::default();
+    let mut two = one;
+    two.tuning.threads = 2;
+    let (mut a, mut b) = (
+        CompiledModel::new(spec.clone(), &w, one),
+        CompiledModel::new(spec.clone(), &w, two),
+    );
+    let bits = |y: &ndarray::ArrayD<f32>| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let mut reference = Reference::new(spec.clone(), w.clone());
+    for (call, x) in m.inputs(&spec, 3).iter().enumerate() {
+        let xf = x.mapv(|v| v as f32);
+        let (p, q) = (a.predict_batch(&xf).unwrap(), b.predict_batch(&xf).unwrap());
+        assert_eq!(bits(&p.y), bits(&q.y), "call {call}");
+        // Closer than `agree`: three steps of a stable layer, where f32 stays within
+        // about 1e-6 of f64 (a 0.1% error in the last 4 columns of the product is caught).
+        let want = reference.predict_batch(x).unwrap();
+        assert_eq!(p.y.shape(), want.y.shape());
+        for (i, (&g, &w)) in p.y.iter().zip(want.y.iter()).enumerate() {
+            assert!(
+                (g as f64 - w).abs() <= 1e-5,
+                "call {call}, element {i}: {g} against {w}"
+            );
+        }
+    }
+}

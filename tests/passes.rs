@@ -165,9 +165,14 @@ fn lstm_train_step_of(batch: usize) -> (Function, Vec<ArrayD<f64>>) {
 
 /// [`lstm_train_step_of`] over `time` steps.
 fn lstm_train_step_over(batch: usize, time: usize) -> (Function, Vec<ArrayD<f64>>) {
+    lstm_train_step_sized(32, batch, time)
+}
+
+/// [`lstm_train_step_over`] with `units` units.
+fn lstm_train_step_sized(units: usize, batch: usize, time: usize) -> (Function, Vec<ArrayD<f64>>) {
     let spec = lstmc::front::load(
         "m.model",
-        format!("LSTM 32 input_dim=3 input_length={time} batch_size={batch}\nDense 2\ncompile loss=mse optimizer=adam\n").as_bytes(),
+        format!("LSTM {units} input_dim=3 input_length={time} batch_size={batch}\nDense 2\ncompile loss=mse optimizer=adam\n").as_bytes(),
     )
     .unwrap();
     let w = lstmc::weights::Weights::init(&spec, 3);
@@ -646,6 +651,47 @@ fn the_backward_loop_reads_a_transposed_recurrent_kernel() {
     let before = optimized_alike(&small, "concat", &inputs);
     let after = optimized_alike(&small, "transpose", &inputs);
     assert_eq!(ops(&before), ops(&after));
+}
+
+/// `transpose` on a training step with a wide recurrent kernel (512 × 2048) and 16 rows
+/// (`passes::transpose::reads_weight_transposed`): the forward products read one
+/// transpose made before them, as `matmul_bt`, and the backward ones the same transpose,
+/// as `matmul`, with the same numbers. At 8 rows the forward products keep the kernel.
+#[test]
+fn a_wide_recurrent_kernel_is_read_transposed_forward_and_backward() {
+    use lstmc::ir::Op;
+    // (op, shape of the weight operand) of every product against the kernel or its transpose.
+    let products = |f: &Function| {
+        let mut out = Vec::new();
+        f.walk(f.entry, &mut |i| {
+            let d = f.inst(i);
+            if matches!(d.op, Op::MatMul | Op::MatMulBT) {
+                let w = f.shape(d.args[1]).to_vec();
+                if w == [512, 2048] || w == [2048, 512] {
+                    out.push((d.op.clone(), w));
+                }
+            }
+        });
+        out.sort_by_key(|p| format!("{p:?}"));
+        out.dedup();
+        out
+    };
+    let transposes = |f: &Function| ops(f).iter().filter(|o| **o == Op::Transpose).count();
+    let (step, inputs) = lstm_train_step_sized(512, 16, 3);
+    let before = optimized_alike(&step, "concat", &inputs);
+    assert!(products(&before).contains(&(Op::MatMul, vec![512, 2048])));
+    let after = optimized_alike(&step, "transpose", &inputs);
+    assert_eq!(
+        products(&after),
+        vec![
+            (Op::MatMul, vec![2048, 512]),
+            (Op::MatMulBT, vec![2048, 512])
+        ]
+    );
+    assert_eq!(transposes(&after), 1);
+    let (step, inputs) = lstm_train_step_sized(512, 8, 3);
+    let after = optimized_alike(&step, "transpose", &inputs);
+    assert!(products(&after).contains(&(Op::MatMul, vec![512, 2048])));
 }
 
 /// `fold` on a training step at batch 1: every per-step bias gradient (`sum_rows` of a

@@ -278,6 +278,35 @@ fn few_row_updates_have_the_bits_of_the_generated_ones() {
     }
 }
 
+/// A wide recurrent kernel (513 × 2052) at 16 rows: the forward products read its
+/// transpose column by column and the backward ones the same transpose
+/// (`passes::transpose::reads_weight_transposed`), and training follows the interpreter.
+#[test]
+fn native_train_steps_with_a_wide_recurrent_kernel_follow_the_interpreter() {
+    let m = RandomModel {
+        text: "LSTM 513 input_dim=3 input_length=3\nDense 4\n".into(),
+        batch: 16,
+        seed: 9,
+    };
+    let spec = m.spec();
+    let forward = lower::lower(&spec, lower::Shapes { batch: 16, time: 3 }).unwrap();
+    let mut f = train_step(&forward, Loss::Mse, optimizers()[3]).unwrap();
+    lstmc::passes::optimize(&mut f, &lstmc::passes::Options::default(), None).unwrap();
+    let mut forward_reads = 0;
+    f.walk(f.entry, &mut |i| {
+        let d = f.inst(i);
+        forward_reads +=
+            usize::from(d.op == lstmc::ir::Op::MatMulBT && f.shape(d.args[1]) == [2052, 513]);
+    });
+    assert!(
+        forward_reads >= 1,
+        "the forward products read the transpose"
+    );
+    for which in [0, 3] {
+        native_follows_interpreter(&m, which, 0).unwrap();
+    }
+}
+
 /// Three training steps of `m` with optimizer `which` and loss `l` on native code
 /// follow the interpreter (cases the interpreter finds ill-conditioned are rejected).
 fn native_follows_interpreter(

@@ -48,15 +48,12 @@ fn transpose_in(f: &mut Function, b: Block) -> Result<(), IrError> {
         };
     for (pos, &i) in f.block(b).insts.iter().enumerate() {
         match f.inst(i).op {
-            Op::MatMulBT if qualifies(f, i) => note(f.inst(i).args[1], pos, 1, i),
+            Op::MatMulBT | Op::MatMul if qualifies(f, i) => note(f.inst(i).args[1], pos, 1, i),
             Op::Loop { body, steps, .. } => {
                 let outside: HashSet<Value> = f.free_uses(body).into_iter().collect();
                 for &j in &f.block(body).insts {
                     let w = f.inst(j).args.get(1).copied();
-                    if f.inst(j).op == Op::MatMulBT
-                        && w.is_some_and(|w| outside.contains(&w))
-                        && qualifies(f, j)
-                    {
+                    if w.is_some_and(|w| outside.contains(&w)) && qualifies(f, j) {
                         note(f.inst(j).args[1], pos, steps, j);
                     }
                 }
@@ -75,19 +72,47 @@ fn transpose_in(f: &mut Function, b: Block) -> Result<(), IrError> {
         let tv = f.result(t);
         for i in readers {
             let inst = &mut f.insts[i.index()];
-            inst.op = Op::MatMul;
+            inst.op = match inst.op {
+                Op::MatMul => Op::MatMulBT,
+                _ => Op::MatMul,
+            };
             inst.args[1] = tv;
         }
     }
     Ok(())
 }
 
-/// Whether a `matmul_bt` is large enough, and has enough rows, to read a transpose.
+/// Whether a `matmul_bt` is large enough, and has enough rows, to read a transpose
+/// (and is not one that [`reads_weight_transposed`] keeps), or a `matmul` is one that
+/// it turns into a `matmul_bt`.
 fn qualifies(f: &Function, i: Inst) -> bool {
     let d = f.inst(i);
     let (ds, ws) = (f.shape(d.args[0]), f.shape(d.args[1]));
-    let n = ds.last().copied().unwrap_or(1);
+    let inner = ds.last().copied().unwrap_or(1);
     let rows: usize = ds[..ds.len().saturating_sub(1)].iter().product();
-    let k = ws.first().copied().unwrap_or(1);
-    rows > FEW_ROWS && rows * n * k >= MIN_WORK
+    match d.op {
+        // (rows × k) · (k × n)
+        Op::MatMul => ws.len() == 2 && reads_weight_transposed(rows, inner, ws[1]),
+        // (rows × k) · (n × k)ᵀ
+        Op::MatMulBT => {
+            let n = ws.first().copied().unwrap_or(1);
+            rows > FEW_ROWS
+                && rows * inner * n >= MIN_WORK
+                && !reads_weight_transposed(rows, inner, n)
+        }
+        _ => false,
+    }
+}
+
+/// Whether a product `(rows × k) · (k × n)` against a weight is faster with the weight
+/// stored transposed (column-major), the product then written column by column and
+/// transposed into place (`lstmc_gemm_strided`): for a wide weight and a batch of rows,
+/// the `gemm` crate then streams the weight once instead of repacking it at every call.
+/// W4's step, 64 × 512 · 512 × 2048: 1.27 ms a step as a `matmul`, 0.93–0.98 ms so
+/// (0.55 ms against 1.2–1.4 for the 32-row blocks of two threads); W3's 32 × 256 · 256 ×
+/// 1024 and W5's were 10–15% slower so, and W4's backward 64 × 2048 · 2048 × 512
+/// 12% faster but a transpose before its loop either way (measured standalone with the
+/// crate, 2026-12-05).
+pub fn reads_weight_transposed(rows: usize, k: usize, n: usize) -> bool {
+    rows >= 16 && k >= 512 && n >= 2048
 }
