@@ -203,3 +203,37 @@ fn errors_are_typed() {
     net.reset_states();
     net.train_on_batch(x2.view(), y2.view()).unwrap();
 }
+
+/// A training step runs with denormal floats flushed to zero, as TensorFlow runs its CPU
+/// threads (MXCSR's FTZ and DAZ bits): one SGD step (learning rate 1, mse) on `Dense 1`
+/// with input 1e-20, kernel 0 and target 1e-20 has the gradient -2e-40, denormal, so the
+/// kernel stays 0; and with input 1e-40 (denormal, taken as 0) and target 1e30, the
+/// gradient, -2e-10 if the input counted, is 0 as well. The caller gets its own mode back after the step.
+#[test]
+fn a_training_step_flushes_denormals_and_restores_the_callers_mode() {
+    use lstmc::model::{Loss, Optimizer};
+    let spec = lstmc::front::load("d.model", b"Dense 1 input_dim=1 activation=linear\n").unwrap();
+    let sgd = Optimizer::Sgd {
+        learning_rate: 1.0,
+        momentum: 0.0,
+        nesterov: false,
+    };
+    for (x, target) in [(1e-20f32, 1e-20f64), (1e-40, 1e30)] {
+        let mut w = lstmc::weights::Weights::init(&spec, 0);
+        for (_, t) in &mut w.tensors {
+            t.fill(0.0);
+        }
+        let mut t = lstmc::train::Trainer::new(spec.clone(), w, Loss::Mse, sgd, Default::default());
+        let x = ArrayD::from_elem(IxDyn(&[1, 1]), x);
+        t.train_on_batch(&x, &ArrayD::from_elem(IxDyn(&[1, 1]), target))
+            .unwrap();
+        let kernel = t.weights().get(0, "kernel").unwrap().clone();
+        assert_eq!(
+            kernel.iter().copied().collect::<Vec<f64>>(),
+            [0.0],
+            "input {x}"
+        );
+        let here = std::hint::black_box(1e-20f32) * std::hint::black_box(-2e-20f32);
+        assert!(here != 0.0, "the caller's own mode after the step");
+    }
+}

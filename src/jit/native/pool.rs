@@ -178,6 +178,8 @@ impl Pool {
     }
 
     fn work(&self, index: usize) {
+        // Parts run inside calls of generated code, which flush denormals on the caller.
+        super::flush::flush_for_good();
         let mut seen = 0;
         loop {
             seen = self.wait_for_task(seen);
