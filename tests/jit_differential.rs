@@ -143,6 +143,20 @@ proptest! {
     }
 }
 
+/// The model compiled for one thread and for two.
+fn at_one_and_two_threads(
+    spec: &lstmc::model::ModelSpec,
+    w: &lstmc::weights::Weights,
+) -> (CompiledModel, CompiledModel) {
+    let one = lstmc::jit::Options::default();
+    let mut two = one;
+    two.tuning.threads = 2;
+    (
+        CompiledModel::new(spec.clone(), w, one),
+        CompiledModel::new(spec.clone(), w, two),
+    )
+}
+
 /// A large batch at two threads runs as two blocks of rows, each whole on its own thread
 /// (a function compiled for one thread and half the batch, no hand-off between steps):
 /// the bits of the whole batch on one thread, call after call (states carried), through
@@ -166,13 +180,7 @@ fn a_large_batch_split_in_blocks_of_rows_has_the_bits_of_one_thread() {
         };
         let spec = m.spec();
         let w = m.weights(&spec);
-        let one = lstmc::jit::Options::default();
-        let mut two = one;
-        two.tuning.threads = 2;
-        let (mut a, mut b) = (
-            CompiledModel::new(spec.clone(), &w, one),
-            CompiledModel::new(spec.clone(), &w, two),
-        );
+        let (mut a, mut b) = at_one_and_two_threads(&spec, &w);
         let xs = m.inputs(&spec, 3);
         let shape = xs[0].shape().to_vec();
         let shapes = lstmc::reference::batch_shapes(&spec, &shape).unwrap();
@@ -215,13 +223,7 @@ fn a_wide_recurrent_kernel_read_transposed_gives_the_interpreters_numbers() {
     };
     let spec = m.spec();
     let w = m.weights(&spec);
-    let one = lstmc::jit::Options::default();
-    let mut two = one;
-    two.tuning.threads = 2;
-    let (mut a, mut b) = (
-        CompiledModel::new(spec.clone(), &w, one),
-        CompiledModel::new(spec.clone(), &w, two),
-    );
+    let (mut a, mut b) = at_one_and_two_threads(&spec, &w);
     let bits = |y: &ndarray::ArrayD<f32>| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
     let mut reference = Reference::new(spec.clone(), w.clone());
     for (call, x) in m.inputs(&spec, 3).iter().enumerate() {

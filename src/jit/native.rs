@@ -373,13 +373,34 @@ impl Product {
         // SAFETY: called by generated code with pointers and sizes from a bounds-checked
         // plan, for a block inside the planned `m × n` product.
         unsafe {
+            let c = self.c.add(rows.start * self.c_rs + cols.start);
+            self.gemm_into(rows, cols, c, 1, self.c_rs as isize)
+        }
+    }
+
+    /// `dst = a[rows, :] · b[:, cols]` by the `gemm` crate, `dst`'s element `(i, j)` at
+    /// `i · dst_rs + j · dst_cs`.
+    ///
+    /// # Safety
+    /// Rows `rows` of `a` and columns `cols` of `b` lie in the planned operands, and `dst`
+    /// holds the `rows × cols` elements so placed.
+    unsafe fn gemm_into(
+        &self,
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+        dst: *mut f32,
+        dst_cs: isize,
+        dst_rs: isize,
+    ) {
+        // SAFETY: the caller's.
+        unsafe {
             gemm::gemm(
                 rows.len(),
                 cols.len(),
                 self.k,
-                self.c.add(rows.start * self.c_rs + cols.start),
-                1,
-                self.c_rs as isize,
+                dst,
+                dst_cs,
+                dst_rs,
                 false,
                 self.a.add(rows.start * self.a_rs),
                 self.a_cs as isize,
@@ -396,9 +417,7 @@ impl Product {
             )
         }
     }
-}
 
-impl Product {
     /// [`Product::block`] for a weight `b` stored column by column (a transposed weight,
     /// `passes::transpose::reads_weight_transposed`): the product column by column into
     /// this thread's scratch, where the `gemm` crate streams `b` instead of repacking it,
@@ -416,29 +435,7 @@ impl Product {
             let s = &mut scratch[..m * n];
             // SAFETY: as in `block`: rows `rows` of `a` and columns `cols` of `b` lie in
             // the planned operands, and `s` holds `m × n` elements, column `j` at `j · m`.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    self.k,
-                    s.as_mut_ptr(),
-                    m as isize,
-                    1,
-                    false,
-                    self.a.add(rows.start * self.a_rs),
-                    self.a_cs as isize,
-                    self.a_rs as isize,
-                    self.b.add(cols.start * self.b_cs),
-                    self.b_cs as isize,
-                    self.b_rs as isize,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                )
-            }
+            unsafe { self.gemm_into(rows.clone(), cols.clone(), s.as_mut_ptr(), m as isize, 1) };
             let mut j0 = 0;
             #[cfg(target_arch = "x86_64")]
             if wide_updates() && m <= (i32::MAX / 64) as usize {
