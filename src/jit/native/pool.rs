@@ -178,7 +178,8 @@ impl Pool {
     }
 
     fn work(&self, index: usize) {
-        // Parts run inside calls of generated code, which flush denormals on the caller.
+        // Parts belong to calls of generated code; training steps flush denormals on the
+        // caller too (`flush`).
         super::flush::flush_for_good();
         let mut seen = 0;
         loop {
