@@ -29,7 +29,7 @@
 mod activate;
 pub mod capi;
 mod choose;
-pub(crate) mod flush;
+mod flush;
 mod pool;
 mod update;
 

@@ -10,6 +10,10 @@
 //! Batches of at most `FEW_ROWS` rows are left alone: their products run on
 //! kernels that read `w` transposed as it is (W1, the tutorial's W2), and there the
 //! transpose would cost more than it saves.
+//!
+//! The other way round for a wide weight ([`reads_weight_transposed`], W4's recurrent
+//! kernel): a loop's `a · w` becomes `a · tᵀ` (`matmul_bt`) against the same one
+//! transpose, which the backward loop, if any, reads as `d · t`.
 
 use super::Options;
 use crate::ir::{Block, Function, Inst, IrError, Op, Value};

@@ -20,6 +20,7 @@ pub(crate) struct Denormals {
 }
 
 impl Denormals {
+    /// Flushes denormals on this thread until the guard is dropped.
     pub(crate) fn flushed() -> Denormals {
         #[cfg(target_arch = "x86_64")]
         {
