@@ -2,8 +2,8 @@
 //! the special values: at most 1e-6 absolute error, ±inf to the limits, NaN
 //! to NaN. Each is compiled as a one-op function, so vector and scalar code
 //! (31 elements: seven f32x4 chunks and a scalar tail of three) are both run;
-//! and again with tanh and sigmoid on the host's 512-bit code where the CPU has
-//! AVX-512F (`wide_activations`), which must give the same bits.
+//! and again with tanh and sigmoid on the host's vector code where the CPU has
+//! AVX-512F or AVX2 (`wide_activations`), which must give the same bits.
 
 use lstmc::ir::{Function, InputRole, Op, OutputRole};
 use lstmc::jit;

@@ -423,8 +423,9 @@ fn native_follows_interpreter(
             trained.push(t);
         }
         let t = trained.pop().unwrap();
-        // Adam's and RMSprop's 512-bit host kernels and the generated 128-bit updates give
-        // the same bits, and so do the host's 512-bit activations and the generated ones.
+        // Adam's and RMSprop's host vector kernels (512- or 256-bit) and the generated
+        // 128-bit updates give the same bits, and so do the host's activations and the
+        // generated ones.
         let wide = lstmc::jit::Options::default();
         if wide.tuning.wide_updates || wide.tuning.wide_activations {
             let mut narrow = wide;
@@ -437,7 +438,7 @@ fn native_follows_interpreter(
             for ((name, a), (_, b)) in n.weights().tensors.iter().zip(&t.weights().tensors) {
                 prop_assert!(
                     a == b,
-                    "{}: {name} differs between the 128-bit and 512-bit code ({opt:?})",
+                    "{}: {name} differs between the generated and the host code ({opt:?})",
                     m.text
                 );
             }
@@ -448,7 +449,7 @@ fn native_follows_interpreter(
                     let bits = |s: &ArrayD<f32>| s.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                     prop_assert!(
                         bits(&a[k]) == bits(&b[k]),
-                        "{}: slot {k} of {name} differs between the 128-bit and 512-bit code ({opt:?})",
+                        "{}: slot {k} of {name} differs between the generated and the host code ({opt:?})",
                         m.text
                     );
                 }

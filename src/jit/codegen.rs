@@ -48,24 +48,38 @@ pub struct Tuning {
     /// are generated as functions of a row range, which `lstmc_rows` splits between
     /// threads (with `threads > 1` only).
     pub parallel_elems: usize,
-    /// Adam's and RMSprop's updates call the host's 512-bit kernels (`lstmc_update`): on
-    /// by default where the CPU has AVX-512F. Square roots and divisions bound these
-    /// updates, and Cranelift's 128-bit ones took a third of the tutorial's training
-    /// step (`lstmc bench W2 --phase train`: see the commit that added this).
+    /// Adam's and RMSprop's updates call the host's vector kernels (`lstmc_update`): on
+    /// by default where the CPU has AVX-512F, or AVX2 and FMA (16 or 8 lanes). Square
+    /// roots and divisions bound these updates, and Cranelift's 128-bit ones took a third
+    /// of the tutorial's training step (`lstmc bench W2 --phase train`: see the commit
+    /// that added this).
     pub wide_updates: bool,
     /// Fused kernels over rows long enough for a loop stage their tanh and sigmoid
-    /// activations in a scratch row and call the host's 512-bit code for them
-    /// (`lstmc_activate`), where the CPU has AVX-512F: the same bits as the generated
-    /// 128-bit code, which they replace.
+    /// activations in a scratch row and call the host's vector code for them
+    /// (`lstmc_activate`), where the CPU has it: the same bits as the generated 128-bit
+    /// code, which they replace.
     pub wide_activations: bool,
     /// Products with at most this many rows (`a`'s in `a · w` and `d · wᵀ`, the summed
-    /// rows in `aᵀ · d`) and at least 4,096 multiply-adds call the host's
-    /// 512-bit kernels (`lstmc_few_rows`) where the CPU has AVX-512F; 0 turns them off.
+    /// rows in `aᵀ · d`) and at least 4,096 multiply-adds call the host's vector kernels
+    /// (`lstmc_few_rows`) where the CPU has them; 0 turns them off.
     pub few_rows_max: usize,
     /// Few-row products of at least this many multiply-adds split the rows of their
     /// weight between threads (with `threads > 1`), as its optimizer update does, so
     /// that each core keeps its rows of the weight, gradient and slots in its own cache.
     pub parallel_few_rows: usize,
+}
+
+impl Tuning {
+    /// This tuning with the host's vector kernels turned off where the CPU lacks them
+    /// ([`super::native::wide_updates`]): generated code never calls what cannot run.
+    pub fn on_this_cpu(mut self) -> Tuning {
+        if !super::native::wide_updates() {
+            self.wide_updates = false;
+            self.wide_activations = false;
+            self.few_rows_max = 0;
+        }
+        self
+    }
 }
 
 impl Default for Tuning {

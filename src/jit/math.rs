@@ -93,7 +93,7 @@ fn coefficients(k: f32, pk: f32, qk: f32) -> ([f32; 7], [f32; 4]) {
     )
 }
 
-/// What the host's 512-bit activations (`lstmc_activate`)
+/// What the host's vector activations (`lstmc_activate`)
 /// need to compute [`tanh`] and [`sigmoid`] with the same operations in the same order:
 /// the clamp, and the coefficients of the two polynomials of the rational.
 #[derive(Clone, Copy, Debug)]

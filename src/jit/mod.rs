@@ -182,6 +182,7 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         }
     };
     let mut fctx = FunctionBuilderContext::new();
+    let tuning = options.tuning.on_this_cpu();
     let mut clif = options.keep_text.then(String::new);
     let mut machine = options.keep_text.then(String::new);
     // Defines the function in `ctx` as `id`, keeping its text when asked.
@@ -211,15 +212,7 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         // The profile's address, for the code to pass to `lstmc_tick`: `Compiled` keeps
         // the profile as long as the code.
         let counts = profile.as_ref().map(|p| std::sync::Arc::as_ptr(p) as i64);
-        codegen::emit(
-            &func,
-            &plan,
-            &options.tuning,
-            &mut b,
-            h,
-            &mut outline,
-            counts,
-        )?;
+        codegen::emit(&func, &plan, &tuning, &mut b, h, &mut outline, counts)?;
         b.finalize(outline.module.target_config());
         outline.kernels
     };
@@ -231,7 +224,7 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         ctx.set_disasm(options.keep_text);
         let h = hosts(&mut module, &mut ctx.func);
         let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-        codegen::emit_kernel(&func, &plan, &options.tuning, &mut b, h, kernel)?;
+        codegen::emit_kernel(&func, &plan, &tuning, &mut b, h, kernel)?;
         b.finalize(module.target_config());
         define(&mut module, &mut ctx, kernel.id)?;
     }

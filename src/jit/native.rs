@@ -30,11 +30,15 @@ mod activate;
 pub mod capi;
 mod choose;
 mod flush;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod kernel_tests;
 mod pool;
+mod simd;
 mod update;
 
 use pool::Handoff;
 pub use pool::{set_placement, Placement};
+use simd::{Isa, Simd, VecKernel};
 
 use crate::error::{Error, Result};
 use cranelift_jit::JITModule;
@@ -437,10 +441,16 @@ impl Product {
             // the planned operands, and `s` holds `m × n` elements, column `j` at `j · m`.
             unsafe { self.gemm_into(rows.clone(), cols.clone(), s.as_mut_ptr(), m as isize, 1) };
             let mut j0 = 0;
-            #[cfg(target_arch = "x86_64")]
-            if wide_updates() && m <= (i32::MAX / 64) as usize {
-                // SAFETY: the CPU has AVX-512F; as below, for the whole tiles.
-                j0 = unsafe { self.transpose_tiles_avx512(s, rows.clone(), cols.clone()) };
+            if let (Some(isa), true) = (Isa::detect(), m <= (i32::MAX / 64) as usize) {
+                let tiles = Tiles {
+                    s,
+                    c: self.c,
+                    c_rs: self.c_rs,
+                    rows: rows.clone(),
+                    cols: cols.clone(),
+                };
+                // SAFETY: `isa` is this CPU's; as below, for the whole tiles.
+                j0 = unsafe { isa.run(tiles) };
             }
             for j in j0..n {
                 for r in 0..m {
@@ -453,35 +463,42 @@ impl Product {
             }
         });
     }
+}
 
-    /// Writes the whole tiles of 16 columns of the column-major `s` (`rows × cols`) into
-    /// their block of `c`, a row of a tile by one gather (half the time of element by
-    /// element: 49 against 96 µs for W4's 64 × 2048); returns the columns done.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn transpose_tiles_avx512(
-        &self,
-        s: &[f32],
-        rows: std::ops::Range<usize>,
-        cols: std::ops::Range<usize>,
-    ) -> usize {
-        use std::arch::x86_64::*;
+/// The whole tiles of a vector's columns of the column-major `s` (`rows × cols`), to be
+/// written into their block of `c` (rows `c_rs` apart), a row of a tile by one gather
+/// (half the time of element by element with AVX-512: 49 against 96 µs for W4's
+/// 64 × 2048); `run` returns the columns done.
+struct Tiles<'a> {
+    s: &'a [f32],
+    c: *mut f32,
+    c_rs: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+}
+
+impl VecKernel for Tiles<'_> {
+    type Output = usize;
+    #[inline(always)]
+    unsafe fn run<S: Simd>(self, simd: S) -> usize {
+        let Tiles {
+            s,
+            c,
+            c_rs,
+            rows,
+            cols,
+        } = self;
         let (m, n) = (rows.len(), cols.len());
-        let whole = n / 16 * 16;
-        let step = _mm512_set1_epi32(m as i32);
-        let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        let index = _mm512_mullo_epi32(lanes, step);
-        for j0 in (0..whole).step_by(16) {
+        let whole = n / S::LANES * S::LANES;
+        for j0 in (0..whole).step_by(S::LANES) {
             for r in 0..m {
-                // SAFETY: the gather reads `s[(j0 + x) · m + r]` for `x < 16`, within the
-                // `m × n` elements of `s` (`j0 + 16 <= n`); the store writes 16 columns
-                // of row `rows.start + r` of `c` inside the planned block.
+                // SAFETY: the gather reads `s[(j0 + x) · m + r]` for `x < LANES`, within
+                // the `m × n` elements of `s` (`j0 + LANES <= n`, and the caller's `m`
+                // keeps `LANES · m` an `i32`); the store writes `LANES` columns of row
+                // `rows.start + r` of `c` inside the planned block.
                 unsafe {
-                    let v = _mm512_i32gather_ps::<4>(index, s.as_ptr().add(j0 * m + r));
-                    _mm512_storeu_ps(
-                        self.c.add((rows.start + r) * self.c_rs + cols.start + j0),
-                        v,
-                    );
+                    let v = simd.gather(s.as_ptr().add(j0 * m + r), m);
+                    simd.store(c.add((rows.start + r) * c_rs + cols.start + j0), v);
                 }
             }
         }
@@ -554,17 +571,11 @@ extern "C" fn lstmc_loss(
     );
 }
 
-/// Whether this CPU runs [`update::lstmc_update`]'s 512-bit kernels (else generated code
-/// updates with 128-bit vectors).
+/// Whether this CPU runs the host's vector kernels ([`update::lstmc_update`],
+/// [`activate::lstmc_activate`], [`lstmc_few_rows`]): it has AVX-512F, or AVX2 and FMA
+/// ([`simd`]). Else generated code does their work with 128-bit vectors.
 pub fn wide_updates() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    Isa::detect().is_some()
 }
 
 /// Runs `f` over blocks of consecutive rows of `0..rows`, on the calling thread and the
@@ -589,12 +600,12 @@ fn row_parts(rows: usize, threads: u64) -> usize {
     pool::parts(threads as usize).min(rows).max(1)
 }
 
-/// Products with few rows (batch 1 and its gradients), 16 lanes at a time, where the
+/// Products with few rows (batch 1 and its gradients), 16 or 8 lanes at a time, where the
 /// GEMM's packing and blocking cost more than the arithmetic: `code` 0 is
 /// `c (m×n) = a (m×k) · w (k×n)`; 1 is `c (m×n) = a (m×k) · wᵀ` with `w` of `n×k`;
 /// 2 is `c (k×n) = aᵀ · w` with `a` of `m×k` and `w` of `m×n`; 3 is code 0 split
 /// between threads by columns instead of by rows of `w`. Rows are `*_rs` elements apart.
-/// Emitted only when [`wide_updates`] holds (the CPU has AVX-512F).
+/// Emitted only when [`wide_updates`] holds (the CPU has AVX-512F, or AVX2 and FMA).
 #[allow(clippy::too_many_arguments)]
 extern "C" fn lstmc_few_rows(
     code: u64,
@@ -638,6 +649,7 @@ extern "C" fn lstmc_few_rows(
     let mut scratch = PARTIALS.take();
     scratch.resize(if code == 0 { (parts - 1) * m * n } else { 0 }, 0.0);
     let partial = scratch.as_mut_ptr() as usize;
+    let isa = Isa::detect().expect("generated code calls lstmc_few_rows only with host vectors");
     split_rows(rows, threads, Handoff::WhenNear, &|i, block| {
         let part = if code == 0 && i > 0 {
             // SAFETY: part `i >= 1` has its own `m × n` of `scratch`.
@@ -650,19 +662,11 @@ extern "C" fn lstmc_few_rows(
         } else {
             p.rows_of_w(code, block)
         };
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: generated code calls this only when the CPU has AVX-512F, with pointers
-        // and sizes from a bounds-checked plan; `c` is a slot distinct from `a` and `w`,
-        // and the parts write disjoint blocks of it (or their own partial sums).
-        unsafe {
-            match code {
-                0 | 3 => part.times_avx512(),
-                1 => part.times_transposed_avx512(),
-                _ => part.transposed_times_avx512(),
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = part;
+        // SAFETY: generated code calls this only when the CPU has host vectors (`isa`),
+        // with pointers and sizes from a bounds-checked plan; `c` is a slot distinct from
+        // `a` and `w`, and the parts write disjoint blocks of it (or their own partial
+        // sums).
+        unsafe { isa.run(FewRowsPart { code, part }) }
     });
     if m * n > 0 {
         for partial in scratch.chunks(m * n) {
@@ -742,130 +746,157 @@ impl FewRows {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
+/// One part of [`lstmc_few_rows`]: `part`'s product of kind `code`.
+struct FewRowsPart {
+    code: u64,
+    part: FewRows,
+}
+
+impl VecKernel for FewRowsPart {
+    type Output = ();
+    #[inline(always)]
+    unsafe fn run<S: Simd>(self, s: S) {
+        // SAFETY: the caller's: the CPU has `S`'s set, and the part's operands lie in
+        // the planned slots.
+        unsafe {
+            match self.code {
+                0 | 3 => self.part.times(s),
+                1 => self.part.times_transposed(s),
+                _ => self.part.transposed_times(s),
+            }
+        }
+    }
+}
+
 impl FewRows {
     /// `c = a · w`: per row of `a`, blocks of 8 vectors of `c`'s columns, accumulated
     /// over `k` in order (one fused multiply-add per term).
-    #[target_feature(enable = "avx512f")]
-    unsafe fn times_avx512(&self) {
+    ///
+    /// # Safety
+    /// The CPU has `S`'s set; the operands lie in the planned slots.
+    #[inline(always)]
+    unsafe fn times<S: Simd>(&self, s: S) {
+        let block = 8 * S::LANES;
         for r in 0..self.m {
             let mut j = 0;
-            while self.n - j >= 128 {
-                // SAFETY: columns `j..j + 128` lie within the rows (`n - j >= 128`).
-                unsafe { self.times_block::<8>(r, j, [0xffff; 8]) };
-                j += 128;
+            while self.n - j >= block {
+                // SAFETY: columns `j..j + block` lie within the rows (`n - j >= block`).
+                unsafe { self.times_block::<S, 8>(s, r, j, [S::LANES; 8]) };
+                j += block;
             }
             while j < self.n {
-                // SAFETY: the mask stops at `n`.
-                unsafe { self.times_block::<1>(r, j, [lanes(j, self.n)]) };
-                j += 16;
+                // SAFETY: the length stops at `n`.
+                unsafe { self.times_block::<S, 1>(s, r, j, [(self.n - j).min(S::LANES)]) };
+                j += S::LANES;
             }
         }
     }
 
-    /// `V` vectors of row `r` of `c`, from column `j`, lanes under `masks`.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn times_block<const V: usize>(&self, r: usize, j: usize, masks: [u16; V]) {
-        use std::arch::x86_64::*;
-        let mut acc = [_mm512_setzero_ps(); V];
+    /// `V` vectors of row `r` of `c`, from column `j`, of `lens` lanes each.
+    #[inline(always)]
+    unsafe fn times_block<S: Simd, const V: usize>(
+        &self,
+        s: S,
+        r: usize,
+        j: usize,
+        lens: [usize; V],
+    ) {
         // SAFETY: row `r` of `a` has `k` elements, rows `0..k` of `w` and row `r` of `c`
-        // have the masked columns (see the callers).
+        // have the columns under `lens` (see the callers); the CPU has `S`'s set.
         unsafe {
+            let mut acc = [s.zero(); V];
             let arow = self.a.add(r * self.a_rs);
             for i in 0..self.k {
-                let x = _mm512_set1_ps(*arow.add(i));
+                let x = s.splat(*arow.add(i));
                 let wrow = self.w.add(i * self.w_rs + j);
                 for v in 0..V {
-                    let wv = _mm512_maskz_loadu_ps(masks[v], wrow.add(16 * v));
-                    acc[v] = _mm512_fmadd_ps(x, wv, acc[v]);
+                    let wv = s.load_n(wrow.add(S::LANES * v), lens[v]);
+                    acc[v] = s.fma(x, wv, acc[v]);
                 }
             }
             let crow = self.c.add(r * self.c_rs + j);
             for v in 0..V {
-                _mm512_mask_storeu_ps(crow.add(16 * v), masks[v], acc[v]);
+                s.store_n(crow.add(S::LANES * v), lens[v], acc[v]);
             }
         }
     }
 
     /// `c = a · wᵀ`: each element the dot product of a row of `a` and a row of `w`, eight
-    /// rows of `w` at a time, in 16 partial sums each: eight chains of multiply-adds keep two
-    /// FMA ports of four cycles' latency busy, four did not (W2's epoch at one thread
-    /// 6–8% slower with four, alternating runs). The same sums in the same order either way.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn times_transposed_avx512(&self) {
+    /// rows of `w` at a time, in a vector of partial sums each: eight chains of
+    /// multiply-adds keep two FMA ports of four cycles' latency busy, four did not (W2's
+    /// epoch at one thread 6–8% slower with four on AVX-512, alternating runs). The same
+    /// sums in the same order either way.
+    ///
+    /// # Safety
+    /// The CPU has `S`'s set; the operands lie in the planned slots.
+    #[inline(always)]
+    unsafe fn times_transposed<S: Simd>(&self, s: S) {
         for r in 0..self.m {
             let mut i = 0;
             while self.n - i >= 8 {
                 // SAFETY: rows `i..i + 8` of `w` exist (`n - i >= 8`).
-                unsafe { self.dots::<8>(r, i) };
+                unsafe { self.dots::<S, 8>(s, r, i) };
                 i += 8;
             }
             while i < self.n {
                 // SAFETY: row `i` of `w` exists.
-                unsafe { self.dots::<1>(r, i) };
+                unsafe { self.dots::<S, 1>(s, r, i) };
                 i += 1;
             }
         }
     }
 
     /// `c[r, i..i + Q]`: dot products of row `r` of `a` with rows `i..i + Q` of `w`.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn dots<const Q: usize>(&self, r: usize, i: usize) {
-        use std::arch::x86_64::*;
-        let mut acc = [_mm512_setzero_ps(); Q];
-        // SAFETY: row `r` of `a` and rows `i..i + Q` of `w` have `k` elements, read under
-        // masks that stop at `k`; `c[r, i + q]` is an element of `c`.
+    #[inline(always)]
+    unsafe fn dots<S: Simd, const Q: usize>(&self, s: S, r: usize, i: usize) {
+        // SAFETY: row `r` of `a` and rows `i..i + Q` of `w` have `k` elements, read in
+        // vectors that stop at `k`; `c[r, i + q]` is an element of `c`; the CPU has `S`'s
+        // set.
         unsafe {
+            let mut acc = [s.zero(); Q];
             let arow = self.a.add(r * self.a_rs);
             let mut j = 0;
             while j < self.k {
-                let mask = lanes(j, self.k);
-                let av = _mm512_maskz_loadu_ps(mask, arow.add(j));
+                let len = (self.k - j).min(S::LANES);
+                let av = s.load_n(arow.add(j), len);
                 for (q, acc) in acc.iter_mut().enumerate() {
-                    let wv = _mm512_maskz_loadu_ps(mask, self.w.add((i + q) * self.w_rs + j));
-                    *acc = _mm512_fmadd_ps(av, wv, *acc);
+                    let wv = s.load_n(self.w.add((i + q) * self.w_rs + j), len);
+                    *acc = s.fma(av, wv, *acc);
                 }
-                j += 16;
+                j += S::LANES;
             }
             for (q, acc) in acc.iter().enumerate() {
-                *self.c.add(r * self.c_rs + i + q) = _mm512_reduce_add_ps(*acc);
+                *self.c.add(r * self.c_rs + i + q) = s.sum(*acc);
             }
         }
     }
 
     /// `c = aᵀ · w`: row `i` of `c` is the sum over the `m` rows of `a[t, i] · w[t, :]`,
     /// in order of `t`.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn transposed_times_avx512(&self) {
-        use std::arch::x86_64::*;
+    ///
+    /// # Safety
+    /// The CPU has `S`'s set; the operands lie in the planned slots.
+    #[inline(always)]
+    unsafe fn transposed_times<S: Simd>(&self, s: S) {
         for i in 0..self.k {
             let mut j = 0;
             while j < self.n {
-                let mask = lanes(j, self.n);
-                // SAFETY: `a[t, i]` and the masked columns of row `t` of `w` and row `i` of
-                // `c` are elements of their matrices (`t < m`, `i < k`, the mask stops at `n`).
+                let len = (self.n - j).min(S::LANES);
+                // SAFETY: `a[t, i]` and the `len` columns of row `t` of `w` and row `i`
+                // of `c` from `j` are elements of their matrices (`t < m`, `i < k`,
+                // `j + len <= n`).
                 unsafe {
-                    let mut acc = _mm512_setzero_ps();
+                    let mut acc = s.zero();
                     for t in 0..self.m {
-                        let x = _mm512_set1_ps(*self.a.add(t * self.a_rs + i));
-                        let wv = _mm512_maskz_loadu_ps(mask, self.w.add(t * self.w_rs + j));
-                        acc = _mm512_fmadd_ps(x, wv, acc);
+                        let x = s.splat(*self.a.add(t * self.a_rs + i));
+                        let wv = s.load_n(self.w.add(t * self.w_rs + j), len);
+                        acc = s.fma(x, wv, acc);
                     }
-                    _mm512_mask_storeu_ps(self.c.add(i * self.c_rs + j), mask, acc);
+                    s.store_n(self.c.add(i * self.c_rs + j), len, acc);
                 }
-                j += 16;
+                j += S::LANES;
             }
         }
-    }
-}
-
-/// The mask of lanes `i..min(i + 16, n)`.
-#[cfg(target_arch = "x86_64")]
-fn lanes(i: usize, n: usize) -> u16 {
-    if n - i >= 16 {
-        0xffff
-    } else {
-        (1u16 << (n - i)) - 1
     }
 }
 

@@ -1,6 +1,6 @@
 //! Fused elementwise kernels: their code (in one pass over a row, or two when
-//! activations feed activations; where the CPU has AVX-512F, one pass per level of
-//! activations, which the host's 512-bit code computes between the passes), and
+//! activations feed activations; where the CPU has AVX-512F or AVX2, one pass per level
+//! of activations, which the host's vector code computes between the passes), and
 //! their outlined form, a function of a row range that `lstmc_rows` splits between
 //! threads.
 
@@ -239,7 +239,7 @@ impl Emitter<'_, '_, '_> {
         // activations that read no other into a scratch row on the stack (in L1); the
         // second reads them back and does the rest.
         //
-        // Where the host has 512-bit activations (`wide_activations`), every tanh and
+        // Where the host has wide activations (`wide_activations`), every tanh and
         // sigmoid goes through the scratch row instead, one level at a time: a pass
         // stores the arguments of one level's activations, sorted by kind, and one host
         // call per kind turns them into the activations in place, which later passes

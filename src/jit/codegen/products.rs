@@ -1,5 +1,6 @@
-//! Matrix products: the host GEMM above the crossover, the 512-bit few-row kernels at
-//! batch 1 (where the CPU has AVX-512F), and generated `f32x4` code for small ones.
+//! Matrix products: the host GEMM above the crossover, the host's few-row vector kernels
+//! at batch 1 (where the CPU has AVX-512F, or AVX2 and FMA), and generated `f32x4` code
+//! for small ones.
 
 use super::{math, Emitter, Mat};
 use crate::ir::IrError;

@@ -1,5 +1,5 @@
-//! Optimizer updates: in place, as 512-bit host kernels where the CPU has AVX-512F
-//! (`lstmc_update`, which may also compute a few-row weight gradient as it goes), else
+//! Optimizer updates: in place, as host vector kernels where the CPU has AVX-512F or
+//! AVX2 (`lstmc_update`, which may also compute a few-row weight gradient as it goes), else
 //! generated `f32x4` code.
 
 use super::{math, Emitter, Mat, Tuning};
@@ -9,7 +9,7 @@ use crate::model::Optimizer;
 use cranelift_codegen::ir::{types, InstBuilder};
 use std::collections::HashMap;
 
-/// The weight gradients `aᵀ · d` over few rows whose only use is a 512-bit Adam or
+/// The weight gradients `aᵀ · d` over few rows whose only use is a host Adam or
 /// RMSprop update later in the same block: `lstmc_update` computes them row by row
 /// as it updates, instead of storing them whole (the tutorial's recurrent kernel, its two
 /// slots and its gradient overflow the L2 cache; without the gradient they fit). Only

@@ -1,18 +1,18 @@
-//! Tanh and sigmoid on 512-bit host code (`lstmc_activate`), for the fused kernels that
-//! stage their activations in a scratch row.
+//! Tanh and sigmoid on the host's widest vectors (`lstmc_activate`), for the fused
+//! kernels that stage their activations in a scratch row.
 
-#[cfg(target_arch = "x86_64")]
-use super::lanes;
+use super::simd::{Simd, VecKernel};
 
 /// Tanh (`kind` 0) or sigmoid (1) of `n` floats into `x`: of the floats at `x`, in place,
 /// when `terms` is 0, else of the left-to-right sum of the first `terms` of the rows
-/// `t0..t3` (`((t0 + t1) + t2) + t3`), each `n` floats long. 16 lanes at a time, with the
+/// `t0..t3` (`((t0 + t1) + t2) + t3`), each `n` floats long. 16 or 8 lanes at a time
+/// ([`super::simd`]), with the
 /// operations of [`crate::jit::math::tanh`] and [`crate::jit::math::sigmoid`] (and of the fused
 /// kernel's additions) in the same order, so the same bits as the generated code (IEEE
 /// operations round the same way whatever the vector's width). Called only where the
-/// CPU has AVX-512F ([`super::wide_updates`]), by the fused kernels that stage their
-/// activations in a scratch row: Cranelift's 128-bit code runs each activation's chain
-/// of multiply-adds on 4 lanes, this on 16, with twice the registers.
+/// CPU has AVX-512F or AVX2 ([`super::wide_updates`]), by the fused kernels that stage
+/// their activations in a scratch row: Cranelift's 128-bit code runs each activation's
+/// chain of multiply-adds on 4 lanes, this on 16 or 8.
 #[allow(clippy::too_many_arguments)]
 pub(super) extern "C" fn lstmc_activate(
     kind: u64,
@@ -40,73 +40,189 @@ pub(super) extern "C" fn lstmc_activate(
         });
     let sigmoid = kind != 0;
     let r = &RATIONALS[usize::from(sigmoid)];
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: generated code calls this only when the CPU has AVX-512F.
+    let isa =
+        super::Isa::detect().expect("generated code calls lstmc_activate only with host vectors");
+    // SAFETY: `isa` is this CPU's.
     unsafe {
         match terms {
-            0 => activate_avx512(x, [], r, sigmoid),
-            1 => activate_avx512(x, [t(t0)], r, sigmoid),
-            2 => activate_avx512(x, [t(t0), t(t1)], r, sigmoid),
-            3 => activate_avx512(x, [t(t0), t(t1), t(t2)], r, sigmoid),
-            _ => activate_avx512(x, [t(t0), t(t1), t(t2), t(t3)], r, sigmoid),
+            0 => isa.run(Activate {
+                x,
+                terms: [],
+                r,
+                sigmoid,
+            }),
+            1 => isa.run(Activate {
+                x,
+                terms: [t(t0)],
+                r,
+                sigmoid,
+            }),
+            2 => isa.run(Activate {
+                x,
+                terms: [t(t0), t(t1)],
+                r,
+                sigmoid,
+            }),
+            3 => isa.run(Activate {
+                x,
+                terms: [t(t0), t(t1), t(t2)],
+                r,
+                sigmoid,
+            }),
+            _ => isa.run(Activate {
+                x,
+                terms: [t(t0), t(t1), t(t2), t(t3)],
+                r,
+                sigmoid,
+            }),
         }
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (x, t, terms, t0, t1, t2, t3, r, sigmoid);
+    }
 }
 
 /// [`lstmc_activate`]'s loop: `sigmoid` or tanh with `r`'s coefficients, of the sum of
 /// `terms` (of `x` itself without any).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn activate_avx512<const T: usize>(
-    x: &mut [f32],
-    terms: [&[f32]; T],
-    r: &crate::jit::math::Rational,
+struct Activate<'a, const T: usize> {
+    x: &'a mut [f32],
+    terms: [&'a [f32]; T],
+    r: &'a crate::jit::math::Rational,
     sigmoid: bool,
-) {
-    use std::arch::x86_64::*;
-    let n = x.len();
-    let (hi, lo) = (_mm512_set1_ps(r.clamp), _mm512_set1_ps(-r.clamp));
-    let a = r.alpha.map(|c| _mm512_set1_ps(c));
-    let b = r.beta.map(|c| _mm512_set1_ps(c));
-    for i in (0..n).step_by(16) {
-        let mask = lanes(i, n);
-        // SAFETY: lanes `i..i + 16` under `mask` lie within `x` and every term (the mask
-        // stops at `n`, their common length).
+}
+
+impl<const T: usize> VecKernel for Activate<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    unsafe fn run<S: Simd>(self, s: S) {
+        let Activate {
+            x,
+            terms,
+            r,
+            sigmoid,
+        } = self;
+        let n = x.len();
+        // SAFETY (of every vector operation): the caller's, the CPU has `S`'s set.
         unsafe {
-            let v = match terms.split_first() {
-                None => _mm512_maskz_loadu_ps(mask, x.as_ptr().add(i)),
-                Some((first, rest)) => {
-                    let mut v = _mm512_maskz_loadu_ps(mask, first.as_ptr().add(i));
-                    for t in rest {
-                        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, t.as_ptr().add(i)));
+            let (hi, lo) = (s.splat(r.clamp), s.splat(-r.clamp));
+            let mut a = [s.zero(); 7];
+            for (v, &c) in a.iter_mut().zip(&r.alpha) {
+                *v = s.splat(c);
+            }
+            let mut b = [s.zero(); 4];
+            for (v, &c) in b.iter_mut().zip(&r.beta) {
+                *v = s.splat(c);
+            }
+            for i in (0..n).step_by(S::LANES) {
+                // Lanes `i..min(i + LANES, n)` lie within `x` and every term (`n` is
+                // their common length).
+                let v = match terms.split_first() {
+                    None => s.load_to(x.as_ptr(), i, n),
+                    Some((first, rest)) => {
+                        let mut v = s.load_to(first.as_ptr(), i, n);
+                        for t in rest {
+                            v = s.add(v, s.load_to(t.as_ptr(), i, n));
+                        }
+                        v
                     }
-                    v
+                };
+                // `hi < v ? hi : v`, then `v < lo ? lo : v`: what `minps` and `maxps`
+                // compute with their operands in this order (NaN passes through), as in
+                // `math::clamp`.
+                let v = s.min(hi, v);
+                let v = s.max(lo, v);
+                let y = s.mul(v, v);
+                let y2 = s.mul(y, y);
+                let y4 = s.mul(y2, y2);
+                let p01 = s.fma(a[1], y, a[0]);
+                let p23 = s.fma(a[3], y, a[2]);
+                let p45 = s.fma(a[5], y, a[4]);
+                let q01 = s.fma(b[1], y, b[0]);
+                let q23 = s.fma(b[3], y, b[2]);
+                let p03 = s.fma(p23, y2, p01);
+                let p46 = s.fma(a[6], y2, p45);
+                let p = s.fma(p46, y4, p03);
+                let q = s.fma(q23, y2, q01);
+                let out = if sigmoid {
+                    s.div(s.fma(v, p, q), s.add(q, q))
+                } else {
+                    s.div(s.mul(v, p), q)
+                };
+                s.store_to(x.as_mut_ptr(), i, n, out);
+            }
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::super::simd::Isa;
+    use super::Activate;
+    use crate::jit::math::{sigmoid_rational, tanh_rational, Rational};
+
+    /// One lane of [`Activate`] in scalar `f32`, the same operations in the same order.
+    fn lane(x: f32, r: &Rational, sigmoid: bool) -> f32 {
+        let v = if r.clamp < x { r.clamp } else { x };
+        let v = if -r.clamp > v { -r.clamp } else { v };
+        let (a, b) = (r.alpha, r.beta);
+        let y = v * v;
+        let y2 = y * y;
+        let y4 = y2 * y2;
+        let p03 = a[3].mul_add(y, a[2]).mul_add(y2, a[1].mul_add(y, a[0]));
+        let p46 = a[6].mul_add(y2, a[5].mul_add(y, a[4]));
+        let p = p46.mul_add(y4, p03);
+        let q = b[3].mul_add(y, b[2]).mul_add(y2, b[1].mul_add(y, b[0]));
+        if sigmoid {
+            v.mul_add(p, q) / (q + q)
+        } else {
+            (v * p) / q
+        }
+    }
+
+    #[test]
+    fn activations_give_the_scalar_formulas_bits_on_every_vector_set() {
+        for isa in Isa::available() {
+            for (r, sigmoid) in [(tanh_rational(), false), (sigmoid_rational(), true)] {
+                for n in [1, 7, 8, 9, 17, 31, 100] {
+                    let rows: Vec<Vec<f32>> = (0..3)
+                        .map(|t| {
+                            (0..n)
+                                .map(|i| (i as f32 - 40.0) * 0.37 + t as f32)
+                                .collect()
+                        })
+                        .collect();
+                    let sum: Vec<f32> = (0..n)
+                        .map(|i| (rows[0][i] + rows[1][i]) + rows[2][i])
+                        .collect();
+                    let mut x = vec![0.0f32; n];
+                    let terms = [&rows[0][..], &rows[1][..], &rows[2][..]];
+                    // SAFETY: `isa` is this CPU's; the terms are as long as `x`.
+                    unsafe {
+                        isa.run(Activate {
+                            x: &mut x,
+                            terms,
+                            r: &r,
+                            sigmoid,
+                        })
+                    };
+                    let mut y = sum.clone();
+                    // SAFETY: as above.
+                    unsafe {
+                        isa.run(Activate {
+                            x: &mut y,
+                            terms: [],
+                            r: &r,
+                            sigmoid,
+                        })
+                    };
+                    for i in 0..n {
+                        let want = lane(sum[i], &r, sigmoid).to_bits();
+                        assert_eq!(
+                            x[i].to_bits(),
+                            want,
+                            "{isa:?} sigmoid {sigmoid} n {n} lane {i}"
+                        );
+                        assert_eq!(y[i].to_bits(), want, "{isa:?} in place, n {n} lane {i}");
+                    }
                 }
-            };
-            // `hi < v ? hi : v`, then `v < lo ? lo : v`: what `minps` and `maxps` compute
-            // with their operands in this order (NaN passes through), as in `math::clamp`.
-            let v = _mm512_min_ps(hi, v);
-            let v = _mm512_max_ps(lo, v);
-            let y = _mm512_mul_ps(v, v);
-            let y2 = _mm512_mul_ps(y, y);
-            let y4 = _mm512_mul_ps(y2, y2);
-            let p01 = _mm512_fmadd_ps(a[1], y, a[0]);
-            let p23 = _mm512_fmadd_ps(a[3], y, a[2]);
-            let p45 = _mm512_fmadd_ps(a[5], y, a[4]);
-            let q01 = _mm512_fmadd_ps(b[1], y, b[0]);
-            let q23 = _mm512_fmadd_ps(b[3], y, b[2]);
-            let p03 = _mm512_fmadd_ps(p23, y2, p01);
-            let p46 = _mm512_fmadd_ps(a[6], y2, p45);
-            let p = _mm512_fmadd_ps(p46, y4, p03);
-            let q = _mm512_fmadd_ps(q23, y2, q01);
-            let out = if sigmoid {
-                _mm512_div_ps(_mm512_fmadd_ps(v, p, q), _mm512_add_ps(q, q))
-            } else {
-                _mm512_div_ps(_mm512_mul_ps(v, p), q)
-            };
-            _mm512_mask_storeu_ps(x.as_mut_ptr().add(i), mask, out);
+            }
         }
     }
 }

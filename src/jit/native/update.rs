@@ -1,11 +1,13 @@
-//! Optimizer updates in place on 512-bit host code (`lstmc_update`): Adam's and
-//! RMSprop's rules 16 lanes at a time, with the same operations in the same order as the
-//! generated 128-bit updates, and a few-row weight gradient computed as they go.
+//! Optimizer updates in place on the host's widest vectors (`lstmc_update`): Adam's and
+//! RMSprop's rules 16 or 8 lanes at a time ([`super::simd`]), with the same operations
+//! in the same order as the generated 128-bit updates, and a few-row weight gradient
+//! computed as they go.
 
-use super::{lanes, split_rows, Handoff};
+use super::simd::{by_vectors, Simd, VecKernel};
+use super::{split_rows, Handoff};
 
 /// An optimizer's update of `rows × cols` parameters in place (rows `*s` elements
-/// apart), 16 lanes at a time: the same operations in the same order as the generated
+/// apart), 16 or 8 lanes at a time: the same operations in the same order as the generated
 /// 128-bit code, so the same bits (square roots and divisions bound these loops).
 /// Emitted only when [`super::wide_updates`] holds. `code` 0 is Adam, with
 /// `k = [1 - β1, 1 - β2, ε, _]` and slots `m`, `v`; 1 is RMSprop, with
@@ -14,7 +16,7 @@ use super::{lanes, split_rows, Handoff};
 ///
 /// With `t == 0` the gradient is stored at `g` (rows `gs` apart). Otherwise it is
 /// `aᵀ · d`, with `a = g` of `t × rows` (rows `gs` apart) and `d` of `t × cols`, few rows
-/// `t`, computed 16 lanes at a time as the update needs it, the way [`super::lstmc_few_rows`]
+/// `t`, computed a vector at a time as the update needs it, the way [`super::lstmc_few_rows`]
 /// computes it (so the same bits), instead of stored whole: the tutorial's recurrent
 /// kernel, its two slots and its gradient (256 KB each) overflow this core's 1 MB L2;
 /// without the gradient, they fit. With `threads > 1`, [`super::split_rows`] splits the rows.
@@ -60,36 +62,70 @@ pub(super) extern "C" fn lstmc_update(
         &many
     };
     let (w, g, s1, s2) = (w as usize, g as usize, s1 as usize, s2 as usize);
+    let isa =
+        super::Isa::detect().expect("generated code calls lstmc_update only with host vectors");
     split_rows(rows as usize, threads, Handoff::WhenNear, &|_, rows| {
-        let (w, g, s1, s2) = (
-            w as *mut f32,
-            g as *const f32,
-            s1 as *mut f32,
-            s2 as *mut f32,
-        );
-        let update = |w: &mut [f32], grad: Grad, s1: &mut [f32], s2: &mut [f32]| {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: generated code calls the updates only when the CPU has AVX-512F.
-            unsafe {
-                if code == 0 {
-                    grad.update(Adam {
-                        w,
-                        m: s1,
-                        v: s2,
-                        k: [rate, k0, k1, k2],
-                    })
-                } else {
-                    grad.update(Rmsprop {
-                        w,
-                        v: s1,
-                        m: s2,
-                        k: [rate, k0, k1, k2, k3],
-                    })
-                }
-            };
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = (code, w, grad, s1, s2);
+        let part = Part {
+            code,
+            w: w as *mut f32,
+            ws,
+            g: g as *const f32,
+            gs,
+            s1: s1 as *mut f32,
+            s1s,
+            s2: s2 as *mut f32,
+            s2s,
+            t,
+            cols,
+            d_rows,
+            rows,
+            k: [rate, k0, k1, k2, k3],
         };
+        // SAFETY: `isa` is this CPU's; the part's operands are the planned slots, and its
+        // rows its own.
+        unsafe { isa.run(part) }
+    });
+}
+
+/// The rows of one part of [`lstmc_update`] (all of its operands).
+struct Part<'a> {
+    code: u64,
+    w: *mut f32,
+    ws: usize,
+    g: *const f32,
+    gs: usize,
+    s1: *mut f32,
+    s1s: usize,
+    s2: *mut f32,
+    s2s: usize,
+    t: usize,
+    cols: usize,
+    d_rows: &'a [&'a [f32]],
+    rows: std::ops::Range<usize>,
+    /// `[rate, k0, k1, k2, k3]`.
+    k: [f32; 5],
+}
+
+impl VecKernel for Part<'_> {
+    type Output = ();
+    #[inline(always)]
+    unsafe fn run<S: Simd>(self, s: S) {
+        let Part {
+            code,
+            w,
+            ws,
+            g,
+            gs,
+            s1,
+            s1s,
+            s2,
+            s2s,
+            t,
+            cols,
+            d_rows,
+            rows,
+            k,
+        } = self;
         let (mut few, mut many) = ([0.0f32; 4], Vec::new());
         let xs: &mut [f32] = if t <= few.len() {
             &mut few[..t]
@@ -106,24 +142,18 @@ pub(super) extern "C" fn lstmc_update(
             let mut flat = vec![0.0f32; chunk.min(rows.len()) * cols];
             for first in rows.clone().step_by(chunk) {
                 let n = chunk.min(rows.end - first);
-                if cfg!(target_arch = "x86_64") && (1..=4).contains(&t) {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: as above (AVX-512F); `g` is `a`, of `t` rows with the
-                    // columns `first..first + n`, and each of `d_rows` has `cols < 16`.
-                    unsafe {
-                        outer_rows_avx512(&mut flat[..n * cols], g, gs, first, d_rows)
-                    };
+                if (1..=4).contains(&t) {
+                    // SAFETY: the CPU has `S`'s set; `g` is `a`, of `t` rows with the
+                    // columns `first..first + n`, and each of `d_rows` has `cols` lanes.
+                    unsafe { outer_rows(s, &mut flat[..n * cols], g, gs, first, d_rows) };
                 } else {
                     for i in 0..n {
-                        // SAFETY: row `first + i` of the gradient (see `row_grad`).
-                        let grad = unsafe { row_grad(g, gs, cols, first + i, xs, d_rows) };
-                        #[cfg(target_arch = "x86_64")]
-                        // SAFETY: as above (AVX-512F).
+                        // SAFETY: row `first + i` of the gradient (see `row_grad`), and
+                        // the CPU has `S`'s set.
                         unsafe {
-                            grad.store_avx512(&mut flat[i * cols..(i + 1) * cols])
+                            let grad = row_grad(g, gs, cols, first + i, xs, d_rows);
+                            grad.store(s, &mut flat[i * cols..(i + 1) * cols])
                         };
-                        #[cfg(not(target_arch = "x86_64"))]
-                        let _ = grad;
                     }
                 }
                 // SAFETY: rows `first..first + n` of the weight and its slots are
@@ -135,7 +165,8 @@ pub(super) extern "C" fn lstmc_update(
                         std::slice::from_raw_parts_mut(s2.add(first * cols), n * cols),
                     )
                 };
-                update(w, Grad::Row(&flat[..n * cols]), s1, s2);
+                // SAFETY: the CPU has `S`'s set; the gradient's row is as long.
+                unsafe { update(s, code, k, w, Grad::Row(&flat[..n * cols]), s1, s2) };
             }
             return;
         }
@@ -149,10 +180,45 @@ pub(super) extern "C" fn lstmc_update(
                     std::slice::from_raw_parts_mut(s2.add(r * s2s), cols),
                 )
             };
-            // SAFETY: row `r` of the gradient (see `row_grad`).
-            update(w, unsafe { row_grad(g, gs, cols, r, xs, d_rows) }, s1, s2);
+            // SAFETY: row `r` of the gradient (see `row_grad`), as long as the others; the
+            // CPU has `S`'s set.
+            unsafe { update(s, code, k, w, row_grad(g, gs, cols, r, xs, d_rows), s1, s2) };
         }
-    });
+    }
+}
+
+/// Updates the row `w` and its slots `s1`, `s2` by `grad`: Adam (`code` 0) or RMSprop,
+/// `k` as in [`Part`].
+///
+/// # Safety
+/// The CPU has `S`'s set; the gradient's rows are as long as `w`.
+#[inline(always)]
+unsafe fn update<S: Simd>(
+    s: S,
+    code: u64,
+    k: [f32; 5],
+    w: &mut [f32],
+    grad: Grad,
+    s1: &mut [f32],
+    s2: &mut [f32],
+) {
+    let [rate, k0, k1, k2, _] = k;
+    // SAFETY: the caller's.
+    unsafe {
+        if code == 0 {
+            grad.update(
+                s,
+                Adam {
+                    w,
+                    m: s1,
+                    v: s2,
+                    k: [rate, k0, k1, k2],
+                },
+            )
+        } else {
+            grad.update(s, Rmsprop { w, v: s1, m: s2, k })
+        }
+    }
 }
 
 /// Row `r` of an update's gradient ([`lstmc_update`]): stored at `g` (rows `gs` apart)
@@ -181,125 +247,135 @@ unsafe fn row_grad<'a>(
     Grad::Outer { xs, rows: d_rows }
 }
 
-/// Rows `first..first + n` of the gradient `aᵀ · d` of rows narrower than a vector, one
-/// after another into `flat` (`n × cols`, `cols = flat.len() / n < 16`): each row one
-/// masked vector, `Σ_t a[t, r] · d[t]` summed as [`Grad::Outer`] sums it (so the same
-/// bits), with the `d` rows in registers. Row by row through [`row_grad`], a call and a
+/// Rows `first..first + n` of the gradient `aᵀ · d` of rows narrower than 16, one after
+/// another into `flat` (`n × cols`, `cols = flat.len() / n < 16`): each row one or two
+/// vectors, `Σ_t a[t, r] · d[t]` summed as [`Grad::Outer`] sums it (so the same bits),
+/// with the `d` rows in registers. Row by row through [`row_grad`], a call and a
 /// dispatch per row of 12 took the tutorial's Dense kernel update 0.8 of its 1.3 µs.
 ///
 /// # Safety
-/// The CPU has AVX-512F; `a` has `d.len() <= 4` rows (`a_rs` apart) with the columns
+/// The CPU has `S`'s set; `a` has `d.len() <= 4` rows (`a_rs` apart) with the columns
 /// `first..first + n`; each row of `d` has `cols` elements.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn outer_rows_avx512(
+#[inline(always)]
+unsafe fn outer_rows<S: Simd>(
+    s: S,
     flat: &mut [f32],
     a: *const f32,
     a_rs: usize,
     first: usize,
     d: &[&[f32]],
 ) {
-    use std::arch::x86_64::*;
     let Some(cols) = d.first().map(|r| r.len()) else {
         return;
     };
-    let mask = lanes(0, cols);
-    let mut dv = [_mm512_setzero_ps(); 4];
-    for (v, row) in dv.iter_mut().zip(d) {
-        // SAFETY: `cols` elements, under the mask.
-        *v = unsafe { _mm512_maskz_loadu_ps(mask, row.as_ptr()) };
-    }
-    for (i, out) in flat.chunks_exact_mut(cols).enumerate() {
-        let mut acc = _mm512_setzero_ps();
-        for (t, v) in dv.iter().enumerate().take(d.len()) {
-            // SAFETY: `a[t, first + i]`, the caller's.
-            let x = unsafe { *a.add(t * a_rs + first + i) };
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(x), *v, acc);
+    // SAFETY (of every vector operation): the caller's; loads and stores stop at `cols`.
+    unsafe {
+        let halves = [cols.min(S::LANES), cols.saturating_sub(S::LANES)];
+        let mut dv = [[s.zero(); 2]; 4];
+        for (v, row) in dv.iter_mut().zip(d) {
+            for h in 0..2 {
+                if halves[h] > 0 {
+                    v[h] = s.load_n(row.as_ptr().add(h * S::LANES), halves[h]);
+                }
+            }
         }
-        // SAFETY: `cols` elements of `out`, under the mask.
-        unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr(), mask, acc) };
+        for (i, out) in flat.chunks_exact_mut(cols).enumerate() {
+            for h in 0..2 {
+                if halves[h] == 0 {
+                    continue;
+                }
+                let mut acc = s.zero();
+                for (t, v) in dv.iter().enumerate().take(d.len()) {
+                    // `a[t, first + i]`, the caller's.
+                    let x = *a.add(t * a_rs + first + i);
+                    acc = s.fma(s.splat(x), v[h], acc);
+                }
+                s.store_n(out.as_mut_ptr().add(h * S::LANES), halves[h], acc);
+            }
+        }
     }
 }
 
 /// Elements of narrow rows that [`lstmc_update`] updates as one row.
 const NARROW_CHUNK: usize = 1024;
 
-/// Where an update row's gradient comes from, 16 lanes at a time.
+/// Where an update row's gradient comes from, a vector at a time.
 enum Grad<'a> {
     /// A stored row.
     Row(&'a [f32]),
     /// `Σ_t xs[t] · rows[t]`: a row of `aᵀ · d`, summed in order of `t` from zero with one
-    /// fused multiply-add per term (as [`super::FewRows::transposed_times_avx512`] does).
+    /// fused multiply-add per term (as [`super::FewRows`]'s `aᵀ · w` does).
     Outer {
         xs: &'a [f32],
         rows: &'a [&'a [f32]],
     },
 }
 
-#[cfg(target_arch = "x86_64")]
 impl Grad<'_> {
     /// The whole row into `out` (as long as the row).
-    #[target_feature(enable = "avx512f")]
-    unsafe fn store_avx512(&self, out: &mut [f32]) {
-        use std::arch::x86_64::*;
+    ///
+    /// # Safety
+    /// The CPU has `S`'s set.
+    #[inline(always)]
+    unsafe fn store<S: Simd>(&self, s: S, out: &mut [f32]) {
         let n = out.len();
-        for i in (0..n).step_by(16) {
-            let mask = lanes(i, n);
-            // SAFETY: the mask stops at `n`, the length of `out` and of the gradient's rows.
+        by_vectors!(S, n, |i, len| {
+            // SAFETY: `len` lanes from `i` lie within `out` and the gradient's rows (of
+            // length `n`).
             unsafe {
-                let v = self.at(i, mask);
-                _mm512_mask_storeu_ps(out.as_mut_ptr().add(i), mask, v);
+                let v = self.at(s, i, len);
+                s.store_n(out.as_mut_ptr().add(i), len, v);
             }
-        }
+        });
     }
 
     /// Runs `row` with this gradient as a source of lanes specialized for its kind: a
     /// stored row, or an outer product of one to four terms with their broadcasts and
     /// row addresses held in registers (the tutorial's recurrent kernel: four). In
-    /// place of a loop over a slice of terms per 16 lanes, that made W2's Adam update
+    /// place of a loop over a slice of terms per vector, that made W2's Adam update
     /// 15% faster. The sums are the same, so the bits are too.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn update(&self, row: impl RowUpdate) {
-        // SAFETY (of each call): the caller's (rows as long as the update's).
+    ///
+    /// # Safety
+    /// The CPU has `S`'s set; the gradient's rows are as long as the update's.
+    #[inline(always)]
+    unsafe fn update<S: Simd>(&self, s: S, row: impl RowUpdate) {
+        // SAFETY (of each call): the caller's.
         unsafe {
             match *self {
-                Grad::Row(g) => row.run(&Stored(g)),
+                Grad::Row(g) => row.run(s, &Stored(g)),
                 Grad::Outer { xs, rows } => match xs.len() {
-                    1 => row.run(&Terms::<1>::new(xs, rows)),
-                    2 => row.run(&Terms::<2>::new(xs, rows)),
-                    3 => row.run(&Terms::<3>::new(xs, rows)),
-                    4 => row.run(&Terms::<4>::new(xs, rows)),
-                    _ => row.run(self),
+                    1 => row.run(s, &Terms::<S, 1>::new(s, xs, rows)),
+                    2 => row.run(s, &Terms::<S, 2>::new(s, xs, rows)),
+                    3 => row.run(s, &Terms::<S, 3>::new(s, xs, rows)),
+                    4 => row.run(s, &Terms::<S, 4>::new(s, xs, rows)),
+                    _ => row.run(s, self),
                 },
             }
         }
     }
 }
 
-/// A gradient row, 16 lanes at a time.
-#[cfg(target_arch = "x86_64")]
-trait Lanes {
-    /// Lanes `i..i + 16` under `mask`, which stops within the row.
+/// A gradient row, a vector at a time.
+trait Lanes<S: Simd> {
+    /// Lanes `i..i + len` (`len <= LANES`, zeros beyond), which lie within the row.
     ///
     /// # Safety
-    /// The CPU has AVX-512F, and the masked lanes lie within the row.
-    unsafe fn at(&self, i: usize, mask: u16) -> std::arch::x86_64::__m512;
+    /// The CPU has `S`'s set, and the lanes lie within the row.
+    unsafe fn at(&self, s: S, i: usize, len: usize) -> S::V;
 }
 
-#[cfg(target_arch = "x86_64")]
-impl Lanes for Grad<'_> {
-    #[inline]
-    unsafe fn at(&self, i: usize, mask: u16) -> std::arch::x86_64::__m512 {
-        use std::arch::x86_64::*;
-        // SAFETY: the caller's mask keeps lanes within the rows (all of the update's width).
+impl<S: Simd> Lanes<S> for Grad<'_> {
+    #[inline(always)]
+    unsafe fn at(&self, s: S, i: usize, len: usize) -> S::V {
+        // SAFETY: the caller's: the lanes lie within the rows (all of the update's width).
         unsafe {
             match self {
-                Grad::Row(g) => Stored(g).at(i, mask),
+                Grad::Row(g) => Stored(g).at(s, i, len),
                 Grad::Outer { xs, rows } => {
-                    let mut acc = _mm512_setzero_ps();
+                    let mut acc = s.zero();
                     for (x, row) in xs.iter().zip(rows.iter()) {
-                        let dv = _mm512_maskz_loadu_ps(mask, row.as_ptr().add(i));
-                        acc = _mm512_fmadd_ps(_mm512_set1_ps(*x), dv, acc);
+                        let dv = s.load_n(row.as_ptr().add(i), len);
+                        acc = s.fma(s.splat(*x), dv, acc);
                     }
                     acc
                 }
@@ -309,49 +385,51 @@ impl Lanes for Grad<'_> {
 }
 
 /// A stored gradient row.
-#[cfg(target_arch = "x86_64")]
 struct Stored<'a>(&'a [f32]);
 
-#[cfg(target_arch = "x86_64")]
-impl Lanes for Stored<'_> {
-    #[inline]
-    unsafe fn at(&self, i: usize, mask: u16) -> std::arch::x86_64::__m512 {
+impl<S: Simd> Lanes<S> for Stored<'_> {
+    #[inline(always)]
+    unsafe fn at(&self, s: S, i: usize, len: usize) -> S::V {
         // SAFETY: the caller's.
-        unsafe { std::arch::x86_64::_mm512_maskz_loadu_ps(mask, self.0.as_ptr().add(i)) }
+        unsafe { s.load_n(self.0.as_ptr().add(i), len) }
     }
 }
 
 /// [`Grad::Outer`] of exactly `T` terms: `Σ_t xs[t] · rows[t]` summed as it is.
-#[cfg(target_arch = "x86_64")]
-struct Terms<const T: usize> {
-    xs: [std::arch::x86_64::__m512; T],
+struct Terms<S: Simd, const T: usize> {
+    xs: [S::V; T],
     rows: [*const f32; T],
 }
 
-#[cfg(target_arch = "x86_64")]
-impl<const T: usize> Terms<T> {
+impl<S: Simd, const T: usize> Terms<S, T> {
     /// # Safety
-    /// The CPU has AVX-512F; `xs` and `rows` have `T` elements.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn new(xs: &[f32], rows: &[&[f32]]) -> Self {
+    /// The CPU has `S`'s set; `xs` and `rows` have `T` elements.
+    #[inline(always)]
+    unsafe fn new(s: S, xs: &[f32], rows: &[&[f32]]) -> Self {
+        // SAFETY: the caller's.
+        let mut splats = [unsafe { s.zero() }; T];
+        let mut ptrs = [std::ptr::null(); T];
+        for t in 0..T {
+            // SAFETY: the caller's.
+            splats[t] = unsafe { s.splat(xs[t]) };
+            ptrs[t] = rows[t].as_ptr();
+        }
         Terms {
-            xs: std::array::from_fn(|t| std::arch::x86_64::_mm512_set1_ps(xs[t])),
-            rows: std::array::from_fn(|t| rows[t].as_ptr()),
+            xs: splats,
+            rows: ptrs,
         }
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-impl<const T: usize> Lanes for Terms<T> {
-    #[inline]
-    unsafe fn at(&self, i: usize, mask: u16) -> std::arch::x86_64::__m512 {
-        use std::arch::x86_64::*;
+impl<S: Simd, const T: usize> Lanes<S> for Terms<S, T> {
+    #[inline(always)]
+    unsafe fn at(&self, s: S, i: usize, len: usize) -> S::V {
         // SAFETY: the caller's: each row is as long as the update's.
         unsafe {
-            let mut acc = _mm512_setzero_ps();
+            let mut acc = s.zero();
             for t in 0..T {
-                let dv = _mm512_maskz_loadu_ps(mask, self.rows[t].add(i));
-                acc = _mm512_fmadd_ps(self.xs[t], dv, acc);
+                let dv = s.load_n(self.rows[t].add(i), len);
+                acc = s.fma(self.xs[t], dv, acc);
             }
             acc
         }
@@ -359,31 +437,15 @@ impl<const T: usize> Lanes for Terms<T> {
 }
 
 /// One row of an optimizer's update, generic in where its gradient comes from.
-#[cfg(target_arch = "x86_64")]
 trait RowUpdate {
-    /// Updates the row, 16 lanes at a time: whole vectors unmasked, then the rest.
+    /// Updates the row, a vector at a time: whole vectors, then the rest.
     ///
     /// # Safety
-    /// The CPU has AVX-512F; the gradient's rows are as long as the update's.
-    unsafe fn run<G: Lanes>(self, g: &G);
-}
-
-/// Calls `lanes(i, mask)` over `0..n`: whole vectors with a constant full mask (which
-/// the compiler drops), then the last partial one.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn by_vectors(n: usize, mut lanes16: impl FnMut(usize, u16)) {
-    let whole = n - n % 16;
-    for i in (0..whole).step_by(16) {
-        lanes16(i, 0xffff);
-    }
-    if whole < n {
-        lanes16(whole, lanes(whole, n));
-    }
+    /// The CPU has `S`'s set; the gradient's rows are as long as the update's.
+    unsafe fn run<S: Simd, G: Lanes<S>>(self, s: S, g: &G);
 }
 
 /// An Adam row: `k = [rate, 1 - β1, 1 - β2, ε]`.
-#[cfg(target_arch = "x86_64")]
 struct Adam<'a> {
     w: &'a mut [f32],
     m: &'a mut [f32],
@@ -391,39 +453,37 @@ struct Adam<'a> {
     k: [f32; 4],
 }
 
-#[cfg(target_arch = "x86_64")]
 impl RowUpdate for Adam<'_> {
-    #[target_feature(enable = "avx512f")]
-    unsafe fn run<G: Lanes>(self, g: &G) {
-        use std::arch::x86_64::*;
+    #[inline(always)]
+    unsafe fn run<S: Simd, G: Lanes<S>>(self, s: S, g: &G) {
         let Adam { w, m, v, k } = self;
         let n = w.len().min(m.len()).min(v.len());
-        let [rate, b1, b2, eps] = k.map(|x| _mm512_set1_ps(x));
-        by_vectors(n, |i, mask| {
-            // SAFETY: lanes `i..i + 16` under `mask` lie within the slices (`i < n`, and
-            // the mask stops at `n`, which the gradient's rows have too); masked-off lanes
-            // are neither read nor written.
+        // SAFETY: the CPU has `S`'s set (the caller's).
+        let [rate, b1, b2, eps] =
+            unsafe { [s.splat(k[0]), s.splat(k[1]), s.splat(k[2]), s.splat(k[3])] };
+        by_vectors!(S, n, |i, len| {
+            // SAFETY: lanes `i..i + len` lie within the slices (`i + len <= n`, which the
+            // gradient's rows have too); no lane beyond is read or written.
             unsafe {
-                let gv = g.at(i, mask);
-                let mv = _mm512_maskz_loadu_ps(mask, m.as_ptr().add(i));
-                let vv = _mm512_maskz_loadu_ps(mask, v.as_ptr().add(i));
-                let wv = _mm512_maskz_loadu_ps(mask, w.as_ptr().add(i));
-                let mv = _mm512_add_ps(mv, _mm512_mul_ps(_mm512_sub_ps(gv, mv), b1));
-                let gg = _mm512_mul_ps(gv, gv);
-                let vv = _mm512_add_ps(vv, _mm512_mul_ps(_mm512_sub_ps(gg, vv), b2));
-                let num = _mm512_mul_ps(mv, rate);
-                let den = _mm512_add_ps(_mm512_sqrt_ps(vv), eps);
-                let wv = _mm512_sub_ps(wv, _mm512_div_ps(num, den));
-                _mm512_mask_storeu_ps(m.as_mut_ptr().add(i), mask, mv);
-                _mm512_mask_storeu_ps(v.as_mut_ptr().add(i), mask, vv);
-                _mm512_mask_storeu_ps(w.as_mut_ptr().add(i), mask, wv);
+                let gv = g.at(s, i, len);
+                let mv = s.load_n(m.as_ptr().add(i), len);
+                let vv = s.load_n(v.as_ptr().add(i), len);
+                let wv = s.load_n(w.as_ptr().add(i), len);
+                let mv = s.add(mv, s.mul(s.sub(gv, mv), b1));
+                let gg = s.mul(gv, gv);
+                let vv = s.add(vv, s.mul(s.sub(gg, vv), b2));
+                let num = s.mul(mv, rate);
+                let den = s.add(s.sqrt(vv), eps);
+                let wv = s.sub(wv, s.div(num, den));
+                s.store_n(m.as_mut_ptr().add(i), len, mv);
+                s.store_n(v.as_mut_ptr().add(i), len, vv);
+                s.store_n(w.as_mut_ptr().add(i), len, wv);
             }
         });
     }
 }
 
 /// An RMSprop row: `k = [rate, ρ, 1 - ρ, ε, momentum]`.
-#[cfg(target_arch = "x86_64")]
 struct Rmsprop<'a> {
     w: &'a mut [f32],
     v: &'a mut [f32],
@@ -431,36 +491,159 @@ struct Rmsprop<'a> {
     k: [f32; 5],
 }
 
-#[cfg(target_arch = "x86_64")]
 impl RowUpdate for Rmsprop<'_> {
-    #[target_feature(enable = "avx512f")]
-    unsafe fn run<G: Lanes>(self, g: &G) {
-        use std::arch::x86_64::*;
+    #[inline(always)]
+    unsafe fn run<S: Simd, G: Lanes<S>>(self, s: S, g: &G) {
         let Rmsprop { w, v, m, k } = self;
         let n = w.len().min(m.len()).min(v.len());
         let momentum = k[4] > 0.0;
-        let [rate, rho, one_rho, eps, mom] = k.map(|x| _mm512_set1_ps(x));
-        by_vectors(n, |i, mask| {
+        // SAFETY: the CPU has `S`'s set (the caller's).
+        let [rate, rho, one_rho, eps, mom] = unsafe {
+            [
+                s.splat(k[0]),
+                s.splat(k[1]),
+                s.splat(k[2]),
+                s.splat(k[3]),
+                s.splat(k[4]),
+            ]
+        };
+        by_vectors!(S, n, |i, len| {
             // SAFETY: as in `Adam::run`.
             unsafe {
-                let gv = g.at(i, mask);
-                let vv = _mm512_maskz_loadu_ps(mask, v.as_ptr().add(i));
-                let wv = _mm512_maskz_loadu_ps(mask, w.as_ptr().add(i));
-                let gg = _mm512_mul_ps(_mm512_mul_ps(one_rho, gv), gv);
-                let vv = _mm512_add_ps(_mm512_mul_ps(rho, vv), gg);
-                _mm512_mask_storeu_ps(v.as_mut_ptr().add(i), mask, vv);
-                let root = _mm512_sqrt_ps(_mm512_add_ps(vv, eps));
-                let inc = _mm512_div_ps(_mm512_mul_ps(gv, rate), root);
+                let gv = g.at(s, i, len);
+                let vv = s.load_n(v.as_ptr().add(i), len);
+                let wv = s.load_n(w.as_ptr().add(i), len);
+                let gg = s.mul(s.mul(one_rho, gv), gv);
+                let vv = s.add(s.mul(rho, vv), gg);
+                s.store_n(v.as_mut_ptr().add(i), len, vv);
+                let root = s.sqrt(s.add(vv, eps));
+                let inc = s.div(s.mul(gv, rate), root);
                 let step = if momentum {
-                    let mv = _mm512_maskz_loadu_ps(mask, m.as_ptr().add(i));
-                    let mv = _mm512_add_ps(_mm512_mul_ps(mom, mv), inc);
-                    _mm512_mask_storeu_ps(m.as_mut_ptr().add(i), mask, mv);
+                    let mv = s.load_n(m.as_ptr().add(i), len);
+                    let mv = s.add(s.mul(mom, mv), inc);
+                    s.store_n(m.as_mut_ptr().add(i), len, mv);
                     mv
                 } else {
                     inc
                 };
-                _mm512_mask_storeu_ps(w.as_mut_ptr().add(i), mask, _mm512_sub_ps(wv, step));
+                s.store_n(w.as_mut_ptr().add(i), len, s.sub(wv, step));
             }
         });
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::super::simd::Isa;
+    use super::Part;
+
+    /// Deterministic values in `[lo, lo + 1)`.
+    fn values(n: usize, seed: u32, lo: f32) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                lo + (x >> 8) as f32 / (1u32 << 24) as f32
+            })
+            .collect()
+    }
+
+    /// One update of `rows × cols` (rows `stride` apart) with a gradient stored (`t` 0)
+    /// or of `t` outer-product terms, on `isa`, against the rule in scalar `f32` with
+    /// the same operations in the same order: the same bits.
+    #[allow(clippy::needless_range_loop)] // `(r, j)` index four matrices and the padding
+    fn check(
+        isa: Isa,
+        code: u64,
+        momentum: f32,
+        t: usize,
+        rows: usize,
+        cols: usize,
+        stride: usize,
+    ) {
+        let n = rows * stride;
+        let (mut w, mut s1, mut s2) = (values(n, 1, -0.5), values(n, 2, -0.5), values(n, 3, 0.0));
+        let (w0, s10, s20) = (w.clone(), s1.clone(), s2.clone());
+        // Stored: `rows × stride`; outer: `a` of `t × (rows + 1)` and `d` of `t × cols`.
+        let g = if t == 0 {
+            values(n, 4, -0.5)
+        } else {
+            values(t * (rows + 1), 4, -0.5)
+        };
+        let gs = if t == 0 { stride } else { rows + 1 };
+        let d = values(t * cols, 5, -0.5);
+        let d_rows: Vec<&[f32]> = d.chunks(cols).collect();
+        let k = if code == 0 {
+            [1e-3, 0.1, 0.001, 1e-7, 0.0]
+        } else {
+            [1e-3, 0.9, 0.1, 1e-7, momentum]
+        };
+        let part = Part {
+            code,
+            w: w.as_mut_ptr(),
+            ws: stride,
+            g: g.as_ptr(),
+            gs,
+            s1: s1.as_mut_ptr(),
+            s1s: stride,
+            s2: s2.as_mut_ptr(),
+            s2s: stride,
+            t,
+            cols,
+            d_rows: &d_rows,
+            rows: 0..rows,
+            k,
+        };
+        // SAFETY: `isa` is this CPU's; the slots hold the shapes above.
+        unsafe { isa.run(part) };
+        let [rate, k0, k1, k2, k3] = k;
+        for r in 0..rows {
+            for j in 0..stride {
+                let i = r * stride + j;
+                let (mut wv, mut a, mut b) = (w0[i], s10[i], s20[i]);
+                if j < cols {
+                    let gv = if t == 0 {
+                        g[i]
+                    } else {
+                        (0..t).fold(0.0f32, |acc, q| g[q * gs + r].mul_add(d_rows[q][j], acc))
+                    };
+                    if code == 0 {
+                        a += (gv - a) * k0;
+                        b += (gv * gv - b) * k1;
+                        wv -= (a * rate) / (b.sqrt() + k2);
+                    } else {
+                        a = k0 * a + (k1 * gv) * gv;
+                        let inc = (gv * rate) / (a + k2).sqrt();
+                        let step = if k3 > 0.0 {
+                            b = k3 * b + inc;
+                            b
+                        } else {
+                            inc
+                        };
+                        wv -= step;
+                    }
+                }
+                let what = format!("{isa:?} code {code} t {t} {rows}×{cols}/{stride} ({r}, {j})");
+                assert_eq!(w[i].to_bits(), wv.to_bits(), "w {what}");
+                assert_eq!(s1[i].to_bits(), a.to_bits(), "slot 1 {what}");
+                assert_eq!(s2[i].to_bits(), b.to_bits(), "slot 2 {what}");
+            }
+        }
+    }
+
+    #[test]
+    fn updates_give_the_scalar_rules_bits_on_every_vector_set() {
+        for isa in Isa::available() {
+            for (code, momentum) in [(0, 0.0), (1, 0.0), (1, 0.9)] {
+                for t in 0..=5 {
+                    for cols in [3, 12, 19, 40] {
+                        check(isa, code, momentum, t, 5, cols, cols);
+                        check(isa, code, momentum, t, 5, cols, cols + 2);
+                    }
+                }
+            }
+        }
     }
 }
