@@ -6,7 +6,7 @@ use super::simd::Isa;
 use super::{FewRows, FewRowsPart, Tiles};
 
 /// Deterministic values in `[-1, 1)`.
-fn values(n: usize, seed: u64) -> Vec<f32> {
+pub(super) fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     (0..n)
         .map(|_| {

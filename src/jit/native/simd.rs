@@ -1,11 +1,12 @@
 //! The host kernels' vectors, one body for two instruction sets: AVX-512F (16 lanes,
 //! masked loads and stores) and AVX2 with FMA (8 lanes; a partial vector is loaded and
-//! stored by 128-, 64- and 32-bit pieces, because AMD's Zen 2 microcodes `vmaskmovps`
-//! stores into dozens of operations). A kernel is written once, generic in [`Simd`] and `#[inline(always)]`,
-//! and instantiated inside a `#[target_feature]` function of each set ([`Isa::run`]), so
-//! that its intrinsics inline there. Every operation rounds as IEEE says whatever the
-//! width, so both give the same bits as the generated 128-bit code, except where a
-//! kernel sums across lanes ([`Simd::sum`]).
+//! stored by 128-, 64- and 32-bit pieces, not by `vmaskmovps`, whose stores Agner Fog's
+//! tables give as slow on AMD's cores, nor through a copy that calls `memcpy`). A
+//! kernel is written once, generic in [`Simd`], and instantiated inside a
+//! `#[target_feature]` function of each set ([`Isa::run`]), where its intrinsics
+//! inline. Every operation rounds as IEEE says whatever the width, so both give the
+//! same bits as the generated 128-bit code, except where a kernel sums across lanes
+//! ([`Simd::sum`]).
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;

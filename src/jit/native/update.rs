@@ -8,7 +8,8 @@ use super::{split_rows, Handoff};
 
 /// An optimizer's update of `rows × cols` parameters in place (rows `*s` elements
 /// apart), 16 or 8 lanes at a time: the same operations in the same order as the generated
-/// 128-bit code, so the same bits (square roots and divisions bound these loops).
+/// 128-bit code, so the same bits (square roots and divisions bound these loops on the
+/// first host; on Zen 2, loads and stores from L3).
 /// Emitted only when [`super::wide_updates`] holds. `code` 0 is Adam, with
 /// `k = [1 - β1, 1 - β2, ε, _]` and slots `m`, `v`; 1 is RMSprop, with
 /// `k = [ρ, 1 - ρ, ε, momentum]` and slots velocity, momentum. `rate` is the step's
@@ -538,16 +539,9 @@ mod tests {
     use super::Part;
 
     /// Deterministic values in `[lo, lo + 1)`.
-    fn values(n: usize, seed: u32, lo: f32) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                lo + (x >> 8) as f32 / (1u32 << 24) as f32
-            })
-            .collect()
+    fn values(n: usize, seed: u64, lo: f32) -> Vec<f32> {
+        let unit = super::super::kernel_tests::values(n, seed);
+        unit.iter().map(|x| lo + (x + 1.0) / 2.0).collect()
     }
 
     /// One update of `rows × cols` (rows `stride` apart) with a gradient stored (`t` 0)
