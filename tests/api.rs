@@ -205,7 +205,7 @@ fn errors_are_typed() {
 }
 
 /// A training step runs with denormal floats flushed to zero, as TensorFlow runs its CPU
-/// threads (MXCSR's FTZ and DAZ bits): one SGD step (learning rate 1, mse) on `Dense 1`
+/// threads (x86-64's MXCSR FTZ and DAZ bits, AArch64's FPCR FZ bit): one SGD step (learning rate 1, mse) on `Dense 1`
 /// with input 1e-20, kernel 0 and target 1e-20 has the gradient -2e-40, denormal, so the
 /// kernel stays 0; and with input 1e-40 (denormal, taken as 0) and target 1e30, the
 /// gradient, -2e-10 if the input counted, is 0 as well. The caller gets its own mode back after the step.
