@@ -48,10 +48,10 @@ pub(crate) fn flush_for_good() {
 /// results and inputs.
 #[cfg(target_arch = "x86_64")]
 mod mode {
-    pub type Word = u32;
-    pub const FLUSH: Word = (1 << 15) | (1 << 6);
+    pub(super) type Word = u32;
+    pub(super) const FLUSH: Word = (1 << 15) | (1 << 6);
 
-    pub fn get() -> Word {
+    pub(super) fn get() -> Word {
         let mut v: u32 = 0;
         // SAFETY: `stmxcsr` stores the 32-bit MXCSR to the given address, a local.
         unsafe {
@@ -60,7 +60,7 @@ mod mode {
         v
     }
 
-    pub fn set(v: Word) {
+    pub(super) fn set(v: Word) {
         // SAFETY: `ldmxcsr` loads MXCSR from a local; only the rounding-unrelated FTZ and
         // DAZ bits differ from the value read.
         unsafe { std::arch::asm!("ldmxcsr [{}]", in(reg) &v, options(nostack, preserves_flags)) };
@@ -71,10 +71,10 @@ mod mode {
 /// of single and double precision.
 #[cfg(target_arch = "aarch64")]
 mod mode {
-    pub type Word = u64;
-    pub const FLUSH: Word = 1 << 24;
+    pub(super) type Word = u64;
+    pub(super) const FLUSH: Word = 1 << 24;
 
-    pub fn get() -> Word {
+    pub(super) fn get() -> Word {
         let v: u64;
         // SAFETY: reads FPCR into a register.
         unsafe {
@@ -83,7 +83,7 @@ mod mode {
         v
     }
 
-    pub fn set(v: Word) {
+    pub(super) fn set(v: Word) {
         // SAFETY: writes FPCR; only the FZ bit differs from the value read.
         unsafe {
             std::arch::asm!("msr fpcr, {}", in(reg) v, options(nomem, nostack, preserves_flags))
