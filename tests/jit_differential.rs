@@ -212,9 +212,10 @@ fn a_large_batch_split_in_blocks_of_rows_has_the_bits_of_one_thread() {
 
 /// A wide recurrent kernel (513 units: 513 × 2052) with enough rows is read through a
 /// transpose, its step products written column by column and transposed into place
-/// (`passes::transpose::reads_weight_transposed`), by 16-column tiles and a rest of 4: the
-/// interpreter's numbers, call after call (states carried), and the same bits at one
-/// thread (34 rows) and at two (two blocks of 17 rows).
+/// (`passes::transpose::reads_weight_transposed`), by tiles of a vector's columns and a
+/// rest (4 columns with 16 lanes, 1 with 8): the interpreter's numbers, call after call
+/// (states carried), and the same bits at one thread (34 rows) and at two (two blocks of
+/// 17 rows).
 #[test]
 fn a_wide_recurrent_kernel_read_transposed_gives_the_interpreters_numbers() {
     let m = RandomModel {

@@ -232,6 +232,21 @@ proptest! {
     }
 }
 
+/// `m`'s training step over `time` steps (mse, `optimizers()[3]`) after the pass pipeline.
+fn optimized_adam_step(m: &RandomModel, time: usize) -> lstmc::ir::Function {
+    let forward = lower::lower(
+        &m.spec(),
+        lower::Shapes {
+            batch: m.batch,
+            time,
+        },
+    )
+    .unwrap();
+    let mut f = train_step(&forward, Loss::Mse, optimizers()[3]).unwrap();
+    lstmc::passes::optimize(&mut f, &lstmc::passes::Options::default(), None).unwrap();
+    f
+}
+
 /// Recurrent layers of 8 rows and at least 32,768 multiply-adds per backward product:
 /// the `transpose` pass gives their backward loops a transposed copy of the recurrent
 /// kernels, which random models reach only now and then.
@@ -242,10 +257,7 @@ fn native_train_steps_with_transposed_recurrent_kernels_follow_the_interpreter()
         batch: 8,
         seed: 11,
     };
-    let spec = m.spec();
-    let forward = lower::lower(&spec, lower::Shapes { batch: 8, time: 6 }).unwrap();
-    let mut f = train_step(&forward, Loss::Mse, optimizers()[3]).unwrap();
-    lstmc::passes::optimize(&mut f, &lstmc::passes::Options::default(), None).unwrap();
+    let f = optimized_adam_step(&m, 6);
     let mut transposes = 0;
     f.walk(f.entry, &mut |i| {
         transposes += usize::from(f.inst(i).op == lstmc::ir::Op::Transpose);
@@ -288,10 +300,7 @@ fn native_train_steps_with_a_wide_recurrent_kernel_follow_the_interpreter() {
         batch: 16,
         seed: 9,
     };
-    let spec = m.spec();
-    let forward = lower::lower(&spec, lower::Shapes { batch: 16, time: 3 }).unwrap();
-    let mut f = train_step(&forward, Loss::Mse, optimizers()[3]).unwrap();
-    lstmc::passes::optimize(&mut f, &lstmc::passes::Options::default(), None).unwrap();
+    let f = optimized_adam_step(&m, 3);
     let mut forward_reads = 0;
     f.walk(f.entry, &mut |i| {
         let d = f.inst(i);
