@@ -2,7 +2,7 @@
 //! the JIT and for gradient checks. It runs any function the verifier
 //! accepts, optimized or not.
 
-use crate::ir::{BinOp, Block, FNode, Function, FusedKernel, Op, Value};
+use crate::ir::{BinOp, Block, FNode, Function, FusedKernel, Op, Value, PANEL};
 use crate::model::{Activation, Loss};
 use ndarray::{Array2, ArrayD, Axis, IxDyn};
 
@@ -142,6 +142,26 @@ fn exec(
                 matmul(&arg(env, 0)?, &wt)?
             }
             Op::Transpose => arg(env, 0)?.t().as_standard_layout().into_owned(),
+            Op::Pack { transposed } => {
+                let w = arg(env, 0)?;
+                let w = if *transposed { w.t().to_owned() } else { w };
+                let [k, n] = *w.shape() else {
+                    return Err(InterpError("pack of a non-matrix".into()));
+                };
+                let mut p = ArrayD::zeros(IxDyn(&[n.div_ceil(PANEL) * k, PANEL]));
+                for ((i, j), &x) in w.indexed_iter().map(|(ix, x)| ((ix[0], ix[1]), x)) {
+                    p[[j / PANEL * k + i, j % PANEL]] = x;
+                }
+                p
+            }
+            Op::MatMulPacked { cols } => {
+                let p = arg(env, 1)?;
+                let k = p.shape()[0] / cols.div_ceil(PANEL);
+                let w = ArrayD::from_shape_fn(IxDyn(&[k, *cols]), |ix| {
+                    p[[ix[1] / PANEL * k + ix[0], ix[1] % PANEL]]
+                });
+                matmul(&arg(env, 0)?, &w)?
+            }
             Op::MatMulAT => {
                 let (a, d) = (arg(env, 0)?, arg(env, 1)?);
                 let k = *a.shape().last().unwrap_or(&1);

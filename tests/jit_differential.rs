@@ -149,7 +149,15 @@ fn at_one_and_two_threads(
     spec: &lstmc::model::ModelSpec,
     w: &lstmc::weights::Weights,
 ) -> (CompiledModel, CompiledModel) {
-    let one = lstmc::jit::Options::default();
+    at_one_and_two_threads_with(spec, w, lstmc::jit::Options::default())
+}
+
+/// [`at_one_and_two_threads`] from options `one`.
+fn at_one_and_two_threads_with(
+    spec: &lstmc::model::ModelSpec,
+    w: &lstmc::weights::Weights,
+    one: lstmc::jit::Options,
+) -> (CompiledModel, CompiledModel) {
     let mut two = one;
     two.tuning.threads = 2;
     (
@@ -210,28 +218,45 @@ fn a_large_batch_split_in_blocks_of_rows_has_the_bits_of_one_thread() {
     }
 }
 
-/// A wide recurrent kernel (513 units: 513 × 2052) with enough rows is read through a
-/// transpose, its step products written column by column and transposed into place
-/// (`passes::transpose::reads_weight_transposed`), by tiles of a vector's columns and a
-/// rest (4 columns with 16 lanes, 1 with 8): the interpreter's numbers, call after call
-/// (states carried), and the same bits at one thread (34 rows) and at two (two blocks of
-/// 17 rows).
+/// A wide recurrent kernel (513 units: 513 × 2052) with enough rows, packed (`pack`:
+/// blocks of 4 rows and a rest of 2, split 20 + 14 at two threads), or where packing is
+/// off read through a transpose, its step products written column by column and
+/// transposed into place (`passes::transpose::reads_weight_transposed`), by tiles of a
+/// vector's columns and a rest (4 columns with 16 lanes, 1 with 8). The input projection
+/// of 256 features reads its kernel packed too, where packing is on. The interpreter's
+/// numbers, call after call (states carried), and the same bits at one thread (34 rows)
+/// and at two.
 #[test]
-fn a_wide_recurrent_kernel_read_transposed_gives_the_interpreters_numbers() {
+fn a_wide_recurrent_kernel_packed_or_read_transposed_gives_the_interpreters_numbers() {
     let m = RandomModel {
-        text: "LSTM 513 input_dim=3 input_length=3 batch_size=34 stateful\n".into(),
+        text: "LSTM 513 input_dim=256 input_length=3 batch_size=34 stateful\n".into(),
         batch: 34,
         seed: 5,
     };
     let spec = m.spec();
     let w = m.weights(&spec);
-    let (mut a, mut b) = at_one_and_two_threads(&spec, &w);
+    for packed in [true, false] {
+        let mut options = lstmc::jit::Options::default();
+        options.tuning.packed_weights = packed;
+        wide_kernel_follows_the_interpreter(&m, &spec, &w, options);
+    }
+}
+
+/// The checks of [`a_wide_recurrent_kernel_packed_or_read_transposed_gives_the_interpreters_numbers`].
+fn wide_kernel_follows_the_interpreter(
+    m: &RandomModel,
+    spec: &lstmc::model::ModelSpec,
+    w: &lstmc::weights::Weights,
+    options: lstmc::jit::Options,
+) {
+    let (mut a, mut b) = at_one_and_two_threads_with(spec, w, options);
     let bits = |y: &ndarray::ArrayD<f32>| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
     let mut reference = Reference::new(spec.clone(), w.clone());
-    for (call, x) in m.inputs(&spec, 3).iter().enumerate() {
+    let packed = options.tuning.packed_weights;
+    for (call, x) in m.inputs(spec, 3).iter().enumerate() {
         let xf = x.mapv(|v| v as f32);
         let (p, q) = (a.predict_batch(&xf).unwrap(), b.predict_batch(&xf).unwrap());
-        assert_eq!(bits(&p.y), bits(&q.y), "call {call}");
+        assert_eq!(bits(&p.y), bits(&q.y), "packed {packed}, call {call}");
         // Closer than `agree`: three steps of a stable layer, where f32 stays within
         // about 1e-6 of f64 (a 0.1% error in the last 4 columns of the product is caught).
         let want = reference.predict_batch(x).unwrap();
@@ -239,7 +264,7 @@ fn a_wide_recurrent_kernel_read_transposed_gives_the_interpreters_numbers() {
         for (i, (&g, &w)) in p.y.iter().zip(want.y.iter()).enumerate() {
             assert!(
                 (g as f64 - w).abs() <= 1e-5,
-                "call {call}, element {i}: {g} against {w}"
+                "packed {packed}, call {call}, element {i}: {g} against {w}"
             );
         }
     }

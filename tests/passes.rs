@@ -81,11 +81,13 @@ fn every_fixture_interprets_identically_after_every_pass() {
         let none = Options {
             full_unroll_max: 0,
             partial_unroll_max: 1,
+            pack_min: usize::MAX,
         };
         check_all_prefixes(&spec, &w, &x, &none, &format!("{name} (no unrolling)"));
         let partial = Options {
             full_unroll_max: 1,
             partial_unroll_max: 3,
+            pack_min: 1,
         };
         check_all_prefixes(
             &spec,
@@ -101,11 +103,12 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(120))]
 
     #[test]
-    fn random_models_interpret_identically_after_every_pass(m in random_model(), full in 0..20usize, part in 1..6usize) {
+    fn random_models_interpret_identically_after_every_pass(m in random_model(), full in 0..20usize, part in 1..6usize, pack in any::<bool>()) {
         let spec = m.spec();
         let w = m.weights(&spec);
         let x = m.inputs(&spec, 1).remove(0);
-        let opts = Options { full_unroll_max: full, partial_unroll_max: part };
+        let pack_min = if pack { 1 } else { usize::MAX };
+        let opts = Options { full_unroll_max: full, partial_unroll_max: part, pack_min };
         check_all_prefixes(&spec, &w, &x, &opts, &m.text);
     }
 }
@@ -128,6 +131,7 @@ fn each_pass_matches_its_golden_file() {
         ("lstm_long", "fuse-elementwise"),
         ("lstm_peeled", "unroll"),
         ("lstm_peeled", "fold"),
+        ("lstm_batch", "pack"),
     ];
     let bless = std::env::var_os("LSTMC_BLESS").is_some();
     let mut failures = Vec::new();
@@ -197,8 +201,26 @@ fn lstm_train_step_sized(units: usize, batch: usize, time: usize) -> (Function, 
 
 /// `step` optimized up to `pass`, checked to compute what `step` does.
 fn optimized_alike(step: &Function, pass: &str, inputs: &[ArrayD<f64>]) -> Function {
+    optimized_alike_with(step, pass, inputs, &Options::default())
+}
+
+/// The default options without packed weights (CPUs without the packed kernel).
+fn unpacked() -> Options {
+    Options {
+        pack_min: usize::MAX,
+        ..Options::default()
+    }
+}
+
+/// [`optimized_alike`] with `opts`.
+fn optimized_alike_with(
+    step: &Function,
+    pass: &str,
+    inputs: &[ArrayD<f64>],
+    opts: &Options,
+) -> Function {
     let mut after = step.clone();
-    passes::optimize(&mut after, &Options::default(), Some(pass)).unwrap();
+    passes::optimize(&mut after, opts, Some(pass)).unwrap();
     let want = interp::run(step, inputs).unwrap();
     let got = interp::run(&after, inputs).unwrap();
     assert_eq!(got.len(), want.len());
@@ -680,7 +702,7 @@ fn a_wide_recurrent_kernel_is_read_transposed_forward_and_backward() {
     let (step, inputs) = lstm_train_step_sized(512, 16, 3);
     let before = optimized_alike(&step, "concat", &inputs);
     assert!(products(&before).contains(&(Op::MatMul, vec![512, 2048])));
-    let after = optimized_alike(&step, "transpose", &inputs);
+    let after = optimized_alike_with(&step, "transpose", &inputs, &unpacked());
     assert_eq!(
         products(&after),
         vec![
@@ -690,8 +712,74 @@ fn a_wide_recurrent_kernel_is_read_transposed_forward_and_backward() {
     );
     assert_eq!(transposes(&after), 1);
     let (step, inputs) = lstm_train_step_sized(512, 8, 3);
-    let after = optimized_alike(&step, "transpose", &inputs);
+    let after = optimized_alike_with(&step, "transpose", &inputs, &unpacked());
     assert!(products(&after).contains(&(Op::MatMul, vec![512, 2048])));
+}
+
+/// `pack` on a training step of 32 rows over 20 steps with 64 units: the forward loop
+/// reads the recurrent kernel (64×256) packed, the backward loop packed transposed, each
+/// packed once before its loop. The input projection over all steps (640 × 3 · 3 × 256)
+/// reads its kernel once and sums 3 terms, the gradient products against the Dense
+/// kernel have 2 columns (a panel 12 times wider), and `aᵀ · d` has no weight: they
+/// stay. The numbers are the same, and the `transpose` pass then finds nothing to do.
+/// With packing off, nothing changes.
+#[test]
+fn loops_read_their_weights_packed_once() {
+    use lstmc::ir::Op;
+    let (step, inputs) = lstm_train_step_sized(64, 32, 20);
+    let after = optimized_alike(&step, "pack", &inputs);
+    let packs: Vec<(Op, Vec<usize>)> = after
+        .block(after.entry)
+        .insts
+        .iter()
+        .filter(|&&i| matches!(after.inst(i).op, Op::Pack { .. }))
+        .map(|&i| {
+            (
+                after.inst(i).op.clone(),
+                after.shape(after.inst(i).args[0]).to_vec(),
+            )
+        })
+        .collect();
+    let packed = |transposed| Op::Pack { transposed };
+    assert_eq!(
+        packs,
+        vec![
+            (packed(false), vec![64, 256]),
+            (packed(true), vec![64, 256]),
+        ]
+    );
+    // Each pack right before the loop that reads it.
+    let entry = &after.block(after.entry).insts;
+    let mut loops_before = Vec::new();
+    for (pos, &i) in entry.iter().enumerate() {
+        if matches!(after.inst(i).op, Op::Pack { .. }) {
+            let p = after.result(i);
+            let first = entry[pos..].iter().position(|&j| {
+                let mut reads = after.inst(j).args.contains(&p);
+                if let Op::Loop { body, .. } = after.inst(j).op {
+                    after.walk(body, &mut |k| reads |= after.inst(k).args.contains(&p));
+                }
+                reads
+            });
+            assert_eq!(first, Some(1), "pack {pos} is read next");
+            loops_before.push(matches!(after.inst(entry[pos + 1]).op, Op::Loop { .. }));
+        }
+    }
+    assert_eq!(loops_before, vec![true, true]);
+    let products = |f: &Function| {
+        let mut n = 0;
+        f.walk(f.entry, &mut |i| {
+            n += usize::from(matches!(f.inst(i).op, Op::MatMulPacked { .. }))
+        });
+        n
+    };
+    // 4 steps in each of the two loops (unrolled by 4).
+    assert_eq!(products(&after), 4 + 4);
+    let transposed = optimized_alike(&step, "transpose", &inputs);
+    assert_eq!(ops(&after), ops(&transposed));
+    let before = optimized_alike_with(&step, "reverse", &inputs, &unpacked());
+    let after = optimized_alike_with(&step, "pack", &inputs, &unpacked());
+    assert_eq!(ops(&before), ops(&after));
 }
 
 /// `fold` on a training step at batch 1: every per-step bias gradient (`sum_rows` of a

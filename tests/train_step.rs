@@ -234,6 +234,15 @@ proptest! {
 
 /// `m`'s training step over `time` steps (mse, `optimizers()[3]`) after the pass pipeline.
 fn optimized_adam_step(m: &RandomModel, time: usize) -> lstmc::ir::Function {
+    optimized_adam_step_with(m, time, &lstmc::passes::Options::default())
+}
+
+/// [`optimized_adam_step`] with the passes' options `opts`.
+fn optimized_adam_step_with(
+    m: &RandomModel,
+    time: usize,
+    opts: &lstmc::passes::Options,
+) -> lstmc::ir::Function {
     let forward = lower::lower(
         &m.spec(),
         lower::Shapes {
@@ -243,7 +252,7 @@ fn optimized_adam_step(m: &RandomModel, time: usize) -> lstmc::ir::Function {
     )
     .unwrap();
     let mut f = train_step(&forward, Loss::Mse, optimizers()[3]).unwrap();
-    lstmc::passes::optimize(&mut f, &lstmc::passes::Options::default(), None).unwrap();
+    lstmc::passes::optimize(&mut f, opts, None).unwrap();
     f
 }
 
@@ -290,9 +299,11 @@ fn few_row_updates_have_the_bits_of_the_generated_ones() {
     }
 }
 
-/// A wide recurrent kernel (513 × 2052) at 16 rows: the forward products read its
-/// transpose column by column and the backward ones the same transpose
-/// (`passes::transpose::reads_weight_transposed`), and training follows the interpreter.
+/// A wide recurrent kernel (513 × 2052) at 16 rows, where packed weights are off (CPUs
+/// without the packed kernel): the forward products read its transpose column by column
+/// and the backward ones the same transpose
+/// (`passes::transpose::reads_weight_transposed`), and training follows the interpreter,
+/// as it does with the kernel packed.
 #[test]
 fn native_train_steps_with_a_wide_recurrent_kernel_follow_the_interpreter() {
     let m = RandomModel {
@@ -300,7 +311,9 @@ fn native_train_steps_with_a_wide_recurrent_kernel_follow_the_interpreter() {
         batch: 16,
         seed: 9,
     };
-    let f = optimized_adam_step(&m, 3);
+    let mut unpacked = lstmc::jit::Options::default();
+    unpacked.tuning.packed_weights = false;
+    let f = optimized_adam_step_with(&m, 3, &unpacked.pass_options());
     let mut forward_reads = 0;
     f.walk(f.entry, &mut |i| {
         let d = f.inst(i);
@@ -311,8 +324,11 @@ fn native_train_steps_with_a_wide_recurrent_kernel_follow_the_interpreter() {
         forward_reads >= 1,
         "the forward products read the transpose"
     );
+    let mut split = split_options();
+    split.tuning.packed_weights = false;
     for which in [0, 3] {
         native_follows_interpreter(&m, which, 0).unwrap();
+        native_follows_interpreter_with(&m, which, 0, [split, unpacked]).unwrap();
     }
 }
 
@@ -322,6 +338,21 @@ fn native_follows_interpreter(
     m: &RandomModel,
     which: usize,
     l: usize,
+) -> Result<(), TestCaseError> {
+    native_follows_interpreter_with(
+        m,
+        which,
+        l,
+        [split_options(), lstmc::jit::Options::default()],
+    )
+}
+
+/// [`native_follows_interpreter`] compiled with each of `options`.
+fn native_follows_interpreter_with(
+    m: &RandomModel,
+    which: usize,
+    l: usize,
+    options: [lstmc::jit::Options; 2],
 ) -> Result<(), TestCaseError> {
     {
         prop_assume!(!m.text.contains("stateful"));
@@ -403,12 +434,12 @@ fn native_follows_interpreter(
                 "ill-conditioned"
             );
         }
-        // Native code, one call per step: as compiled by default, and with every product
-        // on the host GEMM and every fused kernel split between two threads.
-        let split = split_options();
+        // Native code, one call per step, compiled with each of `options` (by default:
+        // with every product on the host GEMM and every fused kernel split between two
+        // threads, and as compiled by default).
         let xf = x.mapv(|v| v as f32);
         let mut trained = Vec::new();
-        for options in [split, lstmc::jit::Options::default()] {
+        for options in options {
             let mut t = lstmc::train::Trainer::new(spec.clone(), w0.clone(), kind, opt, options);
             for (k, want) in losses.iter().enumerate() {
                 let (got, _) = t.train_on_batch(&xf, &target).unwrap();
@@ -434,8 +465,8 @@ fn native_follows_interpreter(
         let t = trained.pop().unwrap();
         // Adam's and RMSprop's host vector kernels (512- or 256-bit) and the generated
         // 128-bit updates give the same bits, and so do the host's activations and the
-        // generated ones.
-        let wide = lstmc::jit::Options::default();
+        // generated ones, compiled with the last of `options`.
+        let wide = options[1];
         if wide.tuning.wide_updates || wide.tuning.wide_activations {
             let mut narrow = wide;
             narrow.tuning.wide_updates = false;

@@ -66,7 +66,7 @@ enum Command {
         /// Leave out the `# layer, line:col` notes.
         #[arg(long)]
         no_locations: bool,
-        /// Print the IR after this pass (fuse-gates, hoist, unroll, fold, dce, cse, concat, reverse, transpose, fuse-elementwise, schedule-updates);
+        /// Print the IR after this pass (fuse-gates, hoist, unroll, fold, dce, cse, concat, reverse, pack, transpose, fuse-elementwise, schedule-updates);
         /// `all` for the end of the pipeline. Default: as lowered.
         #[arg(long, value_name = "PASS")]
         after: Option<String>,
@@ -209,7 +209,11 @@ fn ir(
                 )));
             }
         };
-        lstmc::passes::optimize(&mut f, &lstmc::passes::Options::default(), until)?;
+        lstmc::passes::optimize(
+            &mut f,
+            &lstmc::jit::Options::default().pass_options(),
+            until,
+        )?;
     }
     out!(
         "{}",

@@ -20,6 +20,10 @@ use crate::front::Span;
 use crate::model::{Activation, Loss, Optimizer};
 use std::fmt;
 
+/// Columns per panel of a packed weight ([`Op::Pack`]): three vectors of 8 lanes, the
+/// width of the host kernel that multiplies by it (`jit::native::packed`).
+pub(crate) const PANEL: usize = 24;
+
 macro_rules! entity {
     ($name:ident, $prefix:literal, $doc:literal) => {
         #[doc = $doc]
@@ -162,6 +166,20 @@ pub enum Op {
     /// `(w: [K, N]) -> [N, K]`: the transpose of a matrix (a weight that a loop reads
     /// transposed at every step, transposed once before it: see `passes::transpose`).
     Transpose,
+    /// `(w: [K, N]) -> [⌈N/PANEL⌉·K, PANEL]`: the columns of `w` in panels of [`PANEL`],
+    /// panel `p`'s `K` rows of `PANEL` columns after panel `p - 1`'s, the last one padded
+    /// with zeros; `(w: [N, K]) -> ..` the same of `wᵀ` when `transposed`. A weight that a
+    /// loop multiplies by at every step, packed once before it (see `passes::pack`).
+    Pack {
+        /// pack `wᵀ`
+        transposed: bool,
+    },
+    /// `(a: [.., K], p: [⌈N/PANEL⌉·K, PANEL]) -> [.., N]`: `a · w` for the `w` that `p`
+    /// packs ([`Op::Pack`]).
+    MatMulPacked {
+        /// columns of the result (of `w`)
+        cols: usize,
+    },
     /// `(a: [.., K], d: [.., N]) -> [K, N]`: `aᵀ · d` over all leading axes (gradient of a weight).
     MatMulAT,
     /// `(d: [.., N]) -> [N]`: sum over the leading axes (gradient of a bias).
@@ -254,6 +272,9 @@ impl Op {
             Op::Yield => "yield".into(),
             Op::MatMulBT => "matmul_bt".into(),
             Op::Transpose => "transpose".into(),
+            Op::Pack { transposed: false } => "pack".into(),
+            Op::Pack { transposed: true } => "pack.transposed".into(),
+            Op::MatMulPacked { cols } => format!("matmul_packed[{cols}]"),
             Op::MatMulAT => "matmul_at".into(),
             Op::SumRows => "sum_rows".into(),
             Op::ActGrad(a) => format!("{}_grad", a.name()),
@@ -679,6 +700,27 @@ pub fn infer(op: &Op, args: &[&Ty]) -> Result<Vec<Ty>, IrError> {
             match tensor(0)? {
                 &[k, n] => Ok(vec![Ty::Tensor(vec![n, k])]),
                 w => err(format!("cannot transpose {w:?}: not a matrix")),
+            }
+        }
+        Op::Pack { transposed } => {
+            arity(1)?;
+            match (tensor(0)?, transposed) {
+                (&[k, n], false) | (&[n, k], true) => {
+                    Ok(vec![Ty::Tensor(vec![n.div_ceil(PANEL) * k, PANEL])])
+                }
+                (w, _) => err(format!("cannot pack {w:?}: not a matrix")),
+            }
+        }
+        Op::MatMulPacked { cols } => {
+            arity(2)?;
+            let (a, p) = (tensor(0)?, tensor(1)?);
+            match (a.split_last(), p) {
+                (Some((&k, lead)), &[rows, PANEL]) if rows == cols.div_ceil(PANEL) * k => {
+                    Ok(vec![Ty::Tensor([lead, &[*cols]].concat())])
+                }
+                _ => err(format!(
+                    "cannot multiply {a:?} by {p:?} packed from {cols} columns"
+                )),
             }
         }
         Op::MatMulAT => {

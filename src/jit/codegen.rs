@@ -67,6 +67,12 @@ pub struct Tuning {
     /// weight between threads (with `threads > 1`), as its optimizer update does, so
     /// that each core keeps its rows of the weight, gradient and slots in its own cache.
     pub parallel_few_rows: usize,
+    /// Loops' products against a weight read it packed (`passes::pack`, from
+    /// [`passes::Options::pack_min`](crate::passes::Options::pack_min) multiply-adds up),
+    /// multiplied by the host's AVX2 kernel (`jit::native::packed`): on by default where
+    /// the CPU has AVX2 and FMA but not AVX-512F, where the `gemm` crate's 512-bit kernels
+    /// were measured instead.
+    pub packed_weights: bool,
 }
 
 impl Tuning {
@@ -77,6 +83,9 @@ impl Tuning {
             self.wide_updates = false;
             self.wide_activations = false;
             self.few_rows_max = 0;
+        }
+        if !super::native::packed::available() {
+            self.packed_weights = false;
         }
         self
     }
@@ -99,6 +108,7 @@ impl Default for Tuning {
             wide_activations: super::native::wide_updates(),
             few_rows_max: if super::native::wide_updates() { 4 } else { 0 },
             parallel_few_rows: 1 << 15,
+            packed_weights: super::native::packed::preferred(),
         }
     }
 }
@@ -129,6 +139,10 @@ pub struct Hosts {
     pub tick: FuncRef,
     /// `lstmc_activate`
     pub activate: FuncRef,
+    /// `lstmc_pack`
+    pub pack: FuncRef,
+    /// `lstmc_gemm_packed`
+    pub gemm_packed: FuncRef,
 }
 
 /// The memory flags of a function's code: a training step writes its weights and slots
@@ -469,6 +483,31 @@ impl Emitter<'_, '_, '_> {
                 Op::Transpose => {
                     let (src, out) = (self.val(d.args[0])?, self.val(d.results[0])?);
                     self.transpose(&src, &out)?;
+                }
+                Op::Pack { transposed } => {
+                    let (w, out) = (self.val(d.args[0])?, self.val(d.results[0])?);
+                    // `b = w` (k × n, rows apart) or `wᵀ` (w's rows are b's columns).
+                    let (k, n, rs, cs) = match transposed {
+                        false => (w.rows, w.cols, w.stride / 4, 1),
+                        true => (w.cols, w.rows, 1, w.stride / 4),
+                    };
+                    let args = [
+                        w.ptr,
+                        self.imm(rs),
+                        self.imm(cs),
+                        self.imm(k as i64),
+                        self.imm(n as i64),
+                        out.ptr,
+                    ];
+                    self.b.ins().call(self.hosts.pack, &args);
+                }
+                Op::MatMulPacked { .. } => {
+                    let (a, p, c) = (
+                        self.val(d.args[0])?,
+                        self.val(d.args[1])?,
+                        self.val(d.results[0])?,
+                    );
+                    self.matmul_packed(a, p, c);
                 }
                 Op::SumRows => {
                     let (src, out) = (self.val(d.args[0])?, self.val(d.results[0])?);

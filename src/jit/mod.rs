@@ -47,6 +47,18 @@ pub struct Options {
     pub profile: bool,
 }
 
+impl Options {
+    /// The passes' knobs as [`compile`] runs them on this CPU: no packed weights where
+    /// code generation does not multiply by them ([`Tuning::packed_weights`]).
+    pub fn pass_options(&self) -> passes::Options {
+        let mut passes = self.passes;
+        if !self.tuning.on_this_cpu().packed_weights {
+            passes.pack_min = usize::MAX;
+        }
+        passes
+    }
+}
+
 /// A compiled forward function.
 #[derive(Debug)]
 pub struct Compiled {
@@ -91,7 +103,7 @@ fn isa() -> Result<std::sync::Arc<dyn cranelift_codegen::isa::TargetIsa>> {
 /// Optimizes a lowered forward function and compiles it to native code.
 pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
     let start = Instant::now();
-    passes::optimize(&mut func, &options.passes, None)?;
+    passes::optimize(&mut func, &options.pass_options(), None)?;
     verify(&func)?;
     let plan = plan::plan(&func)?;
     plan.check_bounds(&func)?;
@@ -123,7 +135,7 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
     ctx.func.name = UserFuncName::user(0, id.as_u32());
     // The host functions generated code calls (`native.rs`), with their parameters: so
     // many 64-bit integers and pointers, then so many f32s.
-    let imports: [(&str, usize, usize); 12] = [
+    let imports: [(&str, usize, usize); 14] = [
         // (kind, y, ys, t, ts, dy, dys, rows, cols, out)
         ("lstmc_loss", 10, 0),
         // (m, n, k, a, lda, b, ldb, c, ldc, threads)
@@ -148,6 +160,10 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         ("lstmc_tick", 2, 0),
         // (kind, x, n, terms, t0, t1, t2, t3)
         ("lstmc_activate", 8, 0),
+        // (b, b_rs, b_cs, k, n, dst)
+        ("lstmc_pack", 6, 0),
+        // (m, n, k, a, a_rs, p, c, c_rs, threads)
+        ("lstmc_gemm_packed", 9, 0),
     ];
     let mut ids = Vec::with_capacity(imports.len());
     for (name, ints, floats) in imports {
@@ -163,8 +179,8 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         );
     }
     let hosts = |module: &mut JITModule, func: &mut cranelift_codegen::ir::Function| {
-        let [loss, gemm, softmax, gemm_strided, softmax_grad, update, rows, few_rows, copy, sum_rows, tick, activate] =
-            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+        let [loss, gemm, softmax, gemm_strided, softmax_grad, update, rows, few_rows, copy, sum_rows, tick, activate, pack, gemm_packed] =
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
                 .map(|i| module.declare_func_in_func(ids[i], func));
         codegen::Hosts {
             loss,
@@ -179,6 +195,8 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
             sum_rows,
             tick,
             activate,
+            pack,
+            gemm_packed,
         }
     };
     let mut fctx = FunctionBuilderContext::new();

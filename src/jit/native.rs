@@ -36,6 +36,7 @@ mod choose;
 mod flush;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod kernel_tests;
+pub mod packed;
 mod pool;
 mod simd;
 mod update;
@@ -948,8 +949,10 @@ extern "C" fn lstmc_tick(profile: *const super::profile::Profile, id: u64) {
 }
 
 /// The host symbols generated code may call, for `JITBuilder::symbol`.
-pub fn host_symbols() -> [(&'static str, *const u8); 12] {
+pub fn host_symbols() -> [(&'static str, *const u8); 14] {
     [
+        ("lstmc_pack", packed::lstmc_pack as *const u8),
+        ("lstmc_gemm_packed", packed::lstmc_gemm_packed as *const u8),
         ("lstmc_sum_rows", lstmc_sum_rows as *const u8),
         ("lstmc_copy", lstmc_copy as *const u8),
         ("lstmc_few_rows", lstmc_few_rows as *const u8),

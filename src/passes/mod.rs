@@ -14,6 +14,7 @@ pub mod fold;
 pub mod fuse_elementwise;
 pub mod fuse_gates;
 pub mod hoist;
+pub mod pack;
 pub mod reverse;
 pub mod schedule_updates;
 pub mod transpose;
@@ -38,6 +39,9 @@ pub struct Options {
     pub full_unroll_max: usize,
     /// Longer loops are unrolled by the largest divisor of their length up to this.
     pub partial_unroll_max: usize,
+    /// Products in loops of at least this many multiply-adds (and more than 4 rows) read
+    /// their weight packed (`pack`); `usize::MAX` turns packing off.
+    pub pack_min: usize,
 }
 
 impl Default for Options {
@@ -50,6 +54,8 @@ impl Default for Options {
         Options {
             full_unroll_max: 16,
             partial_unroll_max: 4,
+            // Where code generation calls the host GEMM (`Tuning::gemm_crossover`).
+            pack_min: 1 << 18,
         }
     }
 }
@@ -95,6 +101,11 @@ pub const PASSES: &[Pass] = &[
         name: "reverse",
         about: "time reversals of stacked adjoints moved to the smaller operand of a product over all steps, or dropped under sums",
         run: reverse::run,
+    },
+    Pass {
+        name: "pack",
+        about: "a weight that a loop multiplies by at every step (h·U, d·Uᵀ) packed once before it, in panels of 24 columns",
+        run: pack::run,
     },
     Pass {
         name: "transpose",

@@ -34,22 +34,39 @@ pub fn run(f: &mut Function, _: &Options) -> Result<(), IrError> {
     Ok(())
 }
 
-/// In block `b`: the qualifying `matmul_bt`s, directly in `b` or directly in the body
-/// of a loop of `b` (reading a weight from outside that body), grouped by weight.
-/// A weight read so more than once (in a loop, or at several unrolled steps) is
-/// transposed once, before its first reader, and they all read the transpose.
-fn transpose_in(f: &mut Function, b: Block) -> Result<(), IrError> {
-    // Per weight: the position in `b` of its first reader, how often it is read, and
-    // the `matmul_bt`s to rewrite.
-    let mut sites: Vec<(Value, usize, usize, Vec<Inst>)> = Vec::new();
-    let mut note =
-        |w: Value, pos: usize, reads: usize, i: Inst| match sites.iter_mut().find(|s| s.0 == w) {
-            Some(s) => {
-                s.2 += reads;
-                s.3.push(i);
-            }
-            None => sites.push((w, pos, reads, vec![i])),
-        };
+/// A weight that products read more than once: the position in a block of its first
+/// reader, how often it is read, and the products.
+pub(super) struct Site {
+    pub weight: Value,
+    pub pos: usize,
+    pub reads: usize,
+    pub readers: Vec<Inst>,
+}
+
+/// In block `b`: the products that `qualifies`, directly in `b` or directly in the body
+/// of a loop of `b` (reading a weight, their second operand, from outside that body),
+/// grouped by weight, from the last position in `b` back.
+pub(super) fn sites(
+    f: &Function,
+    b: Block,
+    qualifies: impl Fn(&Function, Inst) -> bool,
+) -> Vec<Site> {
+    let mut sites: Vec<Site> = Vec::new();
+    let mut note = |weight: Value, pos: usize, reads: usize, i: Inst| match sites
+        .iter_mut()
+        .find(|s| s.weight == weight)
+    {
+        Some(s) => {
+            s.reads += reads;
+            s.readers.push(i);
+        }
+        None => sites.push(Site {
+            weight,
+            pos,
+            reads,
+            readers: vec![i],
+        }),
+    };
     for (pos, &i) in f.block(b).insts.iter().enumerate() {
         match f.inst(i).op {
             Op::MatMulBT | Op::MatMul if qualifies(f, i) => note(f.inst(i).args[1], pos, 1, i),
@@ -65,13 +82,26 @@ fn transpose_in(f: &mut Function, b: Block) -> Result<(), IrError> {
             _ => {}
         }
     }
-    // Insert from the last position back, so that earlier positions stay valid.
-    sites.sort_by_key(|s| std::cmp::Reverse(s.1));
-    for (w, pos, reads, readers) in sites {
+    // Inserting from the last position back keeps earlier positions valid.
+    sites.sort_by_key(|s| std::cmp::Reverse(s.pos));
+    sites
+}
+
+/// In block `b`: a weight that qualifying `matmul_bt`s read more than once (in a loop,
+/// or at several unrolled steps) is transposed once, before its first reader, and they
+/// all read the transpose.
+fn transpose_in(f: &mut Function, b: Block) -> Result<(), IrError> {
+    for Site {
+        weight,
+        pos,
+        reads,
+        readers,
+    } in sites(f, b, qualifies)
+    {
         if reads < 2 {
             continue;
         }
-        let t = f.make(Op::Transpose, vec![w], f.inst(readers[0]).origin)?;
+        let t = f.make(Op::Transpose, vec![weight], f.inst(readers[0]).origin)?;
         f.blocks[b.index()].insts.insert(pos, t);
         let tv = f.result(t);
         for i in readers {

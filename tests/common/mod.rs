@@ -253,7 +253,8 @@ pub fn cargo_build(args: &[&str], target: &str) -> Vec<PathBuf> {
 
 /// Options that put every product on the host (GEMM or few-row kernels) and split every
 /// product, fused kernel and update between two threads, at their smallest sizes: the
-/// threaded paths, exercised on models of every size.
+/// threaded paths, exercised on models of every size; and every product in a loop that
+/// the `pack` pass may take (more than 4 rows) reads its weight packed.
 pub fn split_options() -> lstmc::jit::Options {
     let mut options = lstmc::jit::Options::default();
     options.tuning.gemm_crossover = 1;
@@ -261,6 +262,8 @@ pub fn split_options() -> lstmc::jit::Options {
     options.tuning.parallel_elems = 1;
     options.tuning.parallel_few_rows = 1;
     options.tuning.threads = 2;
+    options.tuning.packed_weights = true;
+    options.passes.pack_min = 1;
     options
 }
 

@@ -49,6 +49,28 @@ impl Emitter<'_, '_, '_> {
         Ok(())
     }
 
+    /// `c = a · w` with `a: m×k` and `w: k×n` packed in `p` (`Op::MatMulPacked`).
+    pub(super) fn matmul_packed(&mut self, a: Mat, p: Mat, c: Mat) {
+        let (m, k, n) = (a.rows, a.cols, c.cols);
+        let threads = if m * n * k >= self.tuning.parallel_min {
+            self.tuning.threads
+        } else {
+            1
+        };
+        let args = [
+            self.imm(m as i64),
+            self.imm(n as i64),
+            self.imm(k as i64),
+            a.ptr,
+            self.imm(a.stride / 4),
+            p.ptr,
+            c.ptr,
+            self.imm(c.stride / 4),
+            self.imm(threads as i64),
+        ];
+        self.b.ins().call(self.hosts.gemm_packed, &args);
+    }
+
     /// `c = a · w` with `a: m×k`, `w: k×n`.
     pub(super) fn matmul(&mut self, a: Mat, w: Mat, c: Mat) -> Result<(), IrError> {
         let (m, k, n) = (a.rows, a.cols, w.cols);
