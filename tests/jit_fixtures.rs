@@ -62,16 +62,14 @@ fn all_keras_fixtures_through_the_jit() {
 #[test]
 fn all_keras_fixtures_without_unrolling_and_partially_unrolled() {
     for (full, part) in [(0, 1), (1, 3), (2, 2)] {
-        let mut options = jit::Options {
+        let options = jit::Options {
             passes: passes::Options {
                 full_unroll_max: full,
                 partial_unroll_max: part,
-                // Every product in a loop packed where the pass may (more than 4 rows).
-                pack_min: 1,
+                ..passes::Options::default()
             },
             ..jit::Options::default()
         };
-        options.tuning.packed_weights = true;
         for name in fixture_names() {
             run_fixture(&name, options);
         }

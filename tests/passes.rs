@@ -81,13 +81,13 @@ fn every_fixture_interprets_identically_after_every_pass() {
         let none = Options {
             full_unroll_max: 0,
             partial_unroll_max: 1,
-            pack_min: usize::MAX,
+            ..Options::default()
         };
         check_all_prefixes(&spec, &w, &x, &none, &format!("{name} (no unrolling)"));
         let partial = Options {
             full_unroll_max: 1,
             partial_unroll_max: 3,
-            pack_min: 1,
+            ..Options::default()
         };
         check_all_prefixes(
             &spec,
