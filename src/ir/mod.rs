@@ -166,7 +166,7 @@ pub enum Op {
     /// `(w: [K, N]) -> [N, K]`: the transpose of a matrix (a weight that a loop reads
     /// transposed at every step, transposed once before it: see `passes::transpose`).
     Transpose,
-    /// `(w: [K, N]) -> [⌈N/PANEL⌉·K, PANEL]`: the columns of `w` in panels of [`PANEL`],
+    /// `(w: [K, N]) -> [⌈N/PANEL⌉·K, PANEL]`: the columns of `w` in panels of `PANEL` (24),
     /// panel `p`'s `K` rows of `PANEL` columns after panel `p - 1`'s, the last one padded
     /// with zeros; `(w: [N, K]) -> ..` the same of `wᵀ` when `transposed`. A weight that a
     /// loop multiplies by at every step, packed once before it (see `passes::pack`).

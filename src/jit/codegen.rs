@@ -77,7 +77,7 @@ pub struct Tuning {
 
 impl Tuning {
     /// This tuning with the host's vector kernels turned off where the CPU lacks them
-    /// ([`super::native::wide_updates`]): generated code never calls what cannot run.
+    /// (`native::wide_updates`): generated code never calls what cannot run.
     pub fn on_this_cpu(mut self) -> Tuning {
         if !super::native::wide_updates() {
             self.wide_updates = false;

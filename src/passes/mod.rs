@@ -39,8 +39,9 @@ pub struct Options {
     pub full_unroll_max: usize,
     /// Longer loops are unrolled by the largest divisor of their length up to this.
     pub partial_unroll_max: usize,
-    /// Products in loops of at least this many multiply-adds (and more than 4 rows) read
-    /// their weight packed (`pack`); `usize::MAX` turns packing off.
+    /// Products of at least this many multiply-adds (and more than 4 rows) read their
+    /// weight packed, in loops and, with long sums, outside them (`pack`); `usize::MAX`
+    /// turns packing off.
     pub pack_min: usize,
 }
 

@@ -14,7 +14,7 @@
 //! Only products that go to the host's GEMM are packed: more rows than the few-row
 //! kernels take, at least [`Options::pack_min`] multiply-adds, and columns that pad
 //! to whole panels by at most a quarter (the kernel computes whole panels), against a weight
-//! that they read for [`ROWS_MIN`] rows or more in all, so that the copy costs at most
+//! that they read for `ROWS_MIN` (32) rows or more in all, so that the copy costs at most
 //! a few percent of the multiplications. Code generation turns the pass off
 //! (`pack_min = usize::MAX`) where the CPU lacks the packed kernel.
 
@@ -49,7 +49,8 @@ pub fn run(f: &mut Function, options: &Options) -> Result<(), IrError> {
 }
 
 /// In block `b`: a weight that qualifying products (`matmul`s, or `matmul_bt`s when
-/// `transposed`) read more than once is packed once, before its first reader, and
+/// `transposed`) read for `ROWS_MIN` rows or more in all (and, when they read it once,
+/// over `ONCE_INNER_MIN` terms or more) is packed once, before its first reader, and
 /// they all read the packed weight.
 fn pack_in(f: &mut Function, b: Block, transposed: bool, min: usize) -> Result<(), IrError> {
     // A product's rows of `a`, its inner dimension and its columns.

@@ -26,11 +26,7 @@ impl Emitter<'_, '_, '_> {
         b: (Value, i64, i64),
         c: &Mat,
     ) -> Result<(), IrError> {
-        let threads = if m * n * k >= self.tuning.parallel_min {
-            self.tuning.threads
-        } else {
-            1
-        };
+        let threads = self.host_threads(m * n * k);
         let args = [
             self.imm(m as i64),
             self.imm(n as i64),
@@ -49,14 +45,19 @@ impl Emitter<'_, '_, '_> {
         Ok(())
     }
 
-    /// `c = a · w` with `a: m×k` and `w: k×n` packed in `p` (`Op::MatMulPacked`).
-    pub(super) fn matmul_packed(&mut self, a: Mat, p: Mat, c: Mat) {
-        let (m, k, n) = (a.rows, a.cols, c.cols);
-        let threads = if m * n * k >= self.tuning.parallel_min {
+    /// The threads a host product of `work` multiply-adds may use.
+    fn host_threads(&self, work: usize) -> usize {
+        if work >= self.tuning.parallel_min {
             self.tuning.threads
         } else {
             1
-        };
+        }
+    }
+
+    /// `c = a · w` with `a: m×k` and `w: k×n` packed in `p` (`Op::MatMulPacked`).
+    pub(super) fn matmul_packed(&mut self, a: Mat, p: Mat, c: Mat) {
+        let (m, k, n) = (a.rows, a.cols, c.cols);
+        let threads = self.host_threads(m * n * k);
         let args = [
             self.imm(m as i64),
             self.imm(n as i64),
@@ -82,11 +83,7 @@ impl Emitter<'_, '_, '_> {
         }
         let work = m * n * k;
         if work >= self.tuning.gemm_crossover {
-            let threads = if work >= self.tuning.parallel_min {
-                self.tuning.threads
-            } else {
-                1
-            };
+            let threads = self.host_threads(work);
             let args = [
                 &[self.imm(m as i64), self.imm(n as i64), self.imm(k as i64)][..],
                 &self.rows_arg(&a),
