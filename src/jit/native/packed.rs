@@ -142,78 +142,93 @@ impl Packed {
     /// by chunks of rows that fit [`ROWS_BYTES`].
     fn block(&self, rows: std::ops::Range<usize>, panels: std::ops::Range<usize>) {
         let chunk = (ROWS_BYTES / (4 * self.k.max(1)) / 4 * 4).max(4);
+        // Pairs of panels where the rows span several chunks (see `chunk`).
+        let group = if rows.len() > chunk { 2 } else { 1 };
         let mut first = rows.start;
         while first < rows.end {
             let end = (first + chunk).min(rows.end);
-            self.chunk(first..end, panels.clone());
+            self.chunk(first..end, panels.clone(), group);
             first = end;
         }
     }
 
-    /// [`Packed::block`] for one chunk of rows.
-    fn chunk(&self, rows: std::ops::Range<usize>, panels: std::ops::Range<usize>) {
-        for panel in panels {
-            let cols = (self.n - panel * PANEL).min(PANEL);
+    /// [`Packed::block`] for one chunk of rows, by groups of 1 or 2 panels: each block
+    /// of rows gets every panel of a group in turn. By pairs, a block writes 48 columns
+    /// of `c` (whole cache lines) at once, not a line's two parts a pass over the chunk
+    /// apart, which pays where `c` is too large to stay in the cache between them: W4's
+    /// input projection (6400 rows) 146–149 → 141 ms (`lstmc bench --profile`). Where
+    /// one chunk holds all the rows (a step's product), a panel stays in L1 for all of
+    /// them instead, and pairs, which do not fit there, ran W3's and W5's steps 1–4%
+    /// slower (Zen 2, 2026-12-05).
+    fn chunk(&self, rows: std::ops::Range<usize>, panels: std::ops::Range<usize>, group: usize) {
+        let mut first = panels.start;
+        while first < panels.end {
+            let pair = first..(first + group).min(panels.end);
             // SAFETY: generated code passes a bounds-checked plan's operands: `a`'s rows,
             // the packed panels of `p` (`k · PANEL` elements each) and `c`'s block.
-            unsafe {
-                let p = self.p.add(panel * self.k * PANEL);
-                let c = self.c.add(panel * PANEL);
-                #[cfg(target_arch = "x86_64")]
-                if available() {
-                    self.panel_avx2(rows.clone(), p, c, cols);
-                    continue;
-                }
-                self.panel_portable(rows.clone(), p, c, cols);
+            #[cfg(target_arch = "x86_64")]
+            if available() {
+                unsafe { self.panels_avx2(rows.clone(), pair.clone()) };
+                first = pair.end;
+                continue;
             }
+            for panel in pair.clone() {
+                // SAFETY: as above.
+                unsafe { self.panel_portable(rows.clone(), panel) };
+            }
+            first = pair.end;
         }
     }
 
-    /// One panel's columns of `c[rows]`, 4 rows at a time, then the 1 to 3 left.
+    /// Panel `panel` of `p`, and its first column in `c`, and its width.
+    fn panel(&self, panel: usize) -> (*const f32, *mut f32, usize) {
+        // Addresses inside the operands for the panels of this product (`wrapping_add`
+        // keeps this safe; the callers dereference them).
+        let p = self.p.wrapping_add(panel * self.k * PANEL);
+        let c = self.c.wrapping_add(panel * PANEL);
+        (p, c, (self.n - panel * PANEL).min(PANEL))
+    }
+
+    /// The columns of panels `pair` (one or two) of `c[rows]`, 4 rows at a time (every
+    /// panel for each 4), then the 1 to 3 rows left.
     ///
     /// # Safety
-    /// The CPU has AVX2 and FMA; `p` is a panel of this product, `c` its first column.
+    /// The CPU has AVX2 and FMA; `pair` are panels of this product and `rows` its rows.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn panel_avx2(
-        &self,
-        rows: std::ops::Range<usize>,
-        p: *const f32,
-        c: *mut f32,
-        cols: usize,
-    ) {
+    unsafe fn panels_avx2(&self, rows: std::ops::Range<usize>, pair: std::ops::Range<usize>) {
         use x86::*;
         let mut r = rows.start;
-        // SAFETY: the caller's; each call reads rows `r ..` of `a` inside `rows`.
+        // SAFETY: the caller's; each call reads rows `r ..` of `a` inside `rows` and one
+        // panel of `p`, and writes those rows of the panel's columns of `c`.
         unsafe {
             while r + 4 <= rows.end {
-                let acc = four_rows(self.k, self.a.add(r * self.a_rs), self.a_rs, p);
-                for (i, acc) in acc.iter().enumerate() {
-                    store(acc, c.add((r + i) * self.c_rs), cols);
+                for panel in pair.clone() {
+                    let (p, c, cols) = self.panel(panel);
+                    let acc = four_rows(self.k, self.a.add(r * self.a_rs), self.a_rs, p);
+                    for (i, acc) in acc.iter().enumerate() {
+                        store(acc, c.add((r + i) * self.c_rs), cols);
+                    }
                 }
                 r += 4;
             }
             for r in r..rows.end {
-                store(
-                    &one_row(self.k, self.a.add(r * self.a_rs), p),
-                    c.add(r * self.c_rs),
-                    cols,
-                );
+                for panel in pair.clone() {
+                    let (p, c, cols) = self.panel(panel);
+                    let acc = one_row(self.k, self.a.add(r * self.a_rs), p);
+                    store(&acc, c.add(r * self.c_rs), cols);
+                }
             }
         }
     }
 
-    /// As [`Packed::panel_avx2`], element by element, summing in the same order.
+    /// As [`Packed::panels_avx2`], for one panel, element by element, summing in the
+    /// same order.
     ///
     /// # Safety
-    /// `p` is a panel of this product, `c` its first column.
-    unsafe fn panel_portable(
-        &self,
-        rows: std::ops::Range<usize>,
-        p: *const f32,
-        c: *mut f32,
-        cols: usize,
-    ) {
+    /// `panel` is a panel of this product and `rows` its rows.
+    unsafe fn panel_portable(&self, rows: std::ops::Range<usize>, panel: usize) {
+        let (p, c, cols) = self.panel(panel);
         for r in rows {
             for j in 0..cols {
                 let mut s = 0.0f32;
@@ -420,12 +435,8 @@ mod tests {
             c_rs,
         };
         for panel in 0..panels {
-            let cols = (n - panel * PANEL).min(PANEL);
             // SAFETY: the operands hold the shapes above; `panel` is one of `p`'s.
-            unsafe {
-                let c = product.c.add(panel * PANEL);
-                product.panel_portable(0..m, pp.add(panel * k * PANEL), c, cols)
-            };
+            unsafe { product.panel_portable(0..m, panel) };
         }
         let case = format!("{m}×{k}·{k}×{n} transposed {transposed} threads {threads}");
         for r in 0..m {
@@ -475,7 +486,11 @@ mod tests {
 
     #[test]
     fn rows_past_a_chunk_are_multiplied_too() {
-        // k = 8192: chunks of 4 rows ([`ROWS_BYTES`]), 7 rows in two chunks.
+        // k = 8192: chunks of 4 rows ([`ROWS_BYTES`]), so panels go by pairs: 7 rows in
+        // two chunks, 2 panels; 9 rows in three, 3 panels (a pair and one).
         check(7, 8192, 30, false, 1);
+        for threads in [1, 2] {
+            check(9, 8192, 50, true, threads);
+        }
     }
 }
