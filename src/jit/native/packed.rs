@@ -264,20 +264,7 @@ mod x86 {
         a_rs: usize,
         p: *const f32,
     ) -> [Row; 4] {
-        let (c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11): (
-            __m256,
-            __m256,
-            __m256,
-            __m256,
-            __m256,
-            __m256,
-            __m256,
-            __m256,
-            __m256,
-            __m256,
-            __m256,
-            __m256,
-        );
+        let mut c = [_mm256_setzero_ps(); 12];
         // SAFETY: reads `a[r · a_rs + i]` for `r < 4`, `i < k`, and `p[i · 24 .. + 24]`,
         // within the caller's operands; writes only registers.
         unsafe {
@@ -327,15 +314,20 @@ mod x86 {
                 a3 = inout(reg) a.add(3 * a_rs) => _,
                 l = in(reg) a_rs * 4,
                 p = inout(reg) p => _,
-                out("ymm0") c0, out("ymm1") c1, out("ymm2") c2,
-                out("ymm3") c3, out("ymm4") c4, out("ymm5") c5,
-                out("ymm6") c6, out("ymm7") c7, out("ymm8") c8,
-                out("ymm9") c9, out("ymm10") c10, out("ymm11") c11,
+                out("ymm0") c[0], out("ymm1") c[1], out("ymm2") c[2],
+                out("ymm3") c[3], out("ymm4") c[4], out("ymm5") c[5],
+                out("ymm6") c[6], out("ymm7") c[7], out("ymm8") c[8],
+                out("ymm9") c[9], out("ymm10") c[10], out("ymm11") c[11],
                 out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
                 options(nostack, readonly),
             );
         }
-        [[c0, c1, c2], [c3, c4, c5], [c6, c7, c8], [c9, c10, c11]]
+        [
+            [c[0], c[1], c[2]],
+            [c[3], c[4], c[5]],
+            [c[6], c[7], c[8]],
+            [c[9], c[10], c[11]],
+        ]
     }
 
     /// Row `a` (`k` elements) times the panel `p`, in the order of [`four_rows`].
