@@ -34,8 +34,8 @@ pub fn run(f: &mut Function, _: &Options) -> Result<(), IrError> {
     Ok(())
 }
 
-/// A weight that products read more than once: the position in a block of its first
-/// reader, how often it is read, and the products.
+/// A weight that qualifying products read: the position in a block of its first
+/// reader, how often it is read (a loop's steps count each), and the products.
 pub(super) struct Site {
     pub weight: Value,
     pub pos: usize,
