@@ -352,26 +352,33 @@ mod x86 {
         acc
     }
 
-    /// Stores the first `cols` columns of `row` at `c`.
+    /// Stores the first `cols` columns of `row` at `c`: whole vectors, then a masked
+    /// store of the last part. (Through a row on the stack and a copy of `cols` elements,
+    /// the compiler merged the two cases into one call of `memcpy` per row of every
+    /// block, 4% of W3's forward.)
     ///
     /// # Safety
     /// The CPU has AVX2 and FMA; `c` holds `cols <= 24` elements.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn store(row: &Row, c: *mut f32, cols: usize) {
-        // SAFETY: the caller's; whole rows store 24 elements, others go through `tmp`.
+        // SAFETY: the caller's; each store writes lanes below `cols` only.
         unsafe {
-            if cols == PANEL {
-                for (v, x) in row.iter().enumerate() {
+            for (v, x) in row.iter().enumerate() {
+                let left = cols.saturating_sub(8 * v);
+                if left >= 8 {
                     _mm256_storeu_ps(c.add(8 * v), *x);
+                } else if left > 0 {
+                    _mm256_maskstore_ps(c.add(8 * v), mask(left), *x);
                 }
-            } else {
-                let mut tmp = [0.0f32; PANEL];
-                for (v, x) in row.iter().enumerate() {
-                    _mm256_storeu_ps(tmp.as_mut_ptr().add(8 * v), *x);
-                }
-                std::ptr::copy_nonoverlapping(tmp.as_ptr(), c, cols);
             }
         }
+    }
+
+    /// A mask of the first `n < 8` lanes.
+    #[target_feature(enable = "avx2,fma")]
+    fn mask(n: usize) -> __m256i {
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes)
     }
 }
 
