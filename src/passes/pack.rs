@@ -2,8 +2,8 @@
 //! backward step's `d · Uᵀ`) against a weight `w` defined outside the loop becomes
 //! `matmul_packed(a, p)` with `p = pack(w)` (or `pack.transposed(w)`) computed once
 //! before the loop; so do the products of a fully unrolled loop that read the same `w`,
-//! and a product of many rows and long sums outside loops (the input projection of all
-//! steps, from 256 input features up).
+//! and a product of many rows and long enough sums outside loops (the input projection
+//! of all steps, from 32 input features up).
 //!
 //! The packed layout ([`Op::Pack`]) is the one the host kernel reads
 //! (`jit::native::packed`): panels of 24 columns, each panel's rows contiguous, so that
@@ -33,10 +33,13 @@ const ROWS_MIN: usize = 32;
 
 /// A weight read once (outside loops) is packed only for products that sum at least
 /// this many terms: the kernel writes each row's 24 columns of a panel per `k`
-/// multiply-adds, and for short sums into a large result those writes bound it. W3's
-/// input projection (1600×64 · 64×1024) took 3.4 ms packed against 2.5 ms on the `gemm`
-/// crate; W4's (6400×512 · 512×2048) 145–150 ms against 154 ms (Zen 2, 2026-12-05).
-const ONCE_INNER_MIN: usize = 256;
+/// multiply-adds, and for short sums into a large result those writes bound it. An LSTM
+/// 256's input projection of 32×50 rows (`lstmc bench --model --profile`, Zen 2,
+/// 2026-12-05, after the kernel's stores stopped going through `memcpy`): 16 features
+/// 1.80 ms packed against 1.04–1.08 ms on the `gemm` crate; 32 features 1.21–1.36
+/// against 1.41–1.43 ms; 64 (W3's) 2.29 against 2.49 ms. W4's (6400×512 · 512×2048)
+/// 145–150 ms against 154 ms.
+const ONCE_INNER_MIN: usize = 32;
 
 /// Runs the pass on every block, outer blocks first.
 pub fn run(f: &mut Function, options: &Options) -> Result<(), IrError> {
