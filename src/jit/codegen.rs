@@ -498,6 +498,7 @@ impl Emitter<'_, '_, '_> {
                         self.imm(k as i64),
                         self.imm(n as i64),
                         out.ptr,
+                        self.imm(self.tuning.threads as i64),
                     ];
                     self.b.ins().call(self.hosts.pack, &args);
                 }
