@@ -320,8 +320,6 @@ extern "C" fn lstmc_gemm_strided(
     };
     let (m, n) = (m as usize, n as usize);
     let parts = pool::parts(threads as usize);
-    // Column blocks stay multiples of 16 (one 512-bit vector) where they can.
-    let split = |len: usize, align: usize| (len.div_ceil(parts)).next_multiple_of(align).max(1);
     // By rows where each part gets 8 rows or more: then a batch's rows stay on the core
     // that computes them, as in the fused kernels that `lstmc_rows` splits by rows after
     // a recurrent step's product, and the next step's product reads the rows of `h` its
@@ -332,16 +330,38 @@ extern "C" fn lstmc_gemm_strided(
     if parts == 1 {
         product.block(0..m, 0..n);
     } else if m < 8 * parts && n >= m {
-        let step = split(n, 16);
+        // Column blocks stay multiples of 16 (one 512-bit vector) where they can.
         pool::run(parts, Handoff::Always, &|i| {
-            product.block(0..m, (i * step).min(n)..((i + 1) * step).min(n))
+            product.block(0..m, split_part(n, parts, 16, i))
         });
     } else {
-        let step = split(m, 8);
         pool::run(parts, Handoff::Always, &|i| {
-            product.block((i * step).min(m)..((i + 1) * step).min(m), 0..n)
+            product.block(split_part(m, parts, 8, i), 0..n)
         });
     }
+}
+
+/// Part `i` of `0..len` split in `parts`: `align`-multiples of the same length, the last
+/// part with rows taking the rest; but never a rest of one row or column, which the
+/// `gemm` crate multiplies with its matrix–vector kernel, summing in another order than
+/// its matrix kernel does for the same row among others (seen on AArch64: a 9-row
+/// product split 8 + 1 had other bits than on one thread). Then the part before gives it
+/// `align` of its own.
+fn split_part(len: usize, parts: usize, align: usize, i: usize) -> std::ops::Range<usize> {
+    let step = len.div_ceil(parts).next_multiple_of(align).max(1);
+    // The part that holds the rest: the last with any rows.
+    let rest = len.div_ceil(step).max(1) - 1;
+    let lone = rest > 0 && len - rest * step == 1;
+    let start = |i: usize| {
+        let at = (i * step).min(len);
+        if lone && i == rest {
+            at - align
+        } else {
+            at
+        }
+    };
+    let end = if i + 1 == parts { len } else { start(i + 1) };
+    start(i)..end
 }
 
 /// The operands of one product `c = a · b` (see [`lstmc_gemm_strided`]).
@@ -983,4 +1003,35 @@ pub fn host_symbols() -> [(&'static str, *const u8); 14] {
         ("lstmc_tick", lstmc_tick as *const u8),
         ("lstmc_activate", activate::lstmc_activate as *const u8),
     ]
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::split_part;
+
+    /// The parts of a split cover `0..len` in order, each but the last a multiple of
+    /// `align` (or the end of `len`), and none of one row or column unless the whole is
+    /// one.
+    #[test]
+    fn splits_cover_the_whole_without_a_lone_row() {
+        for len in 1..200 {
+            for parts in 2..5 {
+                for align in [8, 16] {
+                    let all: Vec<_> = (0..parts)
+                        .map(|i| split_part(len, parts, align, i))
+                        .collect();
+                    let case = format!("{len} in {parts} by {align}: {all:?}");
+                    assert_eq!(all[0].start, 0, "{case}");
+                    assert_eq!(all[parts - 1].end, len, "{case}");
+                    for w in all.windows(2) {
+                        assert_eq!(w[0].end, w[1].start, "{case}");
+                        assert!(w[0].len() % align == 0 || w[0].end == len, "{case}");
+                    }
+                    if len > 1 {
+                        assert!(all.iter().all(|p| p.len() != 1), "{case}");
+                    }
+                }
+            }
+        }
+    }
 }
