@@ -249,6 +249,7 @@ mod tests {
     /// without small fork–joins is left alone after its first call.
     #[test]
     fn a_function_runs_its_small_fork_joins_the_faster_way() {
+        let _pool = pool::exclusive();
         let spin = |d: Duration| {
             let start = Instant::now();
             while start.elapsed() < d {

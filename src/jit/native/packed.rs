@@ -543,6 +543,7 @@ mod tests {
 
     #[test]
     fn packed_products_match_f64_sums_and_the_portable_loop() {
+        let _pool = super::pool::exclusive();
         for m in [1, 3, 4, 5, 8, 13, 17] {
             for k in [1, 2, 7, 33] {
                 for n in [1, 5, 23, 24, 25, 49, 72] {
@@ -566,6 +567,7 @@ mod tests {
     /// NaN's payload.
     #[test]
     fn packing_again_writes_exactly_what_changed() {
+        let _pool = super::pool::exclusive();
         let pack = |b: &[f32], k: usize, n: usize, dst: &mut [f32], threads: u64| {
             lstmc_pack(
                 b.as_ptr(),
@@ -611,6 +613,7 @@ mod tests {
 
     #[test]
     fn rows_past_a_chunk_are_multiplied_too() {
+        let _pool = super::pool::exclusive();
         // k = 8192: chunks of 4 rows ([`ROWS_BYTES`]), so panels go by pairs: 7 rows in
         // two chunks, 2 panels; 9 rows in three, 3 panels (a pair and one).
         check(7, 8192, 30, false, 1);

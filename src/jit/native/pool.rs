@@ -395,6 +395,16 @@ pub(super) fn run(parts: usize, handoff: Handoff, f: &(dyn Fn(usize) + Sync)) {
     pool().run_placed(parts, handoff, placement(), f);
 }
 
+/// Taken by the tests that run fork–joins on the process-wide pool: a test that asserts
+/// where its parts ran (`choose.rs`) must not find the pool taken by another test's
+/// fork–join (then its parts run on the caller, and its count of handed-over calls fell
+/// short once in a CI run).
+#[cfg(test)]
+pub(super) fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
