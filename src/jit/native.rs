@@ -341,12 +341,13 @@ extern "C" fn lstmc_gemm_strided(
     }
 }
 
-/// Part `i` of `0..len` split in `parts`: `align`-multiples of the same length, the last
-/// part with rows taking the rest; but never a rest of one row or column, which the
-/// `gemm` crate multiplies with its matrix–vector kernel, summing in another order than
-/// its matrix kernel does for the same row among others (seen on AArch64: a 9-row
-/// product split 8 + 1 had other bits than on one thread). Then the part before gives it
-/// `align` of its own.
+/// Part `i` of `0..len` split in `parts` (the rows or columns of a host product, the
+/// panels of a packing): `align`-multiples of the same length, the last part with rows
+/// taking the rest; but never a rest of one row or column, which the `gemm` crate
+/// multiplies with its matrix–vector kernel, summing in another order than its matrix
+/// kernel does for the same row among others (seen on AArch64: a 9-row product split
+/// 8 + 1 had other bits than on one thread). Then the part before gives it `align` of
+/// its own.
 fn split_part(len: usize, parts: usize, align: usize, i: usize) -> std::ops::Range<usize> {
     let step = len.div_ceil(parts).next_multiple_of(align).max(1);
     // The part that holds the rest: the last with any rows.

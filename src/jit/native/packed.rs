@@ -16,6 +16,7 @@
 //! instead of once before the loop ran 20–25% slower in a standalone test.
 
 use super::pool::{self, Handoff};
+use super::split_part;
 use crate::ir::PANEL;
 
 /// Whether this CPU runs the packed kernel (AVX2 and FMA): where it does not, code
@@ -44,9 +45,9 @@ pub fn preferred() -> bool {
 ///
 /// A whole row of a panel that already holds its bits is not written again (for a
 /// weight as it is stored; the transposed packing, which only training steps use, whose
-/// weights change at every step, writes every row): the arena keeps the packed weight from one call to the next unless later values took its
-/// slot, and an inference's weights do not change between calls, so its packing then
-/// only reads. That matters most at two threads, where both cores read every panel of
+/// weights change at every step, writes every row): the arena keeps the packed weight
+/// from one call to the next unless later values took its slot, and an inference's
+/// weights do not change between calls, so its packing then only reads. That matters most at two threads, where both cores read every panel of
 /// a step's product (its rows are split): each line that the next call's packing wrote
 /// was first taken back from the other core. With `threads > 1` the panels are split
 /// between the calling thread and the [`pool`]'s workers too. W3's recurrent kernel
@@ -72,7 +73,7 @@ pub(super) extern "C" fn lstmc_pack(
     let parts = pool::parts(threads).min(panels).max(1);
     let (b, dst) = (b as usize, dst as usize);
     pool::run(parts, Handoff::Always, &|part| {
-        let mine = panels * part / parts..panels * (part + 1) / parts;
+        let mine = split_part(panels, parts, 1, part);
         // SAFETY: generated code passes `b`'s planned `k × n` elements with their strides
         // and a `dst` of `panels · k · PANEL` elements (`Op::Pack`'s result), both
         // bounds-checked; each part writes its own panels.
@@ -180,14 +181,12 @@ pub(super) extern "C" fn lstmc_gemm_packed(
     if parts == 1 {
         product.block(0..m, 0..panels);
     } else if m >= 8 * parts {
-        let step = m.div_ceil(parts).next_multiple_of(4);
         pool::run(parts, Handoff::Always, &|i| {
-            product.block((i * step).min(m)..((i + 1) * step).min(m), 0..panels)
+            product.block(split_part(m, parts, 4, i), 0..panels)
         });
     } else {
-        let step = panels.div_ceil(parts);
         pool::run(parts, Handoff::Always, &|i| {
-            product.block(0..m, (i * step).min(panels)..((i + 1) * step).min(panels))
+            product.block(0..m, split_part(panels, parts, 1, i))
         });
     }
 }
