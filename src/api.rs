@@ -82,7 +82,7 @@ impl Model {
     /// ```
     pub fn from_file(path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::files::read(path)?;
         Ok(Model {
             spec: crate::front::load(&path.display().to_string(), &bytes)?,
         })

@@ -4,9 +4,64 @@
 
 use crate::error::{Error, Result};
 use ndarray::ArrayD;
+use ndarray_npy::npy::header::Header;
 use ndarray_npy::{NpzReader, ReadNpyError, ReadNpyExt, WriteNpyExt};
 use std::io::{Read, Seek};
 use std::path::Path;
+
+/// A reader that counts the bytes read through it.
+struct Counted<R> {
+    inner: R,
+    bytes: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// Reads an `.npy` header from `r`, of `len` bytes in all, and checks the data it declares before the reader
+/// allocates for it: no more bytes than follow the header (a header that claims more
+/// is refused, not trusted), and no more than the machine's memory holds, as the file's
+/// own type and as f64. A type other than a plain number (`<f4`, `>f8`, ...) is left to
+/// the reader, which refuses it before it allocates.
+fn check_header<R: Read>(r: R, len: u64, what: &str) -> Result<()> {
+    let mut counted = Counted { inner: r, bytes: 0 };
+    let header = Header::from_reader(&mut counted)
+        .map_err(|e| Error::Data(format!("{what}: {}", npy_error_text(&e.to_string()))))?;
+    let available = len.saturating_sub(counted.bytes);
+    let descr = header.type_descriptor.to_string();
+    let digits: String = descr
+        .chars()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let Ok(item) = digits.parse::<u64>() else {
+        return Ok(());
+    };
+    let shape = &header.shape;
+    let too_big = || {
+        Error::Data(format!(
+            "{what}: its header declares an array of shape {shape:?}, more elements than any machine holds"
+        ))
+    };
+    let elements = shape
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+        .ok_or_else(too_big)?;
+    let bytes = elements.checked_mul(item).ok_or_else(too_big)?;
+    if bytes > available {
+        return Err(Error::Data(format!(
+            "{what}: its header declares {elements} elements of {descr} (shape {shape:?}, {bytes} bytes), \
+             but the file holds {available} bytes; it is cut short or its header is wrong"
+        )));
+    }
+    let need = elements.checked_mul(item + 8).ok_or_else(too_big)?;
+    crate::files::check_fits(need, &format!("{what} (shape {shape:?} of {descr})"))
+}
 
 /// Reads an array from `.npy`, or from `.npz` (the entry `name`, or the only one).
 pub fn read(path: &Path, name: Option<&str>) -> Result<ArrayD<f64>> {
@@ -16,7 +71,10 @@ pub fn read(path: &Path, name: Option<&str>) -> Result<ArrayD<f64>> {
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("npz"));
     let a = if is_npz {
-        let mut npz = NpzReader::new(file)
+        let archive_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let mut zip = zip::ZipArchive::new(&file)
+            .map_err(|e| Error::Data(format!("{what}: not a readable .npz archive: {e}")))?;
+        let mut npz = NpzReader::new(&file)
             .map_err(|e| Error::Data(format!("{what}: not a readable .npz archive: {e}")))?;
         let names = npz
             .names()
@@ -41,6 +99,22 @@ pub fn read(path: &Path, name: Option<&str>) -> Result<ArrayD<f64>> {
                 )))
             }
         };
+        {
+            // Where `NpzReader::by_name` looks: the name as listed, else with `.npy`.
+            let index = zip
+                .index_for_name(&entry)
+                .or_else(|| zip.index_for_name(&format!("{entry}.npy")))
+                .ok_or_else(|| Error::Data(format!("{what} has no entry `{entry}`")))?;
+            let mut data = zip
+                .by_index(index)
+                .map_err(|e| Error::Data(format!("{what}[{entry}]: {e}")))?;
+            // A stored entry's bytes are in the archive: its directory may claim more.
+            let size = match data.compression() {
+                zip::CompressionMethod::Stored => data.size().min(archive_len),
+                _ => data.size(),
+            };
+            check_header(&mut data, size, &format!("{what}[{entry}]"))?;
+        }
         let f64_try: std::result::Result<ArrayD<f64>, _> = npz.by_name(&entry);
         match f64_try {
             Ok(a) => a,
@@ -55,6 +129,10 @@ pub fn read(path: &Path, name: Option<&str>) -> Result<ArrayD<f64>> {
             }
         }
     } else {
+        let mut file = file;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        check_header(&mut file, len, &what)?;
+        file.rewind().map_err(|e| Error::io(path, e))?;
         read_npy(file, &what)?
     };
     if let Some((i, v)) = a.iter().enumerate().find(|(_, v)| !v.is_finite()) {

@@ -96,7 +96,8 @@ pub fn butterfly(window: usize, features: usize) -> Result<Dataset> {
 /// row is a sample: the model's `T·F` inputs followed by its output's targets.
 pub fn csv(path: &Path, window: Option<usize>, header: bool, spec: &ModelSpec) -> Result<Dataset> {
     let what = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = String::from_utf8(crate::files::read(path)?)
+        .map_err(|e| Error::Data(format!("{what}: not UTF-8 text ({e})")))?;
     let mut rows: Vec<Vec<f64>> = Vec::new();
     for (i, line) in text.lines().enumerate().skip(usize::from(header)) {
         if line.trim().is_empty() {

@@ -19,6 +19,7 @@ pub struct ReadmeDoctests;
 
 pub mod arrays;
 pub mod error;
+pub mod files;
 pub mod front;
 pub mod init;
 pub mod interp;

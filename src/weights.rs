@@ -147,7 +147,7 @@ impl Weights {
     /// # Ok::<(), lstmc::Error>(())
     /// ```
     pub fn load(spec: &ModelSpec, path: &Path) -> Result<Weights> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::files::read(path)?;
         Weights::from_safetensors(spec, &bytes, &path.display().to_string())
     }
 

@@ -171,3 +171,97 @@ fn a_model_without_time_axis_gets_each_window_as_one_row() {
         [11.0 / 13.0, 9.0 / 13.0, 2.0 / 13.0, 10.0 / 13.0]
     );
 }
+
+/// An `.npy` file's bytes: a version 1.0 header declaring `shape` of float32, then
+/// `data` bytes (however many the header declares).
+fn npy_bytes(shape: &str, data: usize) -> Vec<u8> {
+    let mut dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + dict.len() + 1) % 64 != 0 {
+        dict.push(' ');
+    }
+    dict.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((dict.len() as u16).to_le_bytes());
+    bytes.extend(dict.as_bytes());
+    bytes.extend(std::iter::repeat_n(0u8, data));
+    bytes
+}
+
+#[test]
+fn arrays_whose_header_claims_more_than_the_file_holds_are_refused_before_reading() {
+    // Before this was checked, the reader allocated what the header declared, and a
+    // header of 10^11 rows aborted the process ("memory allocation ... failed").
+    let dir = tempfile::tempdir().unwrap();
+    let x = dir.path().join("x.npy");
+    // The well-formed file reads.
+    std::fs::write(&x, npy_bytes("(3, 4, 1)", 48)).unwrap();
+    let a = lstmc::arrays::read(&x, Some("x")).unwrap();
+    assert_eq!(a.shape(), &[3, 4, 1]);
+    // Cut short by one element; a header of 10^11 rows; one of more rows than u64 holds.
+    for (shape, data, want) in [
+        ("(3, 4, 1)", 44, "cut short or its header is wrong"),
+        (
+            "(100000000000, 4, 1)",
+            64,
+            "declares 400000000000 elements of '<f4'",
+        ),
+        (
+            "(18446744073709551615, 2, 1)",
+            64,
+            "more elements than any machine holds",
+        ),
+    ] {
+        std::fs::write(&x, npy_bytes(shape, data)).unwrap();
+        let err = lstmc::arrays::read(&x, Some("x")).unwrap_err().to_string();
+        assert!(
+            err.contains("x.npy") && err.contains(want),
+            "{shape}: {err}"
+        );
+    }
+    // The same header inside an .npz archive, checked against the entry's size.
+    let z = dir.path().join("d.npz");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&z).unwrap());
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    zip.start_file("x.npy", stored).unwrap();
+    std::io::Write::write_all(&mut zip, &npy_bytes("(100000000000, 4, 1)", 64)).unwrap();
+    zip.start_file("y.npy", stored).unwrap();
+    std::io::Write::write_all(&mut zip, &npy_bytes("(3, 1)", 12)).unwrap();
+    zip.finish().unwrap();
+    let err = lstmc::arrays::read(&z, Some("x")).unwrap_err().to_string();
+    assert!(
+        err.contains("d.npz[x]") && err.contains("cut short"),
+        "{err}"
+    );
+    let y = lstmc::arrays::read(&z, Some("y")).unwrap();
+    assert_eq!(y.shape(), &[3, 1]);
+}
+
+#[test]
+fn files_larger_than_the_machines_memory_are_refused_up_front() {
+    let Some(memory) = lstmc::files::memory_bytes() else {
+        return; // a system that does not say how much memory it has
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // A sparse file of twice the memory: an honest header, every byte it declares there.
+    let rows = memory / 4 / 2 + 1;
+    let x = dir.path().join("big.npy");
+    let header = npy_bytes(&format!("({rows}, 4, 1)"), 0);
+    std::fs::write(&x, &header).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&x).unwrap();
+    f.set_len(header.len() as u64 + rows * 16).unwrap();
+    let err = lstmc::arrays::read(&x, Some("x")).unwrap_err().to_string();
+    assert!(err.contains("more than this machine's"), "{err}");
+    // A CSV file, and a model file, larger than the memory: refused before reading.
+    let s = spec("LSTM 4 input_dim=1 input_length=2\nDense 1\n");
+    let big = dir.path().join("big.csv");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(memory + 1).unwrap();
+    let err = data::csv(&big, None, false, &s).unwrap_err().to_string();
+    assert!(
+        err.contains("big.csv needs") && err.contains("more than this machine's"),
+        "{err}"
+    );
+    let err = lstmc::Model::from_file(&big).unwrap_err().to_string();
+    assert!(err.contains("more than this machine's"), "{err}");
+}

@@ -165,7 +165,7 @@ pub fn main() -> ExitCode {
 
 /// Reads and checks a `.model` file.
 pub fn load_model(path: &std::path::Path) -> Result<lstmc::model::ModelSpec, Error> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = lstmc::files::read(path)?;
     Ok(lstmc::front::load(&path.display().to_string(), &bytes)?)
 }
 
