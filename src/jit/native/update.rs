@@ -9,7 +9,7 @@ use super::{split_rows, Handoff};
 /// An optimizer's update of `rows × cols` parameters in place (rows `*s` elements
 /// apart), 16 or 8 lanes at a time: the same operations in the same order as the generated
 /// 128-bit code, so the same bits (square roots and divisions bound these loops on the
-/// first host; on Zen 2, loads and stores from L3).
+/// first host; on Zen 2, the chains of dependent operations, see `by_blocks!`).
 /// Emitted only when [`super::wide_updates`] holds. `code` 0 is Adam, with
 /// `k = [1 - β1, 1 - β2, ε, _]` and slots `m`, `v`; 1 is RMSprop, with
 /// `k = [ρ, 1 - ρ, ε, momentum]` and slots velocity, momentum. `rate` is the step's
@@ -17,10 +17,10 @@ use super::{split_rows, Handoff};
 ///
 /// With `t == 0` the gradient is stored at `g` (rows `gs` apart). Otherwise it is
 /// `aᵀ · d`, with `a = g` of `t × rows` (rows `gs` apart) and `d` of `t × cols`, few rows
-/// `t`, computed a vector at a time as the update needs it, the way [`super::lstmc_few_rows`]
+/// `t`, computed a few vectors ahead of the update, the way [`super::lstmc_few_rows`]
 /// computes it (so the same bits), instead of stored whole: the tutorial's recurrent
-/// kernel, its two slots and its gradient (256 KB each) overflow this core's 1 MB L2;
-/// without the gradient, they fit. With `threads > 1`, [`super::split_rows`] splits the rows.
+/// kernel, its two slots and its gradient (256 KB each) overflow the first host's 1 MB
+/// L2; without the gradient, they fit. With `threads > 1`, [`super::split_rows`] splits the rows.
 #[allow(clippy::too_many_arguments)]
 pub(super) extern "C" fn lstmc_update(
     code: u64,
@@ -477,7 +477,7 @@ macro_rules! by_blocks {
 
 /// One row of an optimizer's update, generic in where its gradient comes from.
 trait RowUpdate {
-    /// Updates the row, a vector at a time: whole vectors, then the rest.
+    /// Updates the row (through `by_blocks!`).
     ///
     /// # Safety
     /// The CPU has `S`'s set; the gradient's rows are as long as the update's.
