@@ -264,4 +264,18 @@ fn files_larger_than_the_machines_memory_are_refused_up_front() {
     );
     let err = lstmc::Model::from_file(&big).unwrap_err().to_string();
     assert!(err.contains("more than this machine's"), "{err}");
+    // A short series whose overlapping windows would not fit: L values in windows of
+    // L / 2 make L² / 4 values, here more than the memory holds as f64. Before this was
+    // checked, a run grew to the machine's memory and was killed.
+    let len = (2.2 * (memory as f64 / 8.0).sqrt()) as usize;
+    let series = dir.path().join("series.csv");
+    std::fs::write(&series, "1\n".repeat(len)).unwrap();
+    let err = data::csv(&series, Some(len / 2), false, &s)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("windows of {} values", len / 2))
+            && err.contains("more than this machine's"),
+        "{err}"
+    );
 }
