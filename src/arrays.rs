@@ -23,11 +23,11 @@ impl<R: Read> Read for Counted<R> {
     }
 }
 
-/// Reads an `.npy` header from `r`, of `len` bytes in all, and checks the data it declares before the reader
-/// allocates for it: no more bytes than follow the header (a header that claims more
-/// is refused, not trusted), and no more than the machine's memory holds, as the file's
-/// own type and as f64. A type other than a plain number (`<f4`, `>f8`, ...) is left to
-/// the reader, which refuses it before it allocates.
+/// Reads an `.npy` header from `r` (of `len` bytes in all) and checks the data it
+/// declares before the reader allocates for it: no more bytes than follow the header (a
+/// header that claims more is refused, not trusted), and no more than the machine's
+/// memory holds, as the file's own type and as f64. A type other than a plain number
+/// (`<f4`, `>f8`, ...) is left to the reader, which refuses it before it allocates.
 fn check_header<R: Read>(r: R, len: u64, what: &str) -> Result<()> {
     let mut counted = Counted { inner: r, bytes: 0 };
     let header = Header::from_reader(&mut counted)
@@ -65,7 +65,7 @@ fn check_header<R: Read>(r: R, len: u64, what: &str) -> Result<()> {
 
 /// Reads an array from `.npy`, or from `.npz` (the entry `name`, or the only one).
 pub fn read(path: &Path, name: Option<&str>) -> Result<ArrayD<f64>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let what = path.display().to_string();
     let is_npz = path
         .extension()
@@ -129,7 +129,6 @@ pub fn read(path: &Path, name: Option<&str>) -> Result<ArrayD<f64>> {
             }
         }
     } else {
-        let mut file = file;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         check_header(&mut file, len, &what)?;
         file.rewind().map_err(|e| Error::io(path, e))?;

@@ -167,7 +167,10 @@ pub fn csv(path: &Path, window: Option<usize>, header: bool, spec: &ModelSpec) -
                 .checked_mul(w as u64)
                 .and_then(|v| v.checked_mul(8))
                 .unwrap_or(u64::MAX);
-            crate::files::check_fits(bytes, &format!("{what}: its {n} windows of {w} values"))?;
+            crate::files::check_fits(
+                bytes,
+                &format!("{what}: cutting it into {n} windows of {w} values"),
+            )?;
             let x: Vec<f64> = (0..n).flat_map(|i| series[i..i + w].to_vec()).collect();
             let y: Vec<f64> = (0..n).map(|i| series[i + w]).collect();
             Ok(Dataset {

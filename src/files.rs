@@ -25,7 +25,7 @@ pub fn memory_bytes() -> Option<u64> {
 pub fn check_fits(bytes: u64, what: &str) -> Result<()> {
     match memory_bytes() {
         Some(total) if bytes > total => Err(Error::Data(format!(
-            "{what} needs {:.1} GiB to read, more than this machine's {:.1} GiB of memory",
+            "{what} needs {:.1} GiB of memory, more than this machine's {:.1} GiB",
             bytes as f64 / (1u64 << 30) as f64,
             total as f64 / (1u64 << 30) as f64
         ))),
