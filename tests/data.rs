@@ -279,3 +279,37 @@ fn files_larger_than_the_machines_memory_are_refused_up_front() {
         "{err}"
     );
 }
+
+#[test]
+fn compressed_npz_archives_read_as_stored_ones_do() {
+    // Written by NumPy: `np.savez_compressed` of x = arange(12) / 4 as (3, 4, 1) and
+    // y = the first 3 rows of eye(12), float32; and a deflated entry whose header
+    // declares 10^11 rows. Deflated entries used to be refused ("Compression method not
+    // supported").
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/npz");
+    let z = dir.join("savez_compressed.npz");
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(&z).unwrap()).unwrap();
+    for i in 0..archive.len() {
+        let entry = archive.by_index_raw(i).unwrap();
+        assert_ne!(
+            entry.compression(),
+            zip::CompressionMethod::Stored,
+            "{}",
+            entry.name()
+        );
+    }
+    let x = lstmc::arrays::read(&z, Some("x")).unwrap();
+    let want = ndarray::Array3::from_shape_fn((3, 4, 1), |(i, t, _)| (i * 4 + t) as f64 * 0.25);
+    assert_eq!(x, want.into_dyn());
+    let y = lstmc::arrays::read(&z, Some("y")).unwrap();
+    assert_eq!(y.shape(), &[3, 12]);
+    assert_eq!(y.sum(), 3.0);
+    let lie = dir.join("deflated_lie.npz");
+    let err = lstmc::arrays::read(&lie, Some("x"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("deflated_lie.npz[x]") && err.contains("cut short"),
+        "{err}"
+    );
+}
