@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use ndarray::ArrayD;
 use ndarray_npy::npy::header::Header;
-use ndarray_npy::{NpzReader, ReadNpyError, ReadNpyExt, WriteNpyExt};
+use ndarray_npy::{ReadNpyError, ReadNpyExt, WriteNpyExt};
 use std::io::{Read, Seek};
 use std::path::Path;
 
@@ -26,9 +26,10 @@ impl<R: Read> Read for Counted<R> {
 /// Reads an `.npy` header from `r` (of `len` bytes in all) and checks the data it
 /// declares before the reader allocates for it: no more bytes than follow the header (a
 /// header that claims more is refused, not trusted), and no more than the machine's
-/// memory holds, as the file's own type and as f64. A type other than a plain number
+/// memory holds, as the file's own type and as f64. Returns whether its elements are 8
+/// bytes wide (then it is read as f64, else as f32); a type other than a plain number
 /// (`<f4`, `>f8`, ...) is left to the reader, which refuses it before it allocates.
-fn check_header<R: Read>(r: R, len: u64, what: &str) -> Result<()> {
+fn check_header<R: Read>(r: R, len: u64, what: &str) -> Result<bool> {
     let mut counted = Counted { inner: r, bytes: 0 };
     let header = Header::from_reader(&mut counted)
         .map_err(|e| Error::Data(format!("{what}: {}", npy_error_text(&e.to_string()))))?;
@@ -40,7 +41,7 @@ fn check_header<R: Read>(r: R, len: u64, what: &str) -> Result<()> {
         .take_while(char::is_ascii_digit)
         .collect();
     let Ok(item) = digits.parse::<u64>() else {
-        return Ok(());
+        return Ok(false);
     };
     let shape = &header.shape;
     let too_big = || {
@@ -60,7 +61,8 @@ fn check_header<R: Read>(r: R, len: u64, what: &str) -> Result<()> {
         )));
     }
     let need = elements.checked_mul(item + 8).ok_or_else(too_big)?;
-    crate::files::check_fits(need, &format!("{what} (shape {shape:?} of {descr})"))
+    crate::files::check_fits(need, &format!("{what} (shape {shape:?} of {descr})"))?;
+    Ok(item == 8)
 }
 
 /// Reads an array from `.npy`, or from `.npz` (the entry `name`, or the only one).
@@ -74,65 +76,54 @@ pub fn read(path: &Path, name: Option<&str>) -> Result<ArrayD<f64>> {
         let archive_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let mut zip = zip::ZipArchive::new(&file)
             .map_err(|e| Error::Data(format!("{what}: not a readable .npz archive: {e}")))?;
-        let mut npz = NpzReader::new(&file)
-            .map_err(|e| Error::Data(format!("{what}: not a readable .npz archive: {e}")))?;
-        let names = npz
-            .names()
-            .map_err(|e| Error::Data(format!("{what}: {e}")))?;
-        let entry = match name {
-            Some(n) => names
-                .iter()
-                .find(|e| e.as_str() == n || e.strip_suffix(".npy") == Some(n))
-                .cloned()
-                .ok_or_else(|| {
-                    Error::Data(format!(
-                        "{what} has no array `{n}`; it has: {}",
-                        names.join(", ")
-                    ))
-                })?,
+        // NumPy names the entries `x.npy`; an array is named without the suffix.
+        let names: Vec<(String, usize)> = (0..zip.len())
+            .filter_map(|i| {
+                let full = zip.name_for_index(i)?;
+                Some((full.strip_suffix(".npy").unwrap_or(full).to_owned(), i))
+            })
+            .collect();
+        let listed = || {
+            let names: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
+            names.join(", ")
+        };
+        let (entry, index) = match name {
+            Some(n) => names.iter().find(|(e, _)| e == n).cloned().ok_or_else(|| {
+                Error::Data(format!("{what} has no array `{n}`; it has: {}", listed()))
+            })?,
             None if names.len() == 1 => names[0].clone(),
             None => {
                 return Err(Error::Data(format!(
                     "{what} holds {} arrays ({}); name the one to use",
                     names.len(),
-                    names.join(", ")
+                    listed()
                 )))
             }
         };
-        {
-            // Where `NpzReader::by_name` looks: the name as listed, else with `.npy`.
-            let index = zip
-                .index_for_name(&entry)
-                .or_else(|| zip.index_for_name(&format!("{entry}.npy")))
-                .ok_or_else(|| Error::Data(format!("{what} has no entry `{entry}`")))?;
-            let mut data = zip
-                .by_index(index)
-                .map_err(|e| Error::Data(format!("{what}[{entry}]: {e}")))?;
-            // A stored entry's bytes are in the archive: its directory may claim more.
-            let size = match data.compression() {
-                zip::CompressionMethod::Stored => data.size().min(archive_len),
-                _ => data.size(),
-            };
-            check_header(&mut data, size, &format!("{what}[{entry}]"))?;
+        let what = format!("{what}[{entry}]");
+        fn open<'a, R: Read + Seek>(
+            zip: &'a mut zip::ZipArchive<R>,
+            index: usize,
+            what: &str,
+        ) -> Result<zip::read::ZipFile<'a, R>> {
+            zip.by_index(index)
+                .map_err(|e| Error::Data(format!("{what}: {e}")))
         }
-        let f64_try: std::result::Result<ArrayD<f64>, _> = npz.by_name(&entry);
-        match f64_try {
-            Ok(a) => a,
-            Err(_) => {
-                let a32: ArrayD<f32> = npz.by_name(&entry).map_err(|e| {
-                    Error::Data(format!(
-                        "{what}[{entry}]: {}",
-                        npy_error_text(&e.to_string())
-                    ))
-                })?;
-                a32.mapv(|v| v as f64)
-            }
-        }
+        let mut data = open(&mut zip, index, &what)?;
+        // A stored entry's bytes are in the archive: its directory may claim more.
+        let size = match data.compression() {
+            zip::CompressionMethod::Stored => data.size().min(archive_len),
+            _ => data.size(),
+        };
+        let wide = check_header(&mut data, size, &what)?;
+        drop(data);
+        let a = read_npy(open(&mut zip, index, &what)?, wide, &what)?;
+        a
     } else {
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-        check_header(&mut file, len, &what)?;
+        let wide = check_header(&mut file, len, &what)?;
         file.rewind().map_err(|e| Error::io(path, e))?;
-        read_npy(file, &what)?
+        read_npy(file, wide, &what)?
     };
     if let Some((i, v)) = a.iter().enumerate().find(|(_, v)| !v.is_finite()) {
         return Err(Error::Data(format!(
@@ -142,27 +133,20 @@ pub fn read(path: &Path, name: Option<&str>) -> Result<ArrayD<f64>> {
     Ok(a)
 }
 
-fn read_npy<R: Read + Seek>(mut r: R, what: &str) -> Result<ArrayD<f64>> {
-    match ArrayD::<f64>::read_npy(&mut r) {
-        Ok(a) => Ok(a),
-        Err(ReadNpyError::WrongDescriptor(_)) => {
-            r.rewind().map_err(|e| Error::io(what, e))?;
-            match ArrayD::<f32>::read_npy(&mut r) {
-                Ok(a) => Ok(a.mapv(|v| v as f64)),
-                Err(ReadNpyError::WrongDescriptor(d)) => Err(Error::Data(format!(
-                    "{what}: arrays must be float32 or float64, found dtype {d}"
-                ))),
-                Err(e) => Err(Error::Data(format!(
-                    "{what}: {}",
-                    npy_error_text(&e.to_string())
-                ))),
-            }
-        }
-        Err(e) => Err(Error::Data(format!(
-            "{what}: {}",
-            npy_error_text(&e.to_string())
-        ))),
-    }
+/// Reads an `.npy` stream as f64 (`wide`) or as f32, which it converts: a header of
+/// another type is refused with the type named.
+fn read_npy<R: Read>(r: R, wide: bool, what: &str) -> Result<ArrayD<f64>> {
+    let read = if wide {
+        ArrayD::<f64>::read_npy(r)
+    } else {
+        ArrayD::<f32>::read_npy(r).map(|a| a.mapv(f64::from))
+    };
+    read.map_err(|e| match e {
+        ReadNpyError::WrongDescriptor(d) => Error::Data(format!(
+            "{what}: arrays must be float32 or float64, found dtype {d}"
+        )),
+        e => Error::Data(format!("{what}: {}", npy_error_text(&e.to_string()))),
+    })
 }
 
 fn npy_error_text(e: &str) -> String {

@@ -47,7 +47,8 @@ pub fn preferred() -> bool {
 /// weight as it is stored; the transposed packing, which only training steps use, whose
 /// weights change at every step, writes every row): the arena keeps the packed weight
 /// from one call to the next unless later values took its slot, and an inference's
-/// weights do not change between calls, so its packing then only reads. That matters most at two threads, where both cores read every panel of
+/// weights do not change between calls, so its packing then only reads. That matters
+/// most at two threads, where both cores read every panel of
 /// a step's product (its rows are split): each line that the next call's packing wrote
 /// was first taken back from the other core. With `threads > 1` the panels are split
 /// between the calling thread and the [`pool`]'s workers too. W3's recurrent kernel
