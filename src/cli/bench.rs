@@ -101,6 +101,10 @@ pub struct BenchArgs {
     /// Override the size (multiply-adds) from which host GEMMs use every thread.
     #[arg(long)]
     pub parallel_min: Option<usize>,
+    /// Multiply loops' products by packed weights (`on`) or not (`off`), overriding this
+    /// CPU's default (on where it has AVX2 and FMA but not AVX-512F), for measuring it.
+    #[arg(long, value_enum)]
+    pub packed: Option<Switch>,
     /// Where batch-1 products and updates run with --threads above 1: `measured` (the
     /// default: each compiled function times its calls split and unsplit now and then and
     /// takes the faster way), or `near` or `far` taken as given (split always, or never),
@@ -111,6 +115,13 @@ pub struct BenchArgs {
     /// where it went (to standard error). Profiled code runs slower: read the shares.
     #[arg(long)]
     pub profile: bool,
+}
+
+/// `--packed`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// `--placement`.
@@ -235,6 +246,9 @@ pub fn bench(args: BenchArgs) -> Result<(), Error> {
         }
         if let Some(v) = args.parallel_min {
             options.tuning.parallel_min = v;
+        }
+        if let Some(v) = args.packed {
+            options.tuning.packed_weights = v == Switch::On;
         }
         let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(0);
         let x: Vec<f32> = (0..w.input.iter().product::<usize>())
