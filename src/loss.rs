@@ -42,8 +42,13 @@ pub fn loss(kind: Loss, y: &ArrayD<f64>, t: &ArrayD<f64>) -> Result<(f64, ArrayD
 }
 
 /// The targets `t` for a prediction shaped `y_shape`, checked and dense (standard layout):
-/// sparse class indices become one-hot rows.
-pub fn dense_targets(kind: Loss, y_shape: &[usize], t: &ArrayD<f64>) -> Result<ArrayD<f64>> {
+/// sparse class indices become one-hot rows; dense targets in standard layout are
+/// borrowed as they are (a training step of batch 1 stages them at every call).
+pub fn dense_targets<'t>(
+    kind: Loss,
+    y_shape: &[usize],
+    t: &'t ArrayD<f64>,
+) -> Result<std::borrow::Cow<'t, ArrayD<f64>>> {
     let c = *y_shape
         .last()
         .ok_or_else(|| Error::Data("the prediction has no axes".into()))?;
@@ -68,7 +73,7 @@ pub fn dense_targets(kind: Loss, y_shape: &[usize], t: &ArrayD<f64>) -> Result<A
                 one_hot.as_slice_mut().expect("fresh arrays are contiguous")
                     [r * c + cls as usize] = 1.0;
             }
-            one_hot
+            std::borrow::Cow::Owned(one_hot)
         }
         _ => {
             if t.shape() != y_shape {
@@ -78,7 +83,11 @@ pub fn dense_targets(kind: Loss, y_shape: &[usize], t: &ArrayD<f64>) -> Result<A
                     y_shape
                 )));
             }
-            t.as_standard_layout().into_owned()
+            if t.is_standard_layout() {
+                std::borrow::Cow::Borrowed(t)
+            } else {
+                std::borrow::Cow::Owned(t.as_standard_layout().into_owned())
+            }
         }
     })
 }

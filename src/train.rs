@@ -116,9 +116,9 @@ pub struct EpochLog {
 /// The functions compiled for one batch shape, with where each input comes from.
 struct Functions {
     forward: Arc<Compiled>,
-    forward_inputs: Vec<Source>,
+    forward_inputs: Arc<[Source]>,
     step: Arc<Compiled>,
-    step_inputs: Vec<Source>,
+    step_inputs: Arc<[Source]>,
 }
 
 /// Where a function input comes from.
@@ -159,6 +159,8 @@ pub struct Trainer {
     x: Buf,
     target: Buf,
     hyper: Buf,
+    /// [`Trainer::train_on_batch`]'s rows of targets and predictions, kept between steps.
+    scratch: Vec<f32>,
 }
 
 /// Copies an output out of the arena into a staged buffer (rows `padded_stride` apart).
@@ -222,6 +224,7 @@ impl Trainer {
             x: Buf::new(),
             target: Buf::new(),
             hyper: Buf::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -420,8 +423,8 @@ impl Trainer {
             let step = train_step(&f, self.loss, self.optimizer)?;
             let forward = Arc::new(jit::compile(f, &self.options)?);
             let step = Arc::new(jit::compile(step, &self.options)?);
-            let forward_inputs = self.sources(&forward)?;
-            let step_inputs = self.sources(&step)?;
+            let forward_inputs = self.sources(&forward)?.into();
+            let step_inputs = self.sources(&step)?.into();
             self.funcs.insert(
                 shapes,
                 Functions {
@@ -441,8 +444,11 @@ impl Trainer {
         if self.arena.len() < c.plan.arena_len {
             self.arena.resize(c.plan.arena_len, 0.0);
         }
-        // States: one staged buffer per state input, zeros when none is carried.
+        // States: one staged buffer per state input, zeros when none is carried. A carried
+        // state is moved in, not copied, and put back after the call (the state outputs
+        // are then copied over it).
         let mut state_bufs: Vec<Buf> = Vec::new();
+        let mut carried_at: Vec<Option<usize>> = Vec::new();
         for (role, p) in c.func.inputs() {
             if let InputRole::State { layer, slot } = role {
                 let shape = c.func.shape(p);
@@ -450,21 +456,28 @@ impl Trainer {
                     shape[..shape.len() - 1].iter().product(),
                     *shape.last().unwrap_or(&1),
                 );
-                let carried = self.states.iter().find(|(k, _)| *k == (layer, slot));
-                match carried {
-                    Some((_, v)) if v.len() == len => state_bufs.push(v.clone()),
+                let carried = self.states.iter().position(|(k, _)| *k == (layer, slot));
+                match carried.map(|i| (i, self.states[i].1.len())) {
+                    Some((i, n)) if n == len => {
+                        state_bufs.push(std::mem::take(&mut self.states[i].1));
+                        carried_at.push(Some(i));
+                    }
                     Some(_) => {
+                        self.put_back(state_bufs, &carried_at);
                         return Err(Error::Usage(format!(
                             "model `{}` is stateful and carries states for another batch size than this \
                              batch of {}; call reset_states() first, which starts from zero states",
                             self.spec.name, shape[0]
-                        )))
+                        )));
                     }
-                    None => state_bufs.push(Buf::zeros(len)),
+                    None => {
+                        state_bufs.push(Buf::zeros(len));
+                        carried_at.push(None);
+                    }
                 }
             }
         }
-        {
+        let called = {
             let Trainer {
                 weights,
                 slots,
@@ -491,8 +504,10 @@ impl Trainer {
                     Source::State => states.next().ok_or_else(taken)?,
                 });
             }
-            c.code.call_mut(&mut bufs, arena)?;
-        }
+            c.code.call_mut(&mut bufs, arena)
+        };
+        self.put_back(state_bufs, &carried_at);
+        called?;
         for ((role, _), loc) in c.func.outputs.iter().zip(&c.plan.outputs) {
             if let OutputRole::State { layer, slot } = role {
                 if self.spec.layers[*layer].stateful {
@@ -509,6 +524,16 @@ impl Trainer {
             }
         }
         Ok(())
+    }
+
+    /// Returns the carried states that [`Trainer::run`] moved into a call's inputs to
+    /// their places (`carried_at[k]`: where `bufs[k]` came from, if it was carried).
+    fn put_back(&mut self, bufs: Vec<Buf>, carried_at: &[Option<usize>]) {
+        for (buf, at) in bufs.into_iter().zip(carried_at) {
+            if let Some(i) = *at {
+                self.states[i].1 = buf;
+            }
+        }
     }
 
     /// Where the output `role` of `c` lies (in the arena, after a run).
@@ -558,8 +583,8 @@ impl Trainer {
             let fs = self.functions(shapes)?;
             (fs.step.clone(), fs.step_inputs.clone())
         };
-        let y_shape = c_output_shape(&f, &OutputRole::Y)?;
-        let dense = dense_targets(self.loss, &y_shape, target)?;
+        let y_shape = output_shape(&f, &OutputRole::Y)?;
+        let dense = dense_targets(self.loss, y_shape, target)?;
         match x.as_slice() {
             Some(xs) => stage(xs, *x.shape().last().unwrap_or(&1), &mut self.x),
             None => {
@@ -567,7 +592,10 @@ impl Trainer {
                 stage(&xs, *x.shape().last().unwrap_or(&1), &mut self.x)
             }
         }
-        let ts: Vec<f32> = dense.iter().map(|&v| v as f32).collect();
+        // Scratch rows kept from step to step: the tutorial's steps are microseconds long.
+        let mut ts = std::mem::take(&mut self.scratch);
+        ts.clear();
+        ts.extend(dense.iter().map(|&v| v as f32));
         stage(&ts, *y_shape.last().unwrap_or(&1), &mut self.target);
         let rate = self.optimizer.step_rate(self.iterations + 1) as f32;
         stage(&[rate], 1, &mut self.hyper);
@@ -579,8 +607,21 @@ impl Trainer {
             jit::plan::Base::Input(_) => None,
         }
         .ok_or_else(|| Error::Internal("the loss is not in the arena".into()))?;
-        let y = self.output(&f, &OutputRole::Y)?;
-        let acc = accuracy(self.loss, &y.mapv(f64::from), target);
+        // The prediction into `ts`'s rows, for the accuracy, without an array of its own.
+        let loc = self.output_loc(&f, &OutputRole::Y)?;
+        ts.resize(loc.rows * loc.cols, 0.0);
+        gather(&self.arena, loc, &mut ts);
+        let c = *y_shape.last().unwrap_or(&1);
+        let acc = match target.as_slice() {
+            Some(t) => accuracy_rows(self.loss, &ts, t, c),
+            None => accuracy_rows(
+                self.loss,
+                &ts,
+                &target.iter().copied().collect::<Vec<_>>(),
+                c,
+            ),
+        };
+        self.scratch = ts;
         Ok((f64::from(value), acc))
     }
 
@@ -695,14 +736,15 @@ impl Trainer {
 /// predictions rounded at 0.5 otherwise.
 pub fn accuracy(kind: Loss, y: &ArrayD<f64>, t: &ArrayD<f64>) -> f64 {
     let c = *y.shape().last().unwrap_or(&1);
-    let rows = y.len() / c.max(1);
     let ys: Vec<f64> = y.iter().copied().collect();
     let ts: Vec<f64> = t.iter().copied().collect();
-    let argmax = |v: &[f64]| {
-        v.iter()
-            .enumerate()
-            .fold(0, |b, (i, &x)| if x > v[b] { i } else { b })
-    };
+    accuracy_rows(kind, &ys, &ts, c)
+}
+
+/// [`accuracy`] of predictions `ys` (rows of `c`, `f32` or `f64`) against targets `ts`
+/// in standard layout (class indices, one per row, for the sparse loss).
+fn accuracy_rows<Y: Copy + Into<f64>>(kind: Loss, ys: &[Y], ts: &[f64], c: usize) -> f64 {
+    let rows = ys.len() / c.max(1);
     let mut right = 0usize;
     for r in 0..rows {
         let yr = &ys[r * c..(r + 1) * c];
@@ -714,7 +756,7 @@ pub fn accuracy(kind: Loss, y: &ArrayD<f64>, t: &ArrayD<f64>) -> f64 {
             _ => {
                 yr.iter()
                     .zip(&ts[r * c..(r + 1) * c])
-                    .filter(|(p, q)| (p.round() - q.round()).abs() < 0.5)
+                    .filter(|(&p, q)| (p.into().round() - q.round()).abs() < 0.5)
                     .count()
                     / c.max(1)
             }
@@ -723,12 +765,19 @@ pub fn accuracy(kind: Loss, y: &ArrayD<f64>, t: &ArrayD<f64>) -> f64 {
     right as f64 / rows.max(1) as f64
 }
 
+/// The first index of the largest element (NaN never wins).
+fn argmax<T: Copy + Into<f64>>(v: &[T]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold(0, |b, (i, &x)| if x.into() > v[b].into() { i } else { b })
+}
+
 /// The shape of a function output.
-fn c_output_shape(c: &Compiled, role: &OutputRole) -> Result<Vec<usize>> {
+fn output_shape<'c>(c: &'c Compiled, role: &OutputRole) -> Result<&'c [usize]> {
     c.func
         .outputs
         .iter()
         .find(|(r, _)| r == role)
-        .map(|(_, v)| c.func.shape(*v).to_vec())
+        .map(|(_, v)| c.func.shape(*v))
         .ok_or_else(|| Error::Internal(format!("no output {role}")))
 }

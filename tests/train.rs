@@ -167,3 +167,48 @@ fn a_split_training_step_has_the_same_bits_wherever_its_parts_run() {
         }
     }
 }
+
+/// The accuracy a training step returns is that of its own prediction, before the
+/// update: the forward function's prediction on the same batch from the same weights,
+/// scored by `accuracy`, for every fixture under its own loss and under the other kinds
+/// of scoring (arg-max of class indices for the sparse loss, rounding for the others).
+#[test]
+fn a_step_returns_the_accuracy_of_its_prediction() {
+    use lstmc::model::Loss;
+    let mut scored = 0;
+    for name in fixture_names() {
+        let fx = load(&name);
+        let spec = fx.spec();
+        let opt = fx.optimizer();
+        let options = lstmc::jit::Options::default();
+        let x = array(&fx.batches()[0]["x"]).mapv(|v| v as f32);
+        let dense = array(&fx.json["loss"]["target"]);
+        let classes = dense.map_axis(ndarray::Axis(dense.ndim() - 1), |row| {
+            row.iter()
+                .enumerate()
+                .fold(0, |b, (i, &v)| if v > row[b] { i } else { b }) as f64
+        });
+        for kind in [
+            fx.loss_kind(),
+            Loss::Mae,
+            Loss::BinaryCrossentropy,
+            Loss::SparseCategoricalCrossentropy,
+        ] {
+            let target = match kind {
+                Loss::SparseCategoricalCrossentropy => classes.clone(),
+                _ => dense.clone(),
+            };
+            let mut p = Trainer::new(spec.clone(), fx.weights(&spec), kind, opt, options);
+            let y = p.predict_batch(&x).unwrap().mapv(f64::from);
+            let want = lstmc::train::accuracy(kind, &y, &target);
+            let mut t = Trainer::new(spec.clone(), fx.weights(&spec), kind, opt, options);
+            let (_, got) = t.train_on_batch(&x, &target).unwrap();
+            assert_eq!(
+                got, want,
+                "{name} {kind:?}: accuracy of {y:?} against {target:?}"
+            );
+            scored += 1;
+        }
+    }
+    assert!(scored > 0);
+}
