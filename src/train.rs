@@ -18,7 +18,6 @@ use crate::reference::batch_shapes;
 use crate::runtime::{gather, stage};
 use crate::weights::Weights;
 use ndarray::{ArrayD, Axis, IxDyn};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Settings of a training run (the `compile` and `fit` statements, flags applied).
@@ -152,7 +151,9 @@ pub struct Trainer {
     iterations: u64,
     loss: Loss,
     options: jit::Options,
-    funcs: HashMap<lower::Shapes, Functions>,
+    /// By batch shape, looked up at every step: a few entries, searched in order (a
+    /// hashed map's SipHash took 3% of W1's training step).
+    funcs: Vec<(lower::Shapes, Functions)>,
     /// Stateful layers' states by (layer, slot), staged, for the batch size in use.
     states: Vec<((usize, &'static str), Buf)>,
     arena: Buf,
@@ -161,6 +162,9 @@ pub struct Trainer {
     hyper: Buf,
     /// [`Trainer::train_on_batch`]'s rows of targets and predictions, kept between steps.
     scratch: Vec<f32>,
+    /// Buffers for the zero states of layers that carry none, kept between calls (zeroed
+    /// again at each: a call may write its inputs).
+    spare: Vec<Buf>,
 }
 
 /// Copies an output out of the arena into a staged buffer (rows `padded_stride` apart).
@@ -218,13 +222,14 @@ impl Trainer {
             iterations: 0,
             loss: loss_kind,
             options,
-            funcs: HashMap::new(),
+            funcs: Vec::new(),
             states: Vec::new(),
             arena: Buf::new(),
             x: Buf::new(),
             target: Buf::new(),
             hyper: Buf::new(),
             scratch: Vec::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -265,7 +270,7 @@ impl Trainer {
     /// The training steps compiled so far (forward, loss, backward and update), one per
     /// batch shape trained on.
     pub fn step_functions(&self) -> impl Iterator<Item = &Compiled> {
-        self.funcs.values().map(|f| &*f.step)
+        self.funcs.iter().map(|(_, f)| &*f.step)
     }
 
     /// Optimizer steps taken so far.
@@ -418,24 +423,28 @@ impl Trainer {
     }
 
     fn functions(&mut self, shapes: lower::Shapes) -> Result<&Functions> {
-        if !self.funcs.contains_key(&shapes) {
-            let f = lower::lower(&self.spec, shapes)?;
-            let step = train_step(&f, self.loss, self.optimizer)?;
-            let forward = Arc::new(jit::compile(f, &self.options)?);
-            let step = Arc::new(jit::compile(step, &self.options)?);
-            let forward_inputs = self.sources(&forward)?.into();
-            let step_inputs = self.sources(&step)?.into();
-            self.funcs.insert(
-                shapes,
-                Functions {
-                    forward,
-                    forward_inputs,
-                    step,
-                    step_inputs,
-                },
-            );
-        }
-        Ok(&self.funcs[&shapes])
+        let at = match self.funcs.iter().position(|(s, _)| *s == shapes) {
+            Some(at) => at,
+            None => {
+                let f = lower::lower(&self.spec, shapes)?;
+                let step = train_step(&f, self.loss, self.optimizer)?;
+                let forward = Arc::new(jit::compile(f, &self.options)?);
+                let step = Arc::new(jit::compile(step, &self.options)?);
+                let forward_inputs = self.sources(&forward)?.into();
+                let step_inputs = self.sources(&step)?.into();
+                self.funcs.push((
+                    shapes,
+                    Functions {
+                        forward,
+                        forward_inputs,
+                        step,
+                        step_inputs,
+                    },
+                ));
+                self.funcs.len() - 1
+            }
+        };
+        Ok(&self.funcs[at].1)
     }
 
     /// Runs `c` with its inputs from `sources` (x staged in `self.x`, the target in
@@ -471,7 +480,10 @@ impl Trainer {
                         )));
                     }
                     None => {
-                        state_bufs.push(Buf::zeros(len));
+                        let mut zeros = self.spare.pop().unwrap_or_default();
+                        zeros.resize(len, 0.0);
+                        zeros.fill(0.0);
+                        state_bufs.push(zeros);
                         carried_at.push(None);
                     }
                 }
@@ -527,11 +539,13 @@ impl Trainer {
     }
 
     /// Returns the carried states that [`Trainer::run`] moved into a call's inputs to
-    /// their places (`carried_at[k]`: where `bufs[k]` came from, if it was carried).
+    /// their places (`carried_at[k]`: where `bufs[k]` came from, if it was carried), and
+    /// the zero states to [`Trainer::spare`].
     fn put_back(&mut self, bufs: Vec<Buf>, carried_at: &[Option<usize>]) {
         for (buf, at) in bufs.into_iter().zip(carried_at) {
-            if let Some(i) = *at {
-                self.states[i].1 = buf;
+            match *at {
+                Some(i) => self.states[i].1 = buf,
+                None => self.spare.push(buf),
             }
         }
     }
