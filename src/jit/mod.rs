@@ -158,8 +158,8 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         ("lstmc_sum_rows", 5, 0),
         // (profile, instruction)
         ("lstmc_tick", 2, 0),
-        // (kind, x, n, terms, t0, t1, t2, t3)
-        ("lstmc_activate", 8, 0),
+        // (kind, x, n, terms, t0, t1, t2, t3, ahead)
+        ("lstmc_activate", 9, 0),
         // (b, b_rs, b_cs, k, n, dst, threads)
         ("lstmc_pack", 7, 0),
         // (m, n, k, a, a_rs, p, c, c_rs, threads)

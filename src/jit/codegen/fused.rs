@@ -370,6 +370,20 @@ impl Emitter<'_, '_, '_> {
                                 None => at,
                             });
                         }
+                        // The next row of the term whose rows lie farthest apart, for the
+                        // host to ask for ahead (0: none). A step's rows of the hoisted
+                        // input projection (W3: `[batch, time, 4·units]`) are a whole
+                        // sequence apart, each a stream of its own that the hardware's
+                        // prefetchers found late: the first load of every gate's call
+                        // waited on L3.
+                        let far = terms
+                            .iter()
+                            .filter(|&&i| !k.broadcast[i] && ins[i].rows > 1)
+                            .max_by_key(|&&i| ins[i].stride);
+                        args.push(match far {
+                            Some(&i) => e.b.ins().iadd_imm_s(in_rows[i], ins[i].stride),
+                            None => e.imm(0),
+                        });
                         e.b.ins().call(e.hosts.activate, &args);
                     }
                 }

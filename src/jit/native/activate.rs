@@ -23,8 +23,25 @@ pub(super) extern "C" fn lstmc_activate(
     t1: *const f32,
     t2: *const f32,
     t3: *const f32,
+    ahead: *const f32,
 ) {
     let n = n as usize;
+    // Asks for the next row of the term read farthest from its neighbours (see the
+    // caller in `codegen/fused.rs`), whose lines the next calls read. A prefetch reads
+    // nothing and never faults, so an address past the last row is harmless.
+    #[cfg(target_arch = "x86_64")]
+    if !ahead.is_null() {
+        for line in (0..n).step_by(16) {
+            // SAFETY: a prefetch hint, not a load: any address is allowed.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    ahead.wrapping_add(line) as *const i8,
+                )
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = ahead;
     // SAFETY: generated code passes a scratch row of its own stack frame, `n` floats long.
     let x = unsafe { std::slice::from_raw_parts_mut(x, n) };
     // SAFETY: and `terms` rows of its planned buffers, each at least `n` floats long (rows
