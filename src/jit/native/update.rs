@@ -140,7 +140,7 @@ impl VecKernel for Part<'_> {
             // is updated as one row instead, its gradient gathered first (the same bits:
             // the lanes of an outer product are summed the same way either way).
             let chunk = (NARROW_CHUNK / cols).max(1);
-            let mut flat = vec![0.0f32; chunk.min(rows.len()) * cols];
+            let mut flat = [0.0f32; NARROW_CHUNK];
             for first in rows.clone().step_by(chunk) {
                 let n = chunk.min(rows.end - first);
                 if (1..=4).contains(&t) {
