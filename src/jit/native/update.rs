@@ -673,6 +673,18 @@ mod tests {
                         check(isa, code, momentum, t, 5, cols, cols);
                         check(isa, code, momentum, t, 5, cols, cols + 2);
                     }
+                    // Narrow rows over several chunks of `NARROW_CHUNK` (the last one short).
+                    for cols in [3, 12] {
+                        check(
+                            isa,
+                            code,
+                            momentum,
+                            t,
+                            2 * super::NARROW_CHUNK / cols + 7,
+                            cols,
+                            cols,
+                        );
+                    }
                 }
             }
         }
