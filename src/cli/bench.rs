@@ -288,7 +288,7 @@ pub fn bench(args: BenchArgs) -> Result<(), Error> {
                 serde_json::json!({"compile_ms": (compile_ms * 100.0).round() / 100.0}),
             );
         }
-        if args.phase != Phase::Forward && w.id != "custom" {
+        if args.phase != Phase::Forward {
             train_phase(
                 w, &spec, &weights, &x, &shape, options, &args, &mut rng, flops,
             )?;
@@ -299,7 +299,8 @@ pub fn bench(args: BenchArgs) -> Result<(), Error> {
 
 /// The contract's train phase (W1, W3, W4, W5: one step of forward, loss, backward and
 /// update) and epoch phase (W2: 50 sequential batch-1 steps over 50 samples, states
-/// carried, then reset).
+/// carried, then reset); a model of the user's trains as its `compile` line says (else
+/// with Keras's defaults, mse and rmsprop) on random targets of its output's shape.
 #[allow(clippy::too_many_arguments)]
 fn train_phase(
     w: &Workload,
@@ -314,12 +315,14 @@ fn train_phase(
 ) -> Result<(), Error> {
     use lstmc::model::{Loss, Optimizer};
     // The contract: W1 SGD at 0.01, the others Adam at 1e-3 (Keras's defaults for both).
-    let (loss, opt) = match w.id {
-        "W1" => (Loss::Mse, Optimizer::keras_default("sgd")),
-        "W2" => (
+    let (loss, opt) = match (w.id, &spec.compile) {
+        ("W1", _) => (Loss::Mse, Optimizer::keras_default("sgd")),
+        ("W2", _) => (
             Loss::CategoricalCrossentropy,
             Optimizer::keras_default("adam"),
         ),
+        ("custom", Some(c)) => (c.loss, Some(c.optimizer)),
+        ("custom", None) => (Loss::Mse, Optimizer::keras_default("rmsprop")),
         _ => (Loss::Mse, Optimizer::keras_default("adam")),
     };
     let opt = opt.expect("known optimizers");
@@ -372,9 +375,13 @@ fn train_phase(
     }
     let xa = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), x.to_vec())
         .map_err(|e| Error::Internal(e.to_string()))?;
-    let target = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[w.input[0], units]), |_| {
-        rng.random::<f64>() * 2.0 - 1.0
-    });
+    let target = if w.id == "custom" {
+        random_targets(spec, w, loss, rng)
+    } else {
+        ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[w.input[0], units]), |_| {
+            rng.random::<f64>() * 2.0 - 1.0
+        })
+    };
     let t = measure(args.budget, || {
         trainer.train_on_batch(&xa, &target).map(|_| ())
     })?;
@@ -390,6 +397,45 @@ fn train_phase(
         serde_json::json!({}),
     );
     Ok(())
+}
+
+/// Targets for a user's model: its last layer's output shape for this batch (and steps),
+/// one-hot rows for the categorical cross-entropy, class indices for the sparse one,
+/// values in [0, 1) for the binary one, in [-1, 1) otherwise.
+fn random_targets(
+    spec: &lstmc::model::ModelSpec,
+    w: &Workload,
+    loss: lstmc::model::Loss,
+    rng: &mut rand_pcg::Pcg64Mcg,
+) -> ndarray::ArrayD<f64> {
+    use lstmc::model::Loss;
+    let out = spec.output_shape(spec.layers.len().saturating_sub(1));
+    // Unknown axes: the batch first, then the steps.
+    let shape: Vec<usize> = (out.0.iter().enumerate())
+        .map(|(i, d)| d.unwrap_or(if i == 0 { w.input[0] } else { w.input[1] }))
+        .collect();
+    let classes = *shape.last().unwrap_or(&1);
+    let lead = &shape[..shape.len().saturating_sub(1)];
+    match loss {
+        Loss::CategoricalCrossentropy => {
+            let mut t = ndarray::ArrayD::zeros(ndarray::IxDyn(&shape));
+            for mut row in t.rows_mut() {
+                row[rng.random_range(0..classes.max(1))] = 1.0;
+            }
+            t
+        }
+        Loss::SparseCategoricalCrossentropy => {
+            ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(lead), |_| {
+                rng.random_range(0..classes.max(1)) as f64
+            })
+        }
+        Loss::BinaryCrossentropy => {
+            ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&shape), |_| rng.random::<f64>())
+        }
+        Loss::Mse | Loss::Mae => ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&shape), |_| {
+            rng.random::<f64>() * 2.0 - 1.0
+        }),
+    }
 }
 
 /// Prints where a profiled function's time went (`--profile`), to standard error: the
