@@ -411,7 +411,10 @@ fn random_targets(
     use lstmc::model::Loss;
     let out = spec.output_shape(spec.layers.len().saturating_sub(1));
     // Unknown axes: the batch first, then the steps.
-    let shape: Vec<usize> = (out.0.iter().enumerate())
+    let shape: Vec<usize> = out
+        .0
+        .iter()
+        .enumerate()
         .map(|(i, d)| d.unwrap_or(if i == 0 { w.input[0] } else { w.input[1] }))
         .collect();
     let classes = *shape.last().unwrap_or(&1);
