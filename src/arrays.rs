@@ -57,13 +57,17 @@ fn check_header<R: Read>(r: R, len: u64, what: &str) -> Result<bool> {
     if bytes > available {
         return Err(Error::Data(format!(
             "{what}: its header declares {elements} elements of {descr} (shape {shape:?}, {bytes} bytes), \
-             but the file holds {available} bytes; it is cut short or its header is wrong"
+             but the file holds at most {available} bytes; it is cut short or its header is wrong"
         )));
     }
     let need = elements.checked_mul(item + 8).ok_or_else(too_big)?;
     crate::files::check_fits(need, &format!("{what} (shape {shape:?} of {descr})"))?;
     Ok(item == 8)
 }
+
+/// The most bytes that one byte of a deflate stream can inflate to: a 258-byte match
+/// coded in as few bits as deflate allows (zlib's `deflateBound` notes the 1032:1 limit).
+const MAX_INFLATE: u64 = 1032;
 
 /// Reads an array from `.npy`, or from `.npz` (the entry `name`, or the only one).
 pub fn read(path: &Path, name: Option<&str>) -> Result<ArrayD<f64>> {
@@ -110,10 +114,15 @@ pub fn read(path: &Path, name: Option<&str>) -> Result<ArrayD<f64>> {
                 .map_err(|e| Error::Data(format!("{what}: {e}")))
         }
         let mut data = open(&mut zip, index, &what)?;
-        // A stored entry's bytes are in the archive: its directory may claim more.
+        // A stored entry's bytes are in the archive: its directory may claim more. A
+        // deflated one inflates to at most `MAX_INFLATE` times its compressed bytes, so a
+        // directory that claims more (and a header to match) is refused before the reader
+        // allocates what they declare.
         let size = match data.compression() {
             zip::CompressionMethod::Stored => data.size().min(archive_len),
-            _ => data.size(),
+            _ => data
+                .size()
+                .min(data.compressed_size().saturating_mul(MAX_INFLATE)),
         };
         let wide = check_header(&mut data, size, &what)?;
         drop(data);

@@ -235,6 +235,35 @@ fn arrays_whose_header_claims_more_than_the_file_holds_are_refused_before_readin
     );
     let y = lstmc::arrays::read(&z, Some("y")).unwrap();
     assert_eq!(y.shape(), &[3, 1]);
+    // A deflated entry whose directory claims 512 MB for a stream of a few hundred
+    // bytes, with a header to match: refused up front, as deflate inflates at most
+    // 1032:1 (the reader allocated the 512 MB, then found the stream short).
+    let rows = 128 << 20;
+    let header = npy_bytes(&format!("({rows},)"), 0);
+    let claimed = (header.len() + 4 * rows) as u32;
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    let mut zip = zip::ZipWriter::new(&mut bytes);
+    let deflated = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    zip.start_file("x.npy", deflated).unwrap();
+    std::io::Write::write_all(&mut zip, &npy_bytes(&format!("({rows},)"), 64)).unwrap();
+    zip.finish().unwrap();
+    let mut bytes = bytes.into_inner();
+    // The uncompressed size: at offset 22 of the local header, 24 of the central one.
+    for (signature, at) in [(b"PK\x03\x04", 22), (b"PK\x01\x02", 24)] {
+        let start = bytes
+            .windows(4)
+            .position(|w| w == signature)
+            .expect("a zip header");
+        bytes[start + at..start + at + 4].copy_from_slice(&claimed.to_le_bytes());
+    }
+    let z = dir.path().join("forged.npz");
+    std::fs::write(&z, &bytes).unwrap();
+    let err = lstmc::arrays::read(&z, Some("x")).unwrap_err().to_string();
+    assert!(
+        err.contains("forged.npz[x]") && err.contains("cut short"),
+        "{err}"
+    );
 }
 
 #[test]
