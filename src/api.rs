@@ -122,16 +122,9 @@ impl Model {
     /// ```
     pub fn compile(self, options: &CompileOptions) -> Result<Network> {
         let spec = self.spec;
-        let compile = spec.compile.as_ref();
-        let loss = options
-            .loss
-            .or(compile.map(|c| c.loss))
-            .unwrap_or(Loss::Mse);
-        let optimizer = match options.optimizer.or(compile.map(|c| c.optimizer)) {
-            Some(o) => o,
-            None => Optimizer::keras_default("rmsprop")
-                .ok_or_else(|| Error::Internal("rmsprop has no defaults".into()))?,
-        };
+        let (loss, optimizer) = spec.loss_and_optimizer();
+        let loss = options.loss.unwrap_or(loss);
+        let optimizer = options.optimizer.unwrap_or(optimizer);
         let mut jit_options = options.jit;
         jit_options.tuning.threads = options.threads.max(1);
         let weights = Weights::init(&spec, options.seed);

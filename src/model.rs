@@ -608,6 +608,18 @@ impl fmt::Display for SymShape {
 }
 
 impl ModelSpec {
+    /// The loss and optimizer of the `compile` line, else Keras's `compile` defaults:
+    /// mse and rmsprop.
+    pub fn loss_and_optimizer(&self) -> (Loss, Optimizer) {
+        match &self.compile {
+            Some(c) => (c.loss, c.optimizer),
+            None => (
+                Loss::Mse,
+                Optimizer::keras_default("rmsprop").expect("rmsprop is a known optimizer"),
+            ),
+        }
+    }
+
     /// Output shape of layer `i`, with unknown batch or time as `None`.
     pub fn output_shape(&self, i: usize) -> SymShape {
         let mut seq = self.input.sequence;

@@ -315,14 +315,16 @@ fn train_phase(
 ) -> Result<(), Error> {
     use lstmc::model::{Loss, Optimizer};
     // The contract: W1 SGD at 0.01, the others Adam at 1e-3 (Keras's defaults for both).
-    let (loss, opt) = match (w.id, &spec.compile) {
-        ("W1", _) => (Loss::Mse, Optimizer::keras_default("sgd")),
-        ("W2", _) => (
+    let (loss, opt) = match w.id {
+        "W1" => (Loss::Mse, Optimizer::keras_default("sgd")),
+        "W2" => (
             Loss::CategoricalCrossentropy,
             Optimizer::keras_default("adam"),
         ),
-        ("custom", Some(c)) => (c.loss, Some(c.optimizer)),
-        ("custom", None) => (Loss::Mse, Optimizer::keras_default("rmsprop")),
+        "custom" => {
+            let (loss, opt) = spec.loss_and_optimizer();
+            (loss, Some(opt))
+        }
         _ => (Loss::Mse, Optimizer::keras_default("adam")),
     };
     let opt = opt.expect("known optimizers");

@@ -228,14 +228,7 @@ fn train_step(
     spec: &lstmc::model::ModelSpec,
     f: &lstmc::ir::Function,
 ) -> Result<lstmc::ir::Function, Error> {
-    let (loss, optimizer) = match &spec.compile {
-        Some(c) => (c.loss, c.optimizer),
-        None => (
-            lstmc::model::Loss::Mse,
-            lstmc::model::Optimizer::keras_default("rmsprop")
-                .ok_or_else(|| Error::Internal("rmsprop has no defaults".into()))?,
-        ),
-    };
+    let (loss, optimizer) = spec.loss_and_optimizer();
     Ok(lstmc::autodiff::train_step(f, loss, optimizer)?)
 }
 
