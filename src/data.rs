@@ -90,10 +90,11 @@ pub fn butterfly(window: usize, features: usize) -> Result<Dataset> {
     })
 }
 
-/// Reads a CSV file of numbers. With `window`, the file is one series (one
-/// column, or one row) cut into sliding windows of `window` values, each with
-/// the next value as its target: `x (N, window, 1)`, `y (N, 1)`. Without, each
-/// row is a sample: the model's `T·F` inputs followed by its output's targets.
+/// Reads a CSV file of numbers. With `window`, the file is one series cut into
+/// sliding windows of `window` time steps, each with the next step as its target:
+/// a row per time step with a column per feature, `x (N, window, F)`, `y (N, F)`,
+/// or a single row of values, one feature. Without, each row is a sample: the
+/// model's `T·F` inputs followed by its output's targets.
 pub fn csv(path: &Path, window: Option<usize>, header: bool, spec: &ModelSpec) -> Result<Dataset> {
     let what = path.display().to_string();
     let text = String::from_utf8(crate::files::read(path)?)
@@ -143,39 +144,39 @@ pub fn csv(path: &Path, window: Option<usize>, header: bool, spec: &ModelSpec) -
     }
     match window {
         Some(w) => {
-            let series: Vec<f64> = if rows.len() == 1 {
-                rows.remove(0)
-            } else if rows[0].len() == 1 {
-                rows.into_iter().map(|r| r[0]).collect()
+            // One row of values is a series of one feature; otherwise each row is a
+            // time step and each column a feature.
+            let (series, features) = if rows.len() == 1 {
+                (rows.remove(0).into_iter().map(|v| vec![v]).collect(), 1)
             } else {
-                return Err(Error::Data(format!(
-                    "{what}: with window= the file must be one series (one column or one row); it has {} rows of {}",
-                    rows.len(),
-                    rows[0].len()
-                )));
+                let f = rows[0].len();
+                (rows, f)
             };
             if series.len() <= w {
                 return Err(Error::Data(format!(
-                    "{what}: {} values are too few for windows of {w}",
+                    "{what}: {} time steps are too few for windows of {w}",
                     series.len()
                 )));
             }
             let n = series.len() - w;
-            // Windows overlap: `n · w` values from `n + w`, refused up front when the
-            // machine cannot hold them.
+            // Windows overlap: `n · w · features` values from `(n + w) · features`,
+            // refused up front when the machine cannot hold them.
             let bytes = (n as u64)
                 .checked_mul(w as u64)
+                .and_then(|v| v.checked_mul(features as u64))
                 .and_then(|v| v.checked_mul(8))
                 .unwrap_or(u64::MAX);
             crate::files::check_fits(
                 bytes,
-                &format!("{what}: cutting it into {n} windows of {w} values"),
+                &format!("{what}: cutting it into {n} windows of {w} time steps"),
             )?;
-            let x: Vec<f64> = (0..n).flat_map(|i| series[i..i + w].to_vec()).collect();
-            let y: Vec<f64> = (0..n).map(|i| series[i + w]).collect();
+            let x: Vec<f64> = (0..n)
+                .flat_map(|i| series[i..i + w].iter().flatten().copied())
+                .collect();
+            let y: Vec<f64> = series[w..].iter().flatten().copied().collect();
             Ok(Dataset {
-                x: ArrayD::from_shape_vec(IxDyn(&[n, w, 1]), x).expect("sizes agree"),
-                y: Some(ArrayD::from_shape_vec(IxDyn(&[n, 1]), y).expect("sizes agree")),
+                x: ArrayD::from_shape_vec(IxDyn(&[n, w, features]), x).expect("sizes agree"),
+                y: Some(ArrayD::from_shape_vec(IxDyn(&[n, features]), y).expect("sizes agree")),
             })
         }
         None => {

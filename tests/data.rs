@@ -103,6 +103,29 @@ fn csv_series_and_rows() {
         d.y.unwrap().iter().copied().collect::<Vec<_>>(),
         [4., 5., 6.]
     );
+    // One row: the same series.
+    std::fs::write(&p, "1,2,3,4,5,6\n").unwrap();
+    let one_row = data::csv(&p, Some(3), false, &s).unwrap();
+    assert_eq!(one_row.x.shape(), &[3, 3, 1]);
+    assert_eq!(
+        one_row.x.iter().copied().collect::<Vec<_>>(),
+        [1., 2., 3., 2., 3., 4., 3., 4., 5.]
+    );
+    // A series of two features: a row per time step, the next row the target.
+    std::fs::write(&p, "1,10\n2,20\n3,30\n4,40\n5,50\n").unwrap();
+    let s2 = spec("LSTM 4 input_dim=2 input_length=2\nDense 2\n");
+    let d2 = data::csv(&p, Some(2), false, &s2).unwrap();
+    assert_eq!(d2.x.shape(), &[3, 2, 2]);
+    assert_eq!(
+        d2.x.iter().copied().collect::<Vec<_>>(),
+        [1., 10., 2., 20., 2., 20., 3., 30., 3., 30., 4., 40.]
+    );
+    let y2 = d2.y.unwrap();
+    assert_eq!(y2.shape(), &[3, 2]);
+    assert_eq!(
+        y2.iter().copied().collect::<Vec<_>>(),
+        [3., 30., 4., 40., 5., 50.]
+    );
     // Rows of samples: 2 steps x 1 feature, then 1 target.
     std::fs::write(&p, "0.1,0.2,1\n0.3,0.4,0\n").unwrap();
     let s = spec("LSTM 4 input_dim=1 input_length=2\nDense 1\n");
@@ -140,7 +163,7 @@ fn bad_csv_is_refused_with_its_position() {
     std::fs::write(&p, "1\n2\n").unwrap();
     let err = data::csv(&p, Some(3), false, &s).unwrap_err().to_string();
     assert!(
-        err.contains("2 values are too few for windows of 3"),
+        err.contains("2 time steps are too few for windows of 3"),
         "{err}"
     );
 }
@@ -303,7 +326,7 @@ fn files_larger_than_the_machines_memory_are_refused_up_front() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains(&format!("windows of {} values", len / 2))
+        err.contains(&format!("windows of {} time steps", len / 2))
             && err.contains("more than this machine's"),
         "{err}"
     );
