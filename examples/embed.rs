@@ -71,7 +71,10 @@ fn run(model_path: &Path, weights: &Path) -> Result<(), lstmc::Error> {
             &options,
         )?;
         if let Some(last) = logs.last() {
-            eprintln!("loss {:.4}, accuracy {:.3}", last.loss, last.accuracy);
+            match (net.metric(), last.metric) {
+                (Some(m), Some(v)) => eprintln!("loss {:.4}, {} {v:.3}", last.loss, m.name()),
+                _ => eprintln!("loss {:.4}", last.loss),
+            }
         }
         net.save_weights(weights)?;
         eprintln!("saved {}", weights.display());

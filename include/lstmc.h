@@ -211,7 +211,9 @@ enum lstmc_status lstmc_predict(struct lstmc_network *net,
 /*
  One optimizer step on a batch (Keras's `train_on_batch`): `x` as in
  [`lstmc_predict`], targets `y` of shape `y_shape[..y_ndim]`. Stores the loss before
- the step in `*loss` and the batch's accuracy in `*accuracy` (either may be NULL).
+ the step in `*loss` and, in `*metric`, the value for the batch of the metric the
+ model's `compile` line names (`metrics=`), NaN when it names none (either pointer may
+ be NULL).
  */
 enum lstmc_status lstmc_train_on_batch(struct lstmc_network *net,
                                        const float *x,
@@ -223,7 +225,7 @@ enum lstmc_status lstmc_train_on_batch(struct lstmc_network *net,
                                        const uintptr_t *y_shape,
                                        uintptr_t y_ndim,
                                        double *loss,
-                                       double *accuracy,
+                                       double *metric,
                                        char **error);
 
 /*

@@ -28,7 +28,7 @@
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::jit;
-use crate::model::{Loss, ModelSpec, Optimizer};
+use crate::model::{Loss, Metric, ModelSpec, Optimizer};
 use crate::runtime::{CompiledModel, Predictor};
 use crate::train::{EpochLog, FitOptions, Trainer};
 use crate::weights::Weights;
@@ -234,6 +234,20 @@ impl Network {
         self.trainer.spec()
     }
 
+    /// The metric that training and evaluation report besides the loss: the `compile`
+    /// line's `metrics=`, none without one (as in Keras).
+    ///
+    /// ```
+    /// use lstmc::model::Metric;
+    /// let net = lstmc::Model::parse("Dense 1 input_dim=4\ncompile loss=mse metrics=mae\n")?
+    ///     .compile(&Default::default())?;
+    /// assert_eq!(net.metric(), Some(Metric::Mae));
+    /// # Ok::<(), lstmc::Error>(())
+    /// ```
+    pub fn metric(&self) -> Option<Metric> {
+        self.trainer.metric()
+    }
+
     /// Predicts one batch. Stateful layers start from the states the previous batch
     /// left (as Keras's `predict` does) and keep the new ones; the others start from
     /// zeros.
@@ -255,7 +269,8 @@ impl Network {
     }
 
     /// One optimizer step on a batch (Keras's `train_on_batch`), in one native call:
-    /// returns the loss before the step and the batch's accuracy.
+    /// returns the loss before the step and, when the `compile` line names a metric
+    /// ([`Network::metric`]), its value for the batch.
     ///
     /// ```
     /// use ndarray::{ArrayD, IxDyn};
@@ -272,7 +287,7 @@ impl Network {
         &mut self,
         x: ArrayViewD<'_, f32>,
         y: ArrayViewD<'_, f32>,
-    ) -> Result<(f64, f64)> {
+    ) -> Result<(f64, Option<f64>)> {
         finite("x", &x)?;
         finite("y", &y)?;
         self.stale = true;
@@ -331,8 +346,9 @@ impl Network {
         FitOptions::for_model(self.spec(), self.trainer.loss(), self.trainer.optimizer())
     }
 
-    /// Loss and accuracy over `x` and `y` in batches of `batch_size` (Keras's
-    /// `evaluate`); stateful layers carry their states across the batches.
+    /// Loss and, when the `compile` line names one, metric over `x` and `y` in batches
+    /// of `batch_size` (Keras's `evaluate`); stateful layers carry their states across
+    /// the batches.
     ///
     /// ```
     /// use ndarray::{ArrayD, IxDyn};
@@ -348,7 +364,7 @@ impl Network {
         x: ArrayViewD<'_, f32>,
         y: ArrayViewD<'_, f32>,
         batch_size: usize,
-    ) -> Result<(f64, f64)> {
+    ) -> Result<(f64, Option<f64>)> {
         if batch_size == 0 {
             return Err(Error::Usage("batch size must be at least 1".into()));
         }

@@ -487,6 +487,17 @@ pub enum Metric {
     Mse,
 }
 
+impl Metric {
+    /// Its name in Keras's logs and in `metrics=`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Accuracy => "accuracy",
+            Metric::Mae => "mae",
+            Metric::Mse => "mse",
+        }
+    }
+}
+
 /// The `compile` statement.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CompileSpec {

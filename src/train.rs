@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::ir::{lower, InputRole, OutputRole};
 use crate::jit::{self, Buf, Compiled};
 use crate::loss::{dense_targets, loss};
-use crate::model::{Loss, ModelSpec, Optimizer, ResetStates};
+use crate::model::{Loss, Metric, ModelSpec, Optimizer, ResetStates};
 use crate::reference::batch_shapes;
 use crate::runtime::{gather, stage};
 use crate::weights::Weights;
@@ -97,7 +97,8 @@ impl FitOptions {
 /// o.epochs = 3;
 /// let logs: Vec<lstmc::EpochLog> = net.fit(x.view(), y.view(), &o)?;
 /// assert_eq!(logs.iter().map(|l| l.epoch).collect::<Vec<_>>(), [1, 2, 3]);
-/// assert!(logs.iter().all(|l| (0.0..=1.0).contains(&l.accuracy) && l.validation.is_none()));
+/// assert!(logs.iter().all(|l| l.metric.is_some_and(|a| (0.0..=1.0).contains(&a))));
+/// assert!(logs.iter().all(|l| l.validation.is_none()));
 /// # Ok::<(), lstmc::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq)]
@@ -106,10 +107,11 @@ pub struct EpochLog {
     pub epoch: usize,
     /// Mean training loss over the epoch's steps.
     pub loss: f64,
-    /// Training accuracy.
-    pub accuracy: f64,
-    /// Validation loss and accuracy, with a validation split.
-    pub validation: Option<(f64, f64)>,
+    /// The `compile` line's metric (`metrics=`) over the epoch's steps, weighted by
+    /// their samples, when it names one: as Keras's logs, only the loss otherwise.
+    pub metric: Option<f64>,
+    /// Validation loss and metric, with a validation split.
+    pub validation: Option<(f64, Option<f64>)>,
 }
 
 /// The functions compiled for one batch shape, with where each input comes from.
@@ -150,6 +152,8 @@ pub struct Trainer {
     /// Steps taken.
     iterations: u64,
     loss: Loss,
+    /// The `compile` line's metric.
+    metric: Option<Metric>,
     options: jit::Options,
     /// By batch shape, looked up at every step: a few entries, searched in order (a
     /// hashed map's SipHash took 3% of W1's training step).
@@ -213,6 +217,10 @@ impl Trainer {
                 }
             }
         }
+        let metric = spec
+            .compile
+            .as_ref()
+            .and_then(|c| c.metrics.first().copied());
         Trainer {
             spec,
             names,
@@ -221,6 +229,7 @@ impl Trainer {
             optimizer,
             iterations: 0,
             loss: loss_kind,
+            metric,
             options,
             funcs: Vec::new(),
             states: Vec::new(),
@@ -392,6 +401,16 @@ impl Trainer {
     /// The optimizer it trains with.
     pub fn optimizer(&self) -> Optimizer {
         self.optimizer
+    }
+
+    /// The metric it reports besides the loss (the `compile` line's `metrics=`).
+    pub fn metric(&self) -> Option<Metric> {
+        self.metric
+    }
+
+    /// Reports `metric` besides the loss from now on (none with `None`).
+    pub fn set_metric(&mut self, metric: Option<Metric>) {
+        self.metric = metric;
     }
 
     fn sources(&self, c: &Compiled) -> Result<Vec<Source>> {
@@ -590,8 +609,12 @@ impl Trainer {
     }
 
     /// One optimizer step on a batch, in one native call; returns the loss before the
-    /// update and the accuracy of the batch's prediction.
-    pub fn train_on_batch(&mut self, x: &ArrayD<f32>, target: &ArrayD<f64>) -> Result<(f64, f64)> {
+    /// update and, when the model has a metric, its value for the batch's prediction.
+    pub fn train_on_batch(
+        &mut self,
+        x: &ArrayD<f32>,
+        target: &ArrayD<f64>,
+    ) -> Result<(f64, Option<f64>)> {
         let shapes = batch_shapes(&self.spec, x.shape())?;
         let (f, sources) = {
             let fs = self.functions(shapes)?;
@@ -621,31 +644,35 @@ impl Trainer {
             jit::plan::Base::Input(_) => None,
         }
         .ok_or_else(|| Error::Internal("the loss is not in the arena".into()))?;
-        // The prediction into `ts`'s rows, for the accuracy, without an array of its own.
-        let loc = self.output_loc(&f, &OutputRole::Y)?;
-        ts.resize(loc.rows * loc.cols, 0.0);
-        gather(&self.arena, loc, &mut ts);
-        let c = *y_shape.last().unwrap_or(&1);
-        let acc = match target.as_slice() {
-            Some(t) => accuracy_rows(self.loss, &ts, t, c),
-            None => accuracy_rows(
-                self.loss,
-                &ts,
-                &target.iter().copied().collect::<Vec<_>>(),
-                c,
-            ),
+        // The prediction into `ts`'s rows, for the metric, without an array of its own.
+        let score = match self.metric {
+            Some(metric) => {
+                let loc = self.output_loc(&f, &OutputRole::Y)?;
+                ts.resize(loc.rows * loc.cols, 0.0);
+                gather(&self.arena, loc, &mut ts);
+                let c = *y_shape.last().unwrap_or(&1);
+                Some(match target.as_slice() {
+                    Some(t) => metric_rows(metric, self.loss, &ts, t, c),
+                    None => {
+                        let t: Vec<f64> = target.iter().copied().collect();
+                        metric_rows(metric, self.loss, &ts, &t, c)
+                    }
+                })
+            }
+            None => None,
         };
         self.scratch = ts;
-        Ok((f64::from(value), acc))
+        Ok((f64::from(value), score))
     }
 
-    /// Loss and accuracy over a data set, in batches, states carried (no updates).
+    /// Loss and, when the model has one, metric over a data set, in batches, states
+    /// carried (no updates).
     pub fn evaluate(
         &mut self,
         x: &ArrayD<f64>,
         y: &ArrayD<f64>,
         batch_size: usize,
-    ) -> Result<(f64, f64)> {
+    ) -> Result<(f64, Option<f64>)> {
         let n = x.shape()[0];
         let (mut total, mut acc) = (0.0, 0.0);
         let mut seen = 0;
@@ -656,10 +683,12 @@ impl Trainer {
             let yb = self.predict_batch(&xb)?.mapv(|v| v as f64);
             let (l, _) = loss(self.loss, &yb, &tb)?;
             total += l * (e - s) as f64;
-            acc += accuracy(self.loss, &yb, &tb) * (e - s) as f64;
+            if let Some(m) = self.metric {
+                acc += metric(m, self.loss, &yb, &tb) * (e - s) as f64;
+            }
             seen += e - s;
         }
-        Ok((total / seen as f64, acc / seen as f64))
+        Ok((total / seen as f64, self.metric.map(|_| acc / seen as f64)))
     }
 
     /// Keras's `fit`: returns the log of every epoch. `on_epoch` sees each log as it
@@ -717,7 +746,7 @@ impl Trainer {
                     )));
                 }
                 total += l * chunk.len() as f64;
-                acc += a * chunk.len() as f64;
+                acc += a.unwrap_or(0.0) * chunk.len() as f64;
             }
             if stateful && o.reset_states == ResetStates::Epoch {
                 self.reset_states();
@@ -736,7 +765,7 @@ impl Trainer {
             let log = EpochLog {
                 epoch,
                 loss: total / n_train as f64,
-                accuracy: acc / n_train as f64,
+                metric: self.metric.map(|_| acc / n_train as f64),
                 validation,
             };
             on_epoch(&log);
@@ -746,37 +775,58 @@ impl Trainer {
     }
 }
 
-/// Keras's `accuracy` for this loss: the arg-max matches for the cross-entropies,
-/// predictions rounded at 0.5 otherwise.
-pub fn accuracy(kind: Loss, y: &ArrayD<f64>, t: &ArrayD<f64>) -> f64 {
+/// Keras 3's value of `metric` for predictions `y` against targets `t` (class indices,
+/// for the sparse loss). `accuracy` is chosen by shapes, as Keras's `compile` chooses it:
+/// binary accuracy (`y > 0.5` equals the target) for one output column, sparse
+/// categorical accuracy for class-index targets, otherwise categorical accuracy (the
+/// arg-maxes match), whatever the loss. `mae` and `mse` are means over every element.
+pub fn metric(metric: Metric, kind: Loss, y: &ArrayD<f64>, t: &ArrayD<f64>) -> f64 {
     let c = *y.shape().last().unwrap_or(&1);
     let ys: Vec<f64> = y.iter().copied().collect();
     let ts: Vec<f64> = t.iter().copied().collect();
-    accuracy_rows(kind, &ys, &ts, c)
+    metric_rows(metric, kind, &ys, &ts, c)
 }
 
-/// [`accuracy`] of predictions `ys` (rows of `c`, `f32` or `f64`) against targets `ts`
+/// [`metric`] of predictions `ys` (rows of `c`, `f32` or `f64`) against targets `ts`
 /// in standard layout (class indices, one per row, for the sparse loss).
-fn accuracy_rows<Y: Copy + Into<f64>>(kind: Loss, ys: &[Y], ts: &[f64], c: usize) -> f64 {
-    let rows = ys.len() / c.max(1);
-    let mut right = 0usize;
+fn metric_rows<Y: Copy + Into<f64>>(
+    metric: Metric,
+    kind: Loss,
+    ys: &[Y],
+    ts: &[f64],
+    c: usize,
+) -> f64 {
+    let c = c.max(1);
+    let rows = ys.len() / c;
+    let sparse = kind == Loss::SparseCategoricalCrossentropy;
+    // The target of lane `j` of row `r`: a class index is compared with every lane, as
+    // Keras broadcasts `(batch, 1)` against `(batch, classes)`.
+    let target = |r: usize, j: usize| if sparse { ts[r] } else { ts[r * c + j] };
+    let mut sum = 0.0;
     for r in 0..rows {
         let yr = &ys[r * c..(r + 1) * c];
-        right += match kind {
-            Loss::CategoricalCrossentropy => {
-                usize::from(argmax(yr) == argmax(&ts[r * c..(r + 1) * c]))
+        sum += match metric {
+            Metric::Accuracy if c == 1 => {
+                let p = if yr[0].into() > 0.5 { 1.0 } else { 0.0 };
+                f64::from(u8::from(target(r, 0) == p))
             }
-            Loss::SparseCategoricalCrossentropy => usize::from(argmax(yr) as f64 == ts[r]),
-            _ => {
-                yr.iter()
-                    .zip(&ts[r * c..(r + 1) * c])
-                    .filter(|(&p, q)| (p.into().round() - q.round()).abs() < 0.5)
-                    .count()
-                    / c.max(1)
+            Metric::Accuracy if sparse => f64::from(u8::from(argmax(yr) as f64 == ts[r])),
+            Metric::Accuracy => f64::from(u8::from(argmax(yr) == argmax(&ts[r * c..(r + 1) * c]))),
+            Metric::Mae => {
+                (0..c)
+                    .map(|j| (yr[j].into() - target(r, j)).abs())
+                    .sum::<f64>()
+                    / c as f64
+            }
+            Metric::Mse => {
+                (0..c)
+                    .map(|j| (yr[j].into() - target(r, j)).powi(2))
+                    .sum::<f64>()
+                    / c as f64
             }
         };
     }
-    right as f64 / rows.max(1) as f64
+    sum / rows.max(1) as f64
 }
 
 /// The first index of the largest element (NaN never wins).

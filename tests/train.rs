@@ -168,13 +168,14 @@ fn a_split_training_step_has_the_same_bits_wherever_its_parts_run() {
     }
 }
 
-/// The accuracy a training step returns is that of its own prediction, before the
+/// The metric a training step returns is that of its own prediction, before the
 /// update: the forward function's prediction on the same batch from the same weights,
-/// scored by `accuracy`, for every fixture under its own loss and under the other kinds
-/// of scoring (arg-max of class indices for the sparse loss, rounding for the others).
+/// scored by `metric`, for every fixture, under its own loss and three others (which
+/// decide how targets are read: class indices for the sparse loss), and every metric.
+/// Without a metric, the step returns none.
 #[test]
-fn a_step_returns_the_accuracy_of_its_prediction() {
-    use lstmc::model::Loss;
+fn a_step_returns_the_metric_of_its_prediction() {
+    use lstmc::model::{Loss, Metric};
     let mut scored = 0;
     for name in fixture_names() {
         let fx = load(&name);
@@ -200,15 +201,73 @@ fn a_step_returns_the_accuracy_of_its_prediction() {
             };
             let mut p = Trainer::new(spec.clone(), fx.weights(&spec), kind, opt, options);
             let y = p.predict_batch(&x).unwrap().mapv(f64::from);
-            let want = lstmc::train::accuracy(kind, &y, &target);
+            for metric in [Metric::Accuracy, Metric::Mae, Metric::Mse] {
+                let want = lstmc::train::metric(metric, kind, &y, &target);
+                let mut t = Trainer::new(spec.clone(), fx.weights(&spec), kind, opt, options);
+                t.set_metric(Some(metric));
+                let (_, got) = t.train_on_batch(&x, &target).unwrap();
+                assert_eq!(
+                    got,
+                    Some(want),
+                    "{name} {kind:?} {metric:?} of {y:?} against {target:?}"
+                );
+                scored += 1;
+            }
             let mut t = Trainer::new(spec.clone(), fx.weights(&spec), kind, opt, options);
-            let (_, got) = t.train_on_batch(&x, &target).unwrap();
-            assert_eq!(
-                got, want,
-                "{name} {kind:?}: accuracy of {y:?} against {target:?}"
-            );
-            scored += 1;
+            t.set_metric(None);
+            assert_eq!(t.train_on_batch(&x, &target).unwrap().1, None, "{name}");
         }
     }
     assert!(scored > 0);
+}
+
+/// `metrics=accuracy|mae|mse` give Keras 3's values (tests/fixtures/metrics, made by
+/// its script from Keras's own metrics, chosen as Keras's `compile` chooses them):
+/// binary accuracy for one output column, sparse categorical for class indices,
+/// categorical otherwise, whatever the loss; `mae` and `mse` over every element.
+#[test]
+fn metrics_are_keras_metrics() {
+    use lstmc::model::{Loss, Metric};
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/metrics/keras_metrics.json"
+    ))
+    .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let flat = |v: &serde_json::Value| -> Vec<f64> {
+        fn walk(v: &serde_json::Value, out: &mut Vec<f64>) {
+            match v {
+                serde_json::Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
+                other => out.push(other.as_f64().unwrap()),
+            }
+        }
+        let mut out = Vec::new();
+        walk(v, &mut out);
+        out
+    };
+    let shape = |v: &serde_json::Value| -> Vec<usize> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect()
+    };
+    let cases = json["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 7);
+    for c in cases {
+        let name = c["name"].as_str().unwrap();
+        let kind = Loss::from_name(c["loss"].as_str().unwrap()).unwrap();
+        let y =
+            ndarray::ArrayD::from_shape_vec(shape(&c["y_pred_shape"]), flat(&c["y_pred"])).unwrap();
+        let t =
+            ndarray::ArrayD::from_shape_vec(shape(&c["y_true_shape"]), flat(&c["y_true"])).unwrap();
+        for metric in [Metric::Accuracy, Metric::Mae, Metric::Mse] {
+            let want = c[metric.name()].as_f64().unwrap();
+            let got = lstmc::train::metric(metric, kind, &y, &t);
+            assert!(
+                (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "{name} {metric:?}: {got} against Keras's {want}"
+            );
+        }
+    }
 }

@@ -2,9 +2,9 @@
 
 use clap::Args;
 use lstmc::data::{self, Dataset};
-use lstmc::model::{DataSource, Loss, ModelSpec, Optimizer};
+use lstmc::model::{DataSource, Loss, Metric, ModelSpec, Optimizer};
 use lstmc::reference::Reference;
-use lstmc::train::{FitOptions, Trainer};
+use lstmc::train::{EpochLog, FitOptions, Trainer};
 use lstmc::weights::Weights;
 use lstmc::Error;
 use ndarray::{ArrayD, IxDyn};
@@ -199,25 +199,26 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
             );
             bar
         });
+        let metric = trainer.metric().map(|m| m.name());
         let result = trainer.fit(data, &fo, |log| {
             if args.json {
-                let mut j = serde_json::json!({"epoch": log.epoch, "loss": log.loss, "accuracy": log.accuracy});
-                if let Some((vl, va)) = log.validation {
-                    j["val_loss"] = vl.into();
-                    j["val_accuracy"] = va.into();
+                let mut j = serde_json::json!({"epoch": log.epoch});
+                for (key, value) in epoch_scores(metric, log) {
+                    j[key] = value.into();
                 }
                 outln!("{j}");
             } else if let Some(bar) = &bar {
-                let mut msg = format!("loss {:.4} - accuracy {:.4}", log.loss, log.accuracy);
-                if let Some((vl, va)) = log.validation {
-                    msg.push_str(&format!(" - val_loss {vl:.4} - val_accuracy {va:.4}"));
-                }
-                bar.set_message(msg);
+                bar.set_message(scores_line(metric, log));
                 bar.set_position(log.epoch as u64);
             } else if !args.quiet && (log.epoch % every == 0 || log.epoch == fo.epochs) {
                 let elapsed = started.elapsed().as_secs_f64();
                 let left = elapsed / log.epoch as f64 * (fo.epochs - log.epoch) as f64;
-                eprintln!("epoch {:>5}/{} - loss {:.4} - accuracy {:.4} - {:.1} s, {:.1} s left", log.epoch, fo.epochs, log.loss, log.accuracy, elapsed, left);
+                eprintln!(
+                    "epoch {:>5}/{} - {} - {elapsed:.1} s, {left:.1} s left",
+                    log.epoch,
+                    fo.epochs,
+                    scores_line(metric, log)
+                );
             }
         });
         if let Some(bar) = bar {
@@ -230,20 +231,29 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
         result?;
         let y = data.y.as_ref().expect("trains");
         trainer.reset_states();
-        let (l, acc) = trainer.evaluate(&data.x, y, batch_size)?;
+        let (l, score) = trainer.evaluate(&data.x, y, batch_size)?;
+        let seconds = started.elapsed().as_secs_f64();
         if args.json {
+            let mut scores = serde_json::json!({"loss": l});
+            if let (Some(name), Some(v)) = (metric, score) {
+                scores[name] = v.into();
+            }
             outln!(
                 "{}",
-                serde_json::json!({"evaluate": {"loss": l, "accuracy": acc}, "seconds": started.elapsed().as_secs_f64()})
+                serde_json::json!({"evaluate": scores, "seconds": seconds})
             );
         } else {
-            outln!(
-                "{} {:.2}%  (loss {:.4}, trained in {:.1} s)",
-                "accuracy:",
-                acc * 100.0,
-                l,
-                started.elapsed().as_secs_f64()
-            );
+            match (trainer.metric(), score) {
+                (Some(Metric::Accuracy), Some(v)) => outln!(
+                    "accuracy: {:.2}%  (loss {l:.4}, trained in {seconds:.1} s)",
+                    v * 100.0
+                ),
+                (Some(m), Some(v)) => outln!(
+                    "{}: {v:.4}  (loss {l:.4}, trained in {seconds:.1} s)",
+                    m.name()
+                ),
+                _ => outln!("loss: {l:.4}  (trained in {seconds:.1} s)"),
+            }
         }
         if let Some(lstmc::model::DataSpec {
             source: DataSource::Builtin {
@@ -289,6 +299,31 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
         None => outln!("{y:.6}"),
     }
     Ok(())
+}
+
+/// An epoch's scores as Keras's logs name them: the loss, the metric (when the model
+/// has one, under its name), and the same with `val_` from a validation split.
+fn epoch_scores(metric: Option<&'static str>, log: &EpochLog) -> Vec<(String, f64)> {
+    let mut out = vec![("loss".to_string(), log.loss)];
+    if let (Some(name), Some(v)) = (metric, log.metric) {
+        out.push((name.to_string(), v));
+    }
+    if let Some((vl, vm)) = log.validation {
+        out.push(("val_loss".to_string(), vl));
+        if let (Some(name), Some(v)) = (metric, vm) {
+            out.push((format!("val_{name}"), v));
+        }
+    }
+    out
+}
+
+/// [`epoch_scores`] as Keras's progress bar writes them: `loss 0.1234 - accuracy 0.5000`.
+fn scores_line(metric: Option<&'static str>, log: &EpochLog) -> String {
+    epoch_scores(metric, log)
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.4}"))
+        .collect::<Vec<_>>()
+        .join(" - ")
 }
 
 fn argmax(v: &[f32]) -> usize {

@@ -335,7 +335,9 @@ pub extern "C" fn lstmc_predict(
 
 /// One optimizer step on a batch (Keras's `train_on_batch`): `x` as in
 /// [`lstmc_predict`], targets `y` of shape `y_shape[..y_ndim]`. Stores the loss before
-/// the step in `*loss` and the batch's accuracy in `*accuracy` (either may be NULL).
+/// the step in `*loss` and, in `*metric`, the value for the batch of the metric the
+/// model's `compile` line names (`metrics=`), NaN when it names none (either pointer may
+/// be NULL).
 #[no_mangle]
 pub extern "C" fn lstmc_train_on_batch(
     net: *mut lstmc_network,
@@ -348,7 +350,7 @@ pub extern "C" fn lstmc_train_on_batch(
     y_shape: *const usize,
     y_ndim: usize,
     loss: *mut f64,
-    accuracy: *mut f64,
+    metric: *mut f64,
     error: *mut *mut c_char,
 ) -> lstmc_status {
     guard(error, || {
@@ -363,8 +365,8 @@ pub extern "C" fn lstmc_train_on_batch(
             if let Some(p) = loss.as_mut() {
                 *p = l;
             }
-            if let Some(p) = accuracy.as_mut() {
-                *p = a;
+            if let Some(p) = metric.as_mut() {
+                *p = a.unwrap_or(f64::NAN);
             }
         }
         Ok(())
