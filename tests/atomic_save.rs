@@ -91,3 +91,23 @@ fn killing_a_save_leaves_the_previous_file_intact() {
     }
     assert!(killed_during_save > 0, "no kill landed during a save");
 }
+
+/// A saved file gets the permissions a plain create gives (a temporary file's are the
+/// owner's alone: weights written for a server to read were unreadable to it), and a
+/// replaced file keeps its own.
+#[cfg(unix)]
+#[test]
+fn a_saved_file_has_the_permissions_of_a_created_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let plain = dir.path().join("plain");
+    std::fs::File::create(&plain).unwrap();
+    let saved = dir.path().join("w.safetensors");
+    lstmc::weights::write_atomic(&saved, b"first").unwrap();
+    assert_eq!(mode(&saved), mode(&plain));
+    std::fs::set_permissions(&saved, std::fs::Permissions::from_mode(0o640)).unwrap();
+    lstmc::weights::write_atomic(&saved, b"second").unwrap();
+    assert_eq!(mode(&saved), 0o640);
+    assert_eq!(std::fs::read(&saved).unwrap(), b"second");
+}
