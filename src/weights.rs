@@ -239,6 +239,56 @@ impl Weights {
     }
 }
 
+/// Checks, before work whose result goes to `path` (training, a prediction), that a
+/// file can be written there: its folder exists, and takes a new file, and `path` is not
+/// a folder. Returns the folder.
+///
+/// ```
+/// let err = lstmc::weights::check_writable("/nonexistent/w.safetensors".as_ref()).unwrap_err();
+/// assert!(err.to_string().contains("the folder /nonexistent does not exist"));
+/// ```
+pub fn check_writable(path: &Path) -> Result<&Path> {
+    let dir = folder(path)?;
+    // A probe: creating a file says more than permission bits (read-only mounts, ACLs).
+    tempfile::Builder::new()
+        .prefix(".lstmc-")
+        .suffix(".probe")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(path, cannot_create(dir, e)))?;
+    Ok(dir)
+}
+
+/// The folder of `path`, which must exist; `path` must not be a folder.
+fn folder(path: &Path) -> Result<&Path> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let problem = |what: String| Error::io(path, std::io::Error::other(what));
+    if path.is_dir() {
+        return Err(problem("is a folder; give a file name".into()));
+    }
+    if !dir.is_dir() {
+        return Err(problem(format!(
+            "cannot be written: the folder {} does not exist",
+            dir.display()
+        )));
+    }
+    Ok(dir)
+}
+
+/// Why a file could not be created in `dir`, without the temporary file's name.
+fn cannot_create(dir: &Path, e: std::io::Error) -> std::io::Error {
+    let why = std::io::Error::from(e.kind());
+    std::io::Error::new(
+        e.kind(),
+        format!(
+            "cannot be written: no new file in {} ({why})",
+            dir.display()
+        ),
+    )
+}
+
 /// Writes `bytes` to `path` so that `path` holds either its old content or all
 /// of the new, never a part: temporary file in the same folder, fsync, rename.
 ///
@@ -251,10 +301,7 @@ impl Weights {
 /// # Ok::<(), lstmc::Error>(())
 /// ```
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let dir = folder(path)?;
     let mut builder = tempfile::Builder::new();
     builder.prefix(".lstmc-").suffix(".tmp");
     // The file gets the permissions a plain create would give it (read and write for
@@ -265,7 +312,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         builder.permissions(std::fs::Permissions::from_mode(0o666));
     }
-    let mut tmp = builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
+    let mut tmp = builder
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(path, cannot_create(dir, e)))?;
     if let Ok(old) = std::fs::metadata(path) {
         tmp.as_file()
             .set_permissions(old.permissions())

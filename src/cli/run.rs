@@ -38,10 +38,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub output: Option<PathBuf>,
     /// Epochs (overrides `fit epochs=`).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub epochs: Option<usize>,
     /// Batch size (default: the model's, `fit batch_size=`, else 32 as Keras).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub batch_size: Option<usize>,
     /// Shuffle the samples every epoch.
     #[arg(long, overrides_with = "no_shuffle")]
@@ -59,7 +59,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub optimizer: Option<String>,
     /// Learning rate (overrides `compile learning_rate=`).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = positive_rate)]
     pub learning_rate: Option<f64>,
     /// Results as JSON on stdout: one object per epoch, then the results.
     #[arg(long)]
@@ -82,6 +82,24 @@ pub enum Engine {
     Jit,
     /// The IR interpreter in f64 (the reference the JIT is tested against).
     Interp,
+}
+
+/// A count flag: a whole number of at least 1.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a whole number")),
+    }
+}
+
+/// A learning rate: a finite number above 0, as the `compile` line takes it.
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(v) => Err(format!("must be a finite number above 0, not {v}")),
+        Err(_) => Err(format!("`{s}` is not a number")),
+    }
 }
 
 fn loss_named(name: &str) -> Result<Loss, Error> {
@@ -123,6 +141,20 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
     };
     let mut options = lstmc::jit::Options::default();
     options.tuning.threads = super::threads(args.threads);
+    // What training would be lost to is found before it starts: a place the weights or
+    // the predictions cannot be written, inputs to predict that cannot be read.
+    for path in [&args.save_weights, &args.output].into_iter().flatten() {
+        lstmc::weights::check_writable(path)?;
+    }
+    let to_predict = args
+        .predict
+        .as_ref()
+        .map(|p| lstmc::arrays::read(p, Some("x")))
+        .transpose()?;
+    if let (Some(x), Some(path)) = (&to_predict, &args.predict) {
+        lstmc::reference::batch_shapes(&spec, x.shape())
+            .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
+    }
 
     // Training data: flags, else the file's `data`.
     let data = match &args.x {
@@ -270,10 +302,9 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
             spec.name
         )));
     }
-    let Some(predict) = &args.predict else {
+    let Some(x) = to_predict else {
         return Ok(());
     };
-    let x = lstmc::arrays::read(predict, Some("x"))?;
     let batch = args.batch_size.or(spec.input.batch).unwrap_or(32);
     let y = match args.engine {
         Engine::Interp => Reference::new(spec, weights).predict(&x, batch)?,

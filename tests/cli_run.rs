@@ -1,0 +1,102 @@
+//! `lstmc run`'s flags and outputs checked before training starts: a bad count or
+//! learning rate, a place the weights or predictions cannot be written, inputs to
+//! predict that cannot be read or do not fit the model. Each exits 1 with a message
+//! that names the problem, before the first epoch (training would be lost otherwise).
+
+use std::process::Command;
+
+#[test]
+fn what_training_would_be_lost_to_is_refused_before_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("m.model"),
+        "LSTM 4 input_dim=1 input_length=3\nDense 1\ncompile loss=mse optimizer=sgd\n\
+         fit epochs=2\ndata csv=\"s.csv\" window=3\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("s.csv"), "1\n2\n3\n4\n5\n6\n7\n").unwrap();
+    // An input of the wrong shape to predict: 2 features where the model takes 1.
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 2), }";
+    let pad = 64 - (10 + header.len() + 1) % 64;
+    let header = format!("{header}{}\n", " ".repeat(pad));
+    npy.extend((header.len() as u16).to_le_bytes());
+    npy.extend(header.as_bytes());
+    npy.extend([0u8; 24]);
+    std::fs::write(d.join("wide.npy"), npy).unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--epochs", "0"],
+            "'--epochs <EPOCHS>': must be at least 1",
+        ),
+        (
+            &["--batch-size", "0"],
+            "'--batch-size <BATCH_SIZE>': must be at least 1",
+        ),
+        (&["--batch-size", "two"], "`two` is not a whole number"),
+        (
+            &["--learning-rate", "-0.1"],
+            "must be a finite number above 0, not -0.1",
+        ),
+        (
+            &["--learning-rate", "nan"],
+            "must be a finite number above 0, not NaN",
+        ),
+        (
+            &["--save-weights", "missing/w.safetensors"],
+            "missing/w.safetensors: cannot be written: the folder missing does not exist",
+        ),
+        (&["--save-weights", "."], ".: is a folder; give a file name"),
+        (&["--predict", "none.npy"], "none.npy: "),
+        (
+            &["--predict", "wide.npy"],
+            "wide.npy: model `m` takes inputs shaped (batch, 3, 1); got [1, 3, 2]",
+        ),
+        (
+            &["--predict", "wide.npy", "--output", "missing/y.npy"],
+            "missing/y.npy: cannot be written: the folder missing does not exist",
+        ),
+    ];
+    for (flags, want) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_lstmc"))
+            .current_dir(d)
+            .arg("run")
+            .arg("m.model")
+            .args(*flags)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flags:?}: {stderr}");
+        assert!(stderr.contains(want), "{flags:?}: {stderr}");
+        assert!(
+            !stderr.contains("training `m`"),
+            "{flags:?} trained: {stderr}"
+        );
+    }
+    // The same run with good flags trains and writes both files.
+    let out = Command::new(env!("CARGO_BIN_EXE_lstmc"))
+        .current_dir(d)
+        .args([
+            "run",
+            "m.model",
+            "--save-weights",
+            "w.safetensors",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(d.join("w.safetensors").is_file());
+    // No probe or temporary file is left behind.
+    let left: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".lstmc-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
