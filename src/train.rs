@@ -705,14 +705,26 @@ impl Trainer {
             .as_ref()
             .ok_or_else(|| Error::Data("training needs targets (y)".into()))?;
         let n = data.x.shape()[0];
-        let n_val = ((n as f64) * o.validation_split).floor() as usize;
-        let n_train = n - n_val;
-        if n_train == 0 {
-            return Err(Error::Data(format!(
-                "validation_split={} leaves no training samples",
+        if !(0.0..1.0).contains(&o.validation_split) {
+            return Err(Error::Usage(format!(
+                "validation_split must be in [0, 1), not {}",
                 o.validation_split
             )));
         }
+        // Keras's split: the first ⌊n · (1 − split)⌋ samples train (so a validation set
+        // of 10 · 0.25 is 3 samples, not 2), the rest validate, and neither may be empty.
+        let n_train = if o.validation_split > 0.0 {
+            ((n as f64) * (1.0 - o.validation_split)).floor() as usize
+        } else {
+            n
+        };
+        if n_train == 0 || (o.validation_split > 0.0 && n_train >= n) {
+            return Err(Error::Data(format!(
+                "{n} samples are too few to split into training and validation sets as validation_split={} says; give more data or another split",
+                o.validation_split
+            )));
+        }
+        let n_val = n - n_train;
         let stateful = self.spec.is_stateful();
         if stateful && !n_train.is_multiple_of(o.batch_size) {
             return Err(Error::Data(format!(

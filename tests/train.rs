@@ -271,3 +271,43 @@ fn metrics_are_keras_metrics() {
         }
     }
 }
+
+/// `validation_split` cuts the samples where Keras 3 does: the first
+/// ⌊n · (1 − split)⌋ train and the rest validate (10 samples at 0.25: 7 and 3, where
+/// rounding the validation set down gave 8 and 2); the epoch's validation loss is that
+/// of the weights after it on those samples. Splits that leave either set empty are
+/// refused, as Keras refuses them.
+#[test]
+fn validation_split_takes_the_samples_keras_takes() {
+    use ndarray::{s, ArrayD, IxDyn};
+    let mut net = lstmc::Model::parse(
+        "Dense 1 input_dim=1\ncompile loss=mse optimizer=sgd learning_rate=0.01\n",
+    )
+    .unwrap()
+    .compile(&Default::default())
+    .unwrap();
+    let x = ArrayD::<f32>::from_shape_fn(IxDyn(&[10, 1]), |i| i[0] as f32 / 10.0);
+    let y = x.mapv(|v| 3.0 * v - 1.0);
+    let mut o = net.fit_options();
+    o.epochs = 1;
+    o.batch_size = 4;
+    o.shuffle = false;
+    for (split, n_val) in [(0.25, 3), (0.33, 4), (0.1, 1), (0.01, 1)] {
+        o.validation_split = split;
+        let logs = net.fit(x.view(), y.view(), &o).unwrap();
+        let (val_loss, _) = logs[0].validation.expect("a validation set");
+        let tail = s![10 - n_val.., ..];
+        let (want, _) = net
+            .evaluate(x.slice(tail).into_dyn(), y.slice(tail).into_dyn(), 4)
+            .unwrap();
+        assert_eq!(val_loss, want, "split {split}: {n_val} validation samples");
+    }
+    for split in [0.95, 1.0, -0.1] {
+        o.validation_split = split;
+        let err = net.fit(x.view(), y.view(), &o).unwrap_err().to_string();
+        assert!(
+            err.contains("too few to split") || err.contains("must be in [0, 1)"),
+            "{split}: {err}"
+        );
+    }
+}
