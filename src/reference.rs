@@ -164,7 +164,8 @@ impl Reference {
                 r @ (InputRole::DY
                 | InputRole::Target
                 | InputRole::Slot { .. }
-                | InputRole::Hyper) => {
+                | InputRole::Hyper
+                | InputRole::Dropout { .. }) => {
                     return Err(Error::Internal(format!("a forward function takes no {r}")))
                 }
             });

@@ -477,7 +477,8 @@ impl Shared {
                 r @ (InputRole::DY
                 | InputRole::Target
                 | InputRole::Slot { .. }
-                | InputRole::Hyper) => {
+                | InputRole::Hyper
+                | InputRole::Dropout { .. }) => {
                     Err(Error::Internal(format!("a forward function takes no {r}")))
                 }
                 InputRole::Weight { layer, name } => self

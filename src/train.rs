@@ -114,12 +114,18 @@ pub struct EpochLog {
     pub validation: Option<(f64, Option<f64>)>,
 }
 
+/// The random stream of the dropout masks (see [`crate::init::stream`]): apart from the
+/// weights' (weight indices below 3) and the shuffling's (7, 7).
+const DROPOUT_STREAM: (usize, usize) = (7, 8);
+
 /// The functions compiled for one batch shape, with where each input comes from.
 struct Functions {
     forward: Arc<Compiled>,
     forward_inputs: Arc<[Source]>,
     step: Arc<Compiled>,
     step_inputs: Arc<[Source]>,
+    /// Whether the step takes dropout masks (drawn before each call).
+    step_masks: bool,
 }
 
 /// Where a function input comes from.
@@ -134,6 +140,8 @@ enum Source {
     Slot(usize, usize),
     /// A state: carried, or zeros.
     State,
+    /// `masks[i]`: a dropout mask, drawn for each step.
+    Dropout(usize),
 }
 
 /// A model being trained, on native code: one call per step runs the forward pass,
@@ -169,6 +177,10 @@ pub struct Trainer {
     /// Buffers for the zero states of layers that carry none, kept between calls (zeroed
     /// again at each: a call may write its inputs).
     spare: Vec<Buf>,
+    /// The dropout masks of the step being taken, in the order of its inputs.
+    masks: Vec<Buf>,
+    /// Where the dropout masks are drawn from: reseeded by [`Trainer::fit`] from its seed.
+    dropout_rng: rand_pcg::Pcg64Mcg,
 }
 
 /// Copies an output out of the arena into a staged buffer (rows `padded_stride` apart).
@@ -239,6 +251,8 @@ impl Trainer {
             hyper: Buf::new(),
             scratch: Vec::new(),
             spare: Vec::new(),
+            masks: Vec::new(),
+            dropout_rng: crate::init::stream(0, DROPOUT_STREAM.0, DROPOUT_STREAM.1),
         }
     }
 
@@ -414,6 +428,7 @@ impl Trainer {
     }
 
     fn sources(&self, c: &Compiled) -> Result<Vec<Source>> {
+        let mut masks = 0..;
         c.func
             .input_roles
             .iter()
@@ -433,6 +448,9 @@ impl Trainer {
                         Source::Slot(weight(*layer, name)?, *index)
                     }
                     InputRole::State { .. } => Source::State,
+                    InputRole::Dropout { .. } => {
+                        Source::Dropout(masks.next().expect("an unbounded range"))
+                    }
                     InputRole::DY => {
                         return Err(Error::Internal("a training step takes no dy".into()))
                     }
@@ -446,11 +464,13 @@ impl Trainer {
             Some(at) => at,
             None => {
                 let f = lower::lower(&self.spec, shapes)?;
-                let step = train_step(&f, self.loss, self.optimizer)?;
+                let training = lower::lower_training(&self.spec, shapes)?;
+                let step = train_step(&training, self.loss, self.optimizer)?;
                 let forward = Arc::new(jit::compile(f, &self.options)?);
                 let step = Arc::new(jit::compile(step, &self.options)?);
                 let forward_inputs = self.sources(&forward)?.into();
-                let step_inputs = self.sources(&step)?.into();
+                let step_inputs: Arc<[Source]> = self.sources(&step)?.into();
+                let step_masks = step_inputs.iter().any(|s| matches!(s, Source::Dropout(_)));
                 self.funcs.push((
                     shapes,
                     Functions {
@@ -458,6 +478,7 @@ impl Trainer {
                         forward_inputs,
                         step,
                         step_inputs,
+                        step_masks,
                     },
                 ));
                 self.funcs.len() - 1
@@ -516,8 +537,10 @@ impl Trainer {
                 target,
                 hyper,
                 arena,
+                masks,
                 ..
             } = self;
+            let mut masks: Vec<Option<&mut Buf>> = masks.iter_mut().map(Some).collect();
             let mut ws: Vec<Option<&mut Buf>> = weights.iter_mut().map(Some).collect();
             let mut ss: Vec<[Option<&mut Buf>; 2]> =
                 slots.iter_mut().map(|[a, b]| [Some(a), Some(b)]).collect();
@@ -533,6 +556,9 @@ impl Trainer {
                     Source::Weight(i) => ws[i].take().ok_or_else(taken)?,
                     Source::Slot(i, j) => ss[i][j].take().ok_or_else(taken)?,
                     Source::State => states.next().ok_or_else(taken)?,
+                    Source::Dropout(i) => {
+                        masks.get_mut(i).and_then(Option::take).ok_or_else(taken)?
+                    }
                 });
             }
             c.code.call_mut(&mut bufs, arena)
@@ -555,6 +581,44 @@ impl Trainer {
             }
         }
         Ok(())
+    }
+
+    /// Draws the dropout masks of a step of `c`, one for each of its
+    /// [`InputRole::Dropout`] inputs, as Keras's `backend.random.dropout` of ones: each
+    /// element kept with probability `1 - rate`, as `1 / (1 - rate)` in float32, else 0.
+    fn draw_masks(&mut self, c: &Compiled) {
+        let mut k = 0;
+        let mut values = Vec::new();
+        for (role, p) in c.func.inputs() {
+            let InputRole::Dropout {
+                layer, recurrent, ..
+            } = role
+            else {
+                continue;
+            };
+            let l = &self.spec.layers[layer];
+            let rate = if recurrent {
+                l.recurrent_dropout
+            } else {
+                l.dropout
+            };
+            let keep = 1.0 - rate;
+            let scale = 1.0f32 / keep as f32;
+            let shape = c.func.shape(p);
+            values.clear();
+            values.extend((0..shape.iter().product::<usize>()).map(|_| {
+                if rand::Rng::random::<f64>(&mut self.dropout_rng) < keep {
+                    scale
+                } else {
+                    0.0
+                }
+            }));
+            if self.masks.len() <= k {
+                self.masks.push(Buf::new());
+            }
+            stage(&values, *shape.last().unwrap_or(&1), &mut self.masks[k]);
+            k += 1;
+        }
     }
 
     /// Returns the carried states that [`Trainer::run`] moved into a call's inputs to
@@ -616,9 +680,9 @@ impl Trainer {
         target: &ArrayD<f64>,
     ) -> Result<(f64, Option<f64>)> {
         let shapes = batch_shapes(&self.spec, x.shape())?;
-        let (f, sources) = {
+        let (f, sources, masks) = {
             let fs = self.functions(shapes)?;
-            (fs.step.clone(), fs.step_inputs.clone())
+            (fs.step.clone(), fs.step_inputs.clone(), fs.step_masks)
         };
         let y_shape = output_shape(&f, &OutputRole::Y)?;
         let dense = dense_targets(self.loss, y_shape, target)?;
@@ -636,6 +700,9 @@ impl Trainer {
         stage(&ts, *y_shape.last().unwrap_or(&1), &mut self.target);
         let rate = self.optimizer.step_rate(self.iterations + 1) as f32;
         stage(&[rate], 1, &mut self.hyper);
+        if masks {
+            self.draw_masks(&f);
+        }
         self.run(&f, &sources)?;
         self.iterations += 1;
         let loss_at = self.output_loc(&f, &OutputRole::Loss)?;
@@ -733,6 +800,7 @@ impl Trainer {
             )));
         }
         let mut rng = crate::init::stream(o.seed, 7, 7);
+        self.dropout_rng = crate::init::stream(o.seed, DROPOUT_STREAM.0, DROPOUT_STREAM.1);
         let mut logs = Vec::new();
         for epoch in 1..=o.epochs {
             let good = (self.weights.clone(), self.slots.clone(), self.iterations);

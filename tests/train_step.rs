@@ -86,6 +86,7 @@ fn interpret_step(
                 slots.iter().find(|(n, _)| *n == key).unwrap().1[index].clone()
             }
             InputRole::DY => panic!("a train step takes no dy"),
+            InputRole::Dropout { .. } => panic!("these models have no dropout"),
         })
         .collect();
     let outs = lstmc::interp::run(f, &inputs).unwrap();

@@ -185,7 +185,12 @@ fn ir(
 ) -> Result<(), Error> {
     let spec = load_model(model)?;
     let shapes = sizes(&spec, batch, time)?;
-    let mut f = lstmc::ir::lower::lower(&spec, shapes)?;
+    // The gradient and the training step are of the model as it trains (with dropout).
+    let mut f = if backward || train {
+        lstmc::ir::lower::lower_training(&spec, shapes)?
+    } else {
+        lstmc::ir::lower::lower(&spec, shapes)?
+    };
     lstmc::ir::verify::verify(&f)?;
     if backward {
         f = lstmc::autodiff::gradient(&f)?;
@@ -241,10 +246,11 @@ fn asm(
 ) -> Result<(), Error> {
     let spec = load_model(model)?;
     let shapes = sizes(&spec, batch, time)?;
-    let mut f = lstmc::ir::lower::lower(&spec, shapes)?;
-    if train {
-        f = train_step(&spec, &f)?;
-    }
+    let f = if train {
+        train_step(&spec, &lstmc::ir::lower::lower_training(&spec, shapes)?)?
+    } else {
+        lstmc::ir::lower::lower(&spec, shapes)?
+    };
     let mut options = lstmc::jit::Options {
         keep_text: true,
         ..Default::default()

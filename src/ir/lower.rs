@@ -31,8 +31,40 @@ impl Shapes {
     }
 }
 
-/// Lowers a model into its forward function.
+/// Lowers a model into its forward function, as it predicts (no dropout).
 pub fn lower(spec: &ModelSpec, shapes: Shapes) -> Result<Function, IrError> {
+    lower_with(spec, shapes, false)
+}
+
+/// Lowers a model into its forward function as it trains: a recurrent layer with
+/// `dropout` or `recurrent_dropout` multiplies its input, or its previous output before
+/// the recurrent products, by masks given as inputs ([`InputRole::Dropout`]), as Keras 3's
+/// cells do: one mask for all gates, or with `recurrent_dropout` on an LSTM or GRU
+/// (Keras's `implementation=1`) one per gate for each operand. The previous output
+/// that a GRU mixes into its new one, and an LSTM's carry, are not masked.
+pub fn lower_training(spec: &ModelSpec, shapes: Shapes) -> Result<Function, IrError> {
+    lower_with(spec, shapes, true)
+}
+
+/// How many dropout masks layer `l` takes in training on its input and on its previous
+/// output (see [`lower_training`]).
+pub fn dropout_masks(l: &LayerSpec) -> (usize, usize) {
+    let on = |rate: f64| 0.0 < rate && rate < 1.0;
+    match l.kind {
+        LayerKind::Dense => (0, 0),
+        LayerKind::SimpleRnn => (
+            usize::from(on(l.dropout)),
+            usize::from(on(l.recurrent_dropout)),
+        ),
+        LayerKind::Lstm | LayerKind::Gru if on(l.recurrent_dropout) => (
+            if on(l.dropout) { l.kind.gates() } else { 0 },
+            l.kind.gates(),
+        ),
+        LayerKind::Lstm | LayerKind::Gru => (usize::from(on(l.dropout)), 0),
+    }
+}
+
+fn lower_with(spec: &ModelSpec, shapes: Shapes, training: bool) -> Result<Function, IrError> {
     let mut f = Function::new(spec.name.clone());
     let x = f.add_input(InputRole::X, shapes.input_shape(spec));
     let mut weights = Vec::new();
@@ -68,6 +100,37 @@ pub fn lower(spec: &ModelSpec, shapes: Shapes) -> Result<Function, IrError> {
             .collect();
         states.push(s);
     }
+    // Dropout masks: per layer, those on the input, then those on the previous output.
+    let mut masks = Vec::new();
+    for (i, layer) in spec.layers.iter().enumerate() {
+        let (on_x, on_h) = if training {
+            dropout_masks(layer)
+        } else {
+            (0, 0)
+        };
+        let features = if i == 0 {
+            spec.input.features
+        } else {
+            spec.layers[i - 1].units
+        };
+        let mut add = |recurrent: bool, count: usize, cols: usize| -> Vec<Value> {
+            (0..count)
+                .map(|gate| {
+                    f.add_input(
+                        InputRole::Dropout {
+                            layer: i,
+                            recurrent,
+                            gate,
+                        },
+                        vec![shapes.batch, cols],
+                    )
+                })
+                .collect()
+        };
+        let xm = add(false, on_x, features);
+        let hm = add(true, on_h, layer.units);
+        masks.push((xm, hm));
+    }
     let mut cur = x;
     for (i, layer) in spec.layers.iter().enumerate() {
         let mut b = Builder {
@@ -82,7 +145,7 @@ pub fn lower(spec: &ModelSpec, shapes: Shapes) -> Result<Function, IrError> {
         cur = match layer.kind {
             LayerKind::Dense => b.dense(layer, cur, w)?,
             _ => {
-                let (out, finals) = b.recurrent(layer, cur, w, &states[i], shapes)?;
+                let (out, finals) = b.recurrent(layer, cur, w, &states[i], &masks[i], shapes)?;
                 for (slot, v) in layer.state_names().iter().zip(finals) {
                     f.outputs.push((OutputRole::State { layer: i, slot }, v));
                 }
@@ -139,6 +202,16 @@ impl Builder<'_> {
         )
     }
 
+    /// `v` for each of `gates` gates: as is without masks, times the one mask shared by
+    /// every gate (one product), or times each gate's own.
+    fn masked(&mut self, v: Value, masks: &[Value], gates: usize) -> Result<Vec<Value>, IrError> {
+        match masks {
+            [] => Ok(vec![v; gates]),
+            [m] => Ok(vec![self.mul(v, *m)?; gates]),
+            ms => ms.iter().map(|&m| self.mul(v, m)).collect(),
+        }
+    }
+
     fn dense(&mut self, l: &LayerSpec, x: Value, w: &[Value]) -> Result<Value, IrError> {
         let y = self.matmul(x, w[0])?;
         let y = self.bias(y, w.get(1).copied())?;
@@ -152,6 +225,7 @@ impl Builder<'_> {
         x: Value,
         w: &[Value],
         init: &[Option<Value>],
+        (x_masks, h_masks): &(Vec<Value>, Vec<Value>),
         shapes: Shapes,
     ) -> Result<(Value, Vec<Value>), IrError> {
         let u = l.units;
@@ -202,14 +276,18 @@ impl Builder<'_> {
             &[x, k],
         )?;
         let h = carried[0];
+        // Each gate's operands: the input and previous output, masked in training (one
+        // mask shared by every gate, or one per gate).
+        let xg = self.masked(xt, x_masks, gates)?;
+        let hg = self.masked(h, h_masks, gates)?;
         let (ra, act) = (l.recurrent_activation, l.activation);
         let next: Vec<Value> = match l.kind {
             LayerKind::Lstm => {
                 let c = carried[1];
                 let mut z = Vec::new();
                 for g in 0..4 {
-                    let a = self.matmul(xt, wk[g])?;
-                    let r = self.matmul(h, wr[g])?;
+                    let a = self.matmul(xg[g], wk[g])?;
+                    let r = self.matmul(hg[g], wr[g])?;
                     let s = self.add(a, r)?;
                     z.push(self.bias(s, bx[g])?);
                 }
@@ -227,14 +305,14 @@ impl Builder<'_> {
             LayerKind::Gru => {
                 let mut xm = Vec::new();
                 for g in 0..3 {
-                    let a = self.matmul(xt, wk[g])?;
+                    let a = self.matmul(xg[g], wk[g])?;
                     xm.push(self.bias(a, bx[g])?);
                 }
                 let zr: Vec<Value> = if l.reset_after {
                     let mut pre = Vec::new();
                     let mut hm = Vec::new();
                     for g in 0..3 {
-                        let r = self.matmul(h, wr[g])?;
+                        let r = self.matmul(hg[g], wr[g])?;
                         hm.push(self.bias(r, bh[g])?);
                     }
                     for g in 0..2 {
@@ -248,11 +326,11 @@ impl Builder<'_> {
                 } else {
                     let mut pre = Vec::new();
                     for g in 0..2 {
-                        let r = self.matmul(h, wr[g])?;
+                        let r = self.matmul(hg[g], wr[g])?;
                         let s = self.add(xm[g], r)?;
                         pre.push(self.act(ra, s)?);
                     }
-                    let rh = self.mul(pre[1], h)?;
+                    let rh = self.mul(pre[1], hg[2])?;
                     let r = self.matmul(rh, wr[2])?;
                     let s = self.add(xm[2], r)?;
                     pre.push(self.act(act, s)?);
@@ -265,8 +343,8 @@ impl Builder<'_> {
                 vec![self.add(zh, n)?]
             }
             LayerKind::SimpleRnn => {
-                let a = self.matmul(xt, wk[0])?;
-                let r = self.matmul(h, wr[0])?;
+                let a = self.matmul(xg[0], wk[0])?;
+                let r = self.matmul(hg[0], wr[0])?;
                 let s = self.add(a, r)?;
                 let s = self.bias(s, bx[0])?;
                 vec![self.act(act, s)?]

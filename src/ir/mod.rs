@@ -436,6 +436,18 @@ pub enum InputRole {
     },
     /// The step's learning rate, `[1]` (train-step functions).
     Hyper,
+    /// A dropout mask of a recurrent layer in training ([`crate::ir::lower::lower_training`]):
+    /// `[batch, features]` on the layer's input, or `[batch, units]` on its previous output
+    /// (`recurrent`), each element 0 or `1 / (1 - rate)`, one per batch for all its steps;
+    /// `gate` counts the gates when each has its own (Keras's `implementation=1`).
+    Dropout {
+        /// layer index
+        layer: usize,
+        /// on the previous output (`recurrent_dropout`), else on the input (`dropout`)
+        recurrent: bool,
+        /// the gate it masks the operand of, or 0 for a mask shared by every gate
+        gate: usize,
+    },
 }
 
 /// What a function output is.
@@ -481,6 +493,14 @@ impl fmt::Display for InputRole {
                 write!(f, "slot{index} layers.{layer}.{name}")
             }
             InputRole::Hyper => f.write_str("learning_rate"),
+            InputRole::Dropout {
+                layer,
+                recurrent,
+                gate,
+            } => {
+                let on = if *recurrent { "h" } else { "x" };
+                write!(f, "dropout layers.{layer}.{on}[{gate}]")
+            }
         }
     }
 }
