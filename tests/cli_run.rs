@@ -100,3 +100,54 @@ fn what_training_would_be_lost_to_is_refused_before_it_starts() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// The `data` line's `predict=` names inputs to predict after training, relative to the
+/// model file (it was read and then ignored); `--predict` overrides it.
+#[test]
+fn the_data_lines_predict_inputs_are_predicted() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(
+        sub.join("m.model"),
+        "Dense 1 input_dim=2 use_bias=false kernel_initializer=ones\n\
+         data predict=\"p.npy\"\n",
+    )
+    .unwrap();
+    let npy = |rows: usize, values: &[f32]| {
+        let header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, 2), }}");
+        let pad = 64 - (10 + header.len() + 1) % 64;
+        let header = format!("{header}{}\n", " ".repeat(pad));
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend((header.len() as u16).to_le_bytes());
+        b.extend(header.as_bytes());
+        values.iter().for_each(|v| b.extend(v.to_le_bytes()));
+        b
+    };
+    std::fs::write(sub.join("p.npy"), npy(3, &[1., 2., 3., 4., 5., 6.])).unwrap();
+    std::fs::write(dir.path().join("q.npy"), npy(1, &[10., 20.])).unwrap();
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lstmc"))
+            .current_dir(dir.path())
+            .args(["run", "sub/m.model", "--json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let data: Vec<f64> = v["predictions"]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        data
+    };
+    // A kernel of ones sums each row.
+    assert_eq!(run(&[]), [3.0, 7.0, 11.0]);
+    assert_eq!(run(&["--predict", "q.npy"]), [30.0]);
+}

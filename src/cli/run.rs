@@ -146,12 +146,19 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
     for path in [&args.save_weights, &args.output].into_iter().flatten() {
         lstmc::weights::check_writable(path)?;
     }
-    let to_predict = args
-        .predict
+    // Inputs to predict: the flag's, else the `data` line's `predict=` (relative to the
+    // model file).
+    let predict_path = args.predict.clone().or_else(|| {
+        spec.data
+            .as_ref()
+            .and_then(|d| d.predict.as_ref())
+            .map(|p| base.join(p))
+    });
+    let to_predict = predict_path
         .as_ref()
         .map(|p| lstmc::arrays::read(p, Some("x")))
         .transpose()?;
-    if let (Some(x), Some(path)) = (&to_predict, &args.predict) {
+    if let (Some(x), Some(path)) = (&to_predict, &predict_path) {
         lstmc::reference::batch_shapes(&spec, x.shape())
             .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
     }
@@ -296,7 +303,7 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
         {
             play_back(&mut trainer, &spec, data, *window, *features, args.json)?;
         }
-    } else if args.predict.is_none() {
+    } else if predict_path.is_none() {
         return Err(Error::Usage(format!(
             "nothing to do for `{}`: give it training data (a `data` line, or --x and --y) or inputs to --predict",
             spec.name
