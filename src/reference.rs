@@ -200,6 +200,24 @@ impl Reference {
     }
 }
 
+/// Whether `n` samples can be predicted in batches of `batch_size`: at least one
+/// sample, and whole batches for a stateful model.
+pub fn check_batches(spec: &ModelSpec, n: usize, batch_size: usize) -> Result<()> {
+    if batch_size == 0 {
+        return Err(Error::Usage("batch size must be at least 1".into()));
+    }
+    if n == 0 {
+        return Err(Error::Usage("no samples to predict".into()));
+    }
+    if spec.is_stateful() && !n.is_multiple_of(batch_size) {
+        return Err(Error::Usage(format!(
+            "model `{}` is stateful with batch size {batch_size}: the number of samples ({n}) must be a multiple of it",
+            spec.name
+        )));
+    }
+    Ok(())
+}
+
 /// Splits `x` into consecutive batches of `batch_size` (a smaller last one
 /// unless the model is stateful, where a remainder is an error).
 pub fn split_batches<T: Clone>(
@@ -211,18 +229,7 @@ pub fn split_batches<T: Clone>(
         .shape()
         .first()
         .ok_or_else(|| Error::Usage("input has no batch axis".into()))?;
-    if batch_size == 0 {
-        return Err(Error::Usage("batch size must be at least 1".into()));
-    }
-    if n == 0 {
-        return Err(Error::Usage("no samples to predict".into()));
-    }
-    if spec.is_stateful() && n % batch_size != 0 {
-        return Err(Error::Usage(format!(
-            "model `{}` is stateful with batch size {batch_size}: the number of samples ({n}) must be a multiple of it",
-            spec.name
-        )));
-    }
+    check_batches(spec, n, batch_size)?;
     Ok((0..n)
         .step_by(batch_size)
         .map(|s| {

@@ -74,6 +74,34 @@ fn what_training_would_be_lost_to_is_refused_before_it_starts() {
             "{flags:?} trained: {stderr}"
         );
     }
+    // A stateful model predicts whole batches: 3 samples in batches of 2 are refused
+    // before training.
+    std::fs::write(
+        d.join("st.model"),
+        "LSTM 4 input_dim=1 input_length=3 batch_size=2 stateful\nDense 1\n\
+         compile loss=mse optimizer=sgd\nfit epochs=2 batch_size=2\ndata csv=\"s.csv\" window=3\n",
+    )
+    .unwrap();
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 3, 1), }";
+    let pad = 64 - (10 + header.len() + 1) % 64;
+    let header = format!("{header}{}\n", " ".repeat(pad));
+    npy.extend((header.len() as u16).to_le_bytes());
+    npy.extend(header.as_bytes());
+    npy.extend([0u8; 36]);
+    std::fs::write(d.join("three.npy"), npy).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lstmc"))
+        .current_dir(d)
+        .args(["run", "st.model", "--predict", "three.npy"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("three.npy: model `st` is stateful with batch size 2: the number of samples (3) must be a multiple of it"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("training `st`"), "trained: {stderr}");
     // The same run with good flags trains and writes both files.
     let out = Command::new(env!("CARGO_BIN_EXE_lstmc"))
         .current_dir(d)

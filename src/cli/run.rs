@@ -158,8 +158,10 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
         .as_ref()
         .map(|p| lstmc::arrays::read(p, Some("x")))
         .transpose()?;
+    let predict_batch = args.batch_size.or(spec.input.batch).unwrap_or(32);
     if let (Some(x), Some(path)) = (&to_predict, &predict_path) {
         lstmc::reference::batch_shapes(&spec, x.shape())
+            .and_then(|_| lstmc::reference::check_batches(&spec, x.shape()[0], predict_batch))
             .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
     }
 
@@ -312,7 +314,7 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
     let Some(x) = to_predict else {
         return Ok(());
     };
-    let batch = args.batch_size.or(spec.input.batch).unwrap_or(32);
+    let batch = predict_batch;
     let y = match args.engine {
         Engine::Interp => Reference::new(spec, weights).predict(&x, batch)?,
         Engine::Jit => {
