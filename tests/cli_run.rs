@@ -5,6 +5,22 @@
 
 use std::process::Command;
 
+/// A float32 `.npy` file of `shape` holding `values`.
+fn npy(shape: &[usize], values: &[f32]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| format!("{d}, ")).collect();
+    let header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}), }}",
+        dims.concat().trim_end()
+    );
+    let pad = 64 - (10 + header.len() + 1) % 64;
+    let header = format!("{header}{}\n", " ".repeat(pad));
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend((header.len() as u16).to_le_bytes());
+    b.extend(header.as_bytes());
+    values.iter().for_each(|v| b.extend(v.to_le_bytes()));
+    b
+}
+
 #[test]
 fn what_training_would_be_lost_to_is_refused_before_it_starts() {
     let dir = tempfile::tempdir().unwrap();
@@ -17,14 +33,7 @@ fn what_training_would_be_lost_to_is_refused_before_it_starts() {
     .unwrap();
     std::fs::write(d.join("s.csv"), "1\n2\n3\n4\n5\n6\n7\n").unwrap();
     // An input of the wrong shape to predict: 2 features where the model takes 1.
-    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
-    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 2), }";
-    let pad = 64 - (10 + header.len() + 1) % 64;
-    let header = format!("{header}{}\n", " ".repeat(pad));
-    npy.extend((header.len() as u16).to_le_bytes());
-    npy.extend(header.as_bytes());
-    npy.extend([0u8; 24]);
-    std::fs::write(d.join("wide.npy"), npy).unwrap();
+    std::fs::write(d.join("wide.npy"), npy(&[1, 3, 2], &[0.0; 6])).unwrap();
     let cases: &[(&[&str], &str)] = &[
         (
             &["--epochs", "0"],
@@ -82,14 +91,7 @@ fn what_training_would_be_lost_to_is_refused_before_it_starts() {
          compile loss=mse optimizer=sgd\nfit epochs=2 batch_size=2\ndata csv=\"s.csv\" window=3\n",
     )
     .unwrap();
-    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
-    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 3, 1), }";
-    let pad = 64 - (10 + header.len() + 1) % 64;
-    let header = format!("{header}{}\n", " ".repeat(pad));
-    npy.extend((header.len() as u16).to_le_bytes());
-    npy.extend(header.as_bytes());
-    npy.extend([0u8; 36]);
-    std::fs::write(d.join("three.npy"), npy).unwrap();
+    std::fs::write(d.join("three.npy"), npy(&[3, 3, 1], &[0.0; 9])).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_lstmc"))
         .current_dir(d)
         .args(["run", "st.model", "--predict", "three.npy"])
@@ -142,18 +144,8 @@ fn the_data_lines_predict_inputs_are_predicted() {
          data predict=\"p.npy\"\n",
     )
     .unwrap();
-    let npy = |rows: usize, values: &[f32]| {
-        let header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, 2), }}");
-        let pad = 64 - (10 + header.len() + 1) % 64;
-        let header = format!("{header}{}\n", " ".repeat(pad));
-        let mut b = b"\x93NUMPY\x01\x00".to_vec();
-        b.extend((header.len() as u16).to_le_bytes());
-        b.extend(header.as_bytes());
-        values.iter().for_each(|v| b.extend(v.to_le_bytes()));
-        b
-    };
-    std::fs::write(sub.join("p.npy"), npy(3, &[1., 2., 3., 4., 5., 6.])).unwrap();
-    std::fs::write(dir.path().join("q.npy"), npy(1, &[10., 20.])).unwrap();
+    std::fs::write(sub.join("p.npy"), npy(&[3, 2], &[1., 2., 3., 4., 5., 6.])).unwrap();
+    std::fs::write(dir.path().join("q.npy"), npy(&[1, 2], &[10., 20.])).unwrap();
     let run = |extra: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_lstmc"))
             .current_dir(dir.path())
