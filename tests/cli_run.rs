@@ -3,6 +3,9 @@
 //! predict that cannot be read or do not fit the model. Each exits 1 with a message
 //! that names the problem, before the first epoch (training would be lost otherwise).
 
+mod common;
+
+use common::lstmc_ok;
 use std::process::Command;
 
 /// A float32 `.npy` file of `shape` holding `values`.
@@ -104,22 +107,16 @@ fn what_training_would_be_lost_to_is_refused_before_it_starts() {
         "{stderr}"
     );
     assert!(!stderr.contains("training `st`"), "trained: {stderr}");
-    // The same run with good flags trains and writes both files.
-    let out = Command::new(env!("CARGO_BIN_EXE_lstmc"))
-        .current_dir(d)
-        .args([
+    // The same run with good flags trains and writes the weights.
+    lstmc_ok(
+        &[
             "run",
             "m.model",
             "--save-weights",
             "w.safetensors",
             "--quiet",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        d,
     );
     assert!(d.join("w.safetensors").is_file());
     // No probe or temporary file is left behind.
@@ -147,18 +144,9 @@ fn the_data_lines_predict_inputs_are_predicted() {
     std::fs::write(sub.join("p.npy"), npy(&[3, 2], &[1., 2., 3., 4., 5., 6.])).unwrap();
     std::fs::write(dir.path().join("q.npy"), npy(&[1, 2], &[10., 20.])).unwrap();
     let run = |extra: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lstmc"))
-            .current_dir(dir.path())
-            .args(["run", "sub/m.model", "--json"])
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let args = [&["run", "sub/m.model", "--json"], extra].concat();
+        let out = lstmc_ok(&args, dir.path());
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         let data: Vec<f64> = v["predictions"]["data"]
             .as_array()
             .unwrap()
