@@ -11,9 +11,8 @@ use lstmc::ir::{lower, OutputRole};
 use lstmc::loss::loss;
 use lstmc::model::{Loss, ModelSpec};
 use lstmc::reference::{batch_shapes, Reference};
-use lstmc::runtime::{gather, stage};
 use lstmc::weights::Weights;
-use ndarray::{ArrayD, IxDyn};
+use ndarray::ArrayD;
 use proptest::prelude::*;
 
 /// Interpreter and JIT results of the gradient function, by output.
@@ -32,32 +31,12 @@ fn both(
     let g = gradient(&lower::lower(spec, batch_shapes(spec, x.shape()).unwrap()).unwrap()).unwrap();
     let ins = gradient_inputs(&g, x, w, &dy);
     let want = lstmc::interp::run(&g, &ins).unwrap();
-    let c = lstmc::jit::compile(g.clone(), &lstmc::jit::Options::default()).unwrap();
-    let staged: Vec<lstmc::jit::Buf> = ins
-        .iter()
-        .map(|a| {
-            let mut s = lstmc::jit::Buf::new();
-            let v: Vec<f32> = a.iter().map(|&v| v as f32).collect();
-            stage(&v, *a.shape().last().unwrap_or(&1), &mut s);
-            s
-        })
-        .collect();
-    let refs: Vec<&[f32]> = staged.iter().map(|s| &s[..]).collect();
-    let mut arena = vec![0.0f32; c.plan.arena_len];
-    c.code.call(&refs, &mut arena).unwrap();
+    let got = run_native(&g, &ins);
     g.outputs
         .iter()
         .zip(want)
-        .zip(&c.plan.outputs)
-        .map(|(((role, v), want), loc)| {
-            let mut out = vec![0.0f32; loc.rows * loc.cols];
-            gather(&arena, loc, &mut out);
-            (
-                role.clone(),
-                want,
-                ArrayD::from_shape_vec(IxDyn(g.shape(*v)), out).unwrap(),
-            )
-        })
+        .zip(got)
+        .map(|(((role, _), want), got)| (role.clone(), want, got.mapv(|v| v as f32)))
         .collect()
 }
 

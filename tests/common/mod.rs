@@ -283,3 +283,31 @@ pub fn lstmc_ok(args: &[&str], dir: &std::path::Path) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// Compiles `f` to native code (default options) and runs it once on `inputs`, each
+/// staged as float32: its outputs in order, as f64 (exactly the float32 values).
+pub fn run_native(f: &lstmc::ir::Function, inputs: &[ArrayD<f64>]) -> Vec<ArrayD<f64>> {
+    let c = lstmc::jit::compile(f.clone(), &lstmc::jit::Options::default()).unwrap();
+    let staged: Vec<lstmc::jit::Buf> = inputs
+        .iter()
+        .map(|a| {
+            let mut s = lstmc::jit::Buf::new();
+            let v: Vec<f32> = a.iter().map(|&v| v as f32).collect();
+            lstmc::runtime::stage(&v, *a.shape().last().unwrap_or(&1), &mut s);
+            s
+        })
+        .collect();
+    let refs: Vec<&[f32]> = staged.iter().map(|s| &s[..]).collect();
+    let mut arena = vec![0.0f32; c.plan.arena_len];
+    c.code.call(&refs, &mut arena).unwrap();
+    f.outputs
+        .iter()
+        .zip(&c.plan.outputs)
+        .map(|((_, v), loc)| {
+            let mut out = vec![0.0f32; loc.rows * loc.cols];
+            lstmc::runtime::gather(&arena, loc, &mut out);
+            let out = out.into_iter().map(f64::from).collect();
+            ArrayD::from_shape_vec(IxDyn(f.shape(*v)), out).unwrap()
+        })
+        .collect()
+}
