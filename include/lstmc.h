@@ -229,6 +229,27 @@ enum lstmc_status lstmc_train_on_batch(struct lstmc_network *net,
                                        char **error);
 
 /*
+ Loss and metric over `x` and targets `y` (shapes as in [`lstmc_train_on_batch`]) in
+ batches of `batch_size`, without updates (Keras's `evaluate`); stateful layers carry
+ their states across the batches. Stores the loss in `*loss` and the metric the
+ model's `compile` line names in `*metric`, NaN when it names none (either may be
+ NULL).
+ */
+enum lstmc_status lstmc_evaluate(struct lstmc_network *net,
+                                 const float *x,
+                                 uintptr_t x_len,
+                                 const uintptr_t *x_shape,
+                                 uintptr_t x_ndim,
+                                 const float *y,
+                                 uintptr_t y_len,
+                                 const uintptr_t *y_shape,
+                                 uintptr_t y_ndim,
+                                 uintptr_t batch_size,
+                                 double *loss,
+                                 double *metric,
+                                 char **error);
+
+/*
  Zeroes the network's stateful layers' states (Keras's `reset_states`).
  */
 enum lstmc_status lstmc_reset_states(struct lstmc_network *net, char **error);

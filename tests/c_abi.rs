@@ -38,6 +38,7 @@ fn the_header_is_generated_from_the_code() {
         "lstmc_predict",
         "lstmc_stream_predict",
         "lstmc_train_on_batch",
+        "lstmc_evaluate",
         "lstmc_reset_states",
         "lstmc_load_weights",
         "lstmc_save_weights",

@@ -52,6 +52,18 @@ int main(void) {
     float nan_target[2] = {0.0f / 0.0f, 1};
     EXPECT("nan target", lstmc_train_on_batch(net, x, 16, xs, 3, nan_target, 2, ys, 2, NULL, NULL, &error), LSTMC_DATA_ERROR, "NaN");
     EXPECT("reset", lstmc_reset_states(net, &error), LSTMC_OK, "");
+    /* evaluate from zero states gives the loss the next step reports from them. */
+    double eval_loss = -1, eval_metric = 0, step_loss = -1;
+    EXPECT("evaluate", lstmc_evaluate(net, x, 16, xs, 3, target, 2, ys, 2, 2, &eval_loss, &eval_metric, &error), LSTMC_OK, "");
+    if (eval_metric == eval_metric) { printf("FAIL evaluate metric %g without metrics=\n", eval_metric); failures++; }
+    EXPECT("reset", lstmc_reset_states(net, &error), LSTMC_OK, "");
+    EXPECT("train after evaluate", lstmc_train_on_batch(net, x, 16, xs, 3, target, 2, ys, 2, &step_loss, NULL, &error), LSTMC_OK, "");
+    double gap = step_loss - eval_loss;
+    if (gap < 0) gap = -gap;
+    if (!(eval_loss > 0) || !(gap <= 1e-5 * eval_loss)) { printf("FAIL evaluate loss %g, step loss %g\n", eval_loss, step_loss); failures++; }
+    EXPECT("evaluate batch 0", lstmc_evaluate(net, x, 16, xs, 3, target, 2, ys, 2, 0, NULL, NULL, &error), LSTMC_USAGE_ERROR, "batch size");
+    EXPECT("evaluate y length", lstmc_evaluate(net, x, 16, xs, 3, target, 1, ys, 2, 2, NULL, NULL, &error), LSTMC_USAGE_ERROR, "");
+    EXPECT("reset", lstmc_reset_states(net, &error), LSTMC_OK, "");
     EXPECT("load missing", lstmc_load_weights(net, "/nonexistent.safetensors", &error), LSTMC_IO_ERROR, "nonexistent");
     EXPECT("save to a missing directory", lstmc_save_weights(net, "/nonexistent/dir/w.safetensors", &error), LSTMC_IO_ERROR, "nonexistent");
     /* A NULL error pointer is allowed: the status still says what happened. */

@@ -373,6 +373,47 @@ pub extern "C" fn lstmc_train_on_batch(
     })
 }
 
+/// Loss and metric over `x` and targets `y` (shapes as in [`lstmc_train_on_batch`]) in
+/// batches of `batch_size`, without updates (Keras's `evaluate`); stateful layers carry
+/// their states across the batches. Stores the loss in `*loss` and the metric the
+/// model's `compile` line names in `*metric`, NaN when it names none (either may be
+/// NULL).
+#[no_mangle]
+pub extern "C" fn lstmc_evaluate(
+    net: *mut lstmc_network,
+    x: *const f32,
+    x_len: usize,
+    x_shape: *const usize,
+    x_ndim: usize,
+    y: *const f32,
+    y_len: usize,
+    y_shape: *const usize,
+    y_ndim: usize,
+    batch_size: usize,
+    loss: *mut f64,
+    metric: *mut f64,
+    error: *mut *mut c_char,
+) -> lstmc_status {
+    guard(error, || {
+        let net = network(net)?;
+        let xshape = shape_of(x_shape, x_ndim, "x_shape")?;
+        let yshape = shape_of(y_shape, y_ndim, "y_shape")?;
+        let xs = array_of(x, x_len, &xshape, "x")?;
+        let ys = array_of(y, y_len, &yshape, "y")?;
+        let (l, m) = net.evaluate(xs, ys, batch_size)?;
+        // SAFETY: each is written only when non-null; the caller promises writable doubles.
+        unsafe {
+            if let Some(p) = loss.as_mut() {
+                *p = l;
+            }
+            if let Some(p) = metric.as_mut() {
+                *p = m.unwrap_or(f64::NAN);
+            }
+        }
+        Ok(())
+    })
+}
+
 /// Zeroes the network's stateful layers' states (Keras's `reset_states`).
 #[no_mangle]
 pub extern "C" fn lstmc_reset_states(
