@@ -314,12 +314,12 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
     let Some(x) = to_predict else {
         return Ok(());
     };
-    let batch = predict_batch;
     let y = match args.engine {
-        Engine::Interp => Reference::new(spec, weights).predict(&x, batch)?,
+        Engine::Interp => Reference::new(spec, weights).predict(&x, predict_batch)?,
         Engine::Jit => {
             let mut m = lstmc::runtime::CompiledModel::new(spec, &weights, options);
-            m.predict(&x.mapv(|v| v as f32), batch)?.mapv(|v| v as f64)
+            m.predict(&x.mapv(|v| v as f32), predict_batch)?
+                .mapv(|v| v as f64)
         }
     };
     match &args.output {
