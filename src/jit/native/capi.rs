@@ -145,6 +145,36 @@ fn array_of<'a>(
     ArrayViewD::from_shape(IxDyn(shape), s).map_err(|e| Error::Usage(format!("{what}: {e}")))
 }
 
+/// An array passed as data, length, shape and axes.
+type Raw = (*const f32, usize, *const usize, usize);
+
+/// The inputs `x` and targets `y` of a training step or an evaluation, checked.
+fn inputs_and_targets<'a>(
+    (x, x_len, x_shape, x_ndim): Raw,
+    (y, y_len, y_shape, y_ndim): Raw,
+) -> Result<(ArrayViewD<'a, f32>, ArrayViewD<'a, f32>), Error> {
+    let xshape = shape_of(x_shape, x_ndim, "x_shape")?;
+    let yshape = shape_of(y_shape, y_ndim, "y_shape")?;
+    Ok((
+        array_of(x, x_len, &xshape, "x")?,
+        array_of(y, y_len, &yshape, "y")?,
+    ))
+}
+
+/// Stores a loss in `*loss` and a metric in `*metric` (NaN for none), each only where
+/// the pointer is not NULL.
+fn write_scores((l, m): (f64, Option<f64>), loss: *mut f64, metric: *mut f64) {
+    // SAFETY: each is written only when non-null; the caller promises writable doubles.
+    unsafe {
+        if let Some(p) = loss.as_mut() {
+            *p = l;
+        }
+        if let Some(p) = metric.as_mut() {
+            *p = m.unwrap_or(f64::NAN);
+        }
+    }
+}
+
 /// Copies `y` into the caller's `out[..len]`, which must have exactly its size.
 fn write_out(y: &ArrayD<f32>, out: *mut f32, len: usize) -> Result<(), Error> {
     if out.is_null() {
@@ -355,20 +385,9 @@ pub extern "C" fn lstmc_train_on_batch(
 ) -> lstmc_status {
     guard(error, || {
         let net = network(net)?;
-        let xshape = shape_of(x_shape, x_ndim, "x_shape")?;
-        let yshape = shape_of(y_shape, y_ndim, "y_shape")?;
-        let xs = array_of(x, x_len, &xshape, "x")?;
-        let ys = array_of(y, y_len, &yshape, "y")?;
-        let (l, a) = net.train_on_batch(xs, ys)?;
-        // SAFETY: each is written only when non-null; the caller promises writable doubles.
-        unsafe {
-            if let Some(p) = loss.as_mut() {
-                *p = l;
-            }
-            if let Some(p) = metric.as_mut() {
-                *p = a.unwrap_or(f64::NAN);
-            }
-        }
+        let (xs, ys) =
+            inputs_and_targets((x, x_len, x_shape, x_ndim), (y, y_len, y_shape, y_ndim))?;
+        write_scores(net.train_on_batch(xs, ys)?, loss, metric);
         Ok(())
     })
 }
@@ -396,20 +415,9 @@ pub extern "C" fn lstmc_evaluate(
 ) -> lstmc_status {
     guard(error, || {
         let net = network(net)?;
-        let xshape = shape_of(x_shape, x_ndim, "x_shape")?;
-        let yshape = shape_of(y_shape, y_ndim, "y_shape")?;
-        let xs = array_of(x, x_len, &xshape, "x")?;
-        let ys = array_of(y, y_len, &yshape, "y")?;
-        let (l, m) = net.evaluate(xs, ys, batch_size)?;
-        // SAFETY: each is written only when non-null; the caller promises writable doubles.
-        unsafe {
-            if let Some(p) = loss.as_mut() {
-                *p = l;
-            }
-            if let Some(p) = metric.as_mut() {
-                *p = m.unwrap_or(f64::NAN);
-            }
-        }
+        let (xs, ys) =
+            inputs_and_targets((x, x_len, x_shape, x_ndim), (y, y_len, y_shape, y_ndim))?;
+        write_scores(net.evaluate(xs, ys, batch_size)?, loss, metric);
         Ok(())
     })
 }
