@@ -97,6 +97,28 @@ typedef struct lstmc_network lstmc_network;
 typedef struct lstmc_stream lstmc_stream;
 
 /*
+ One epoch of [`lstmc_fit`], as Keras's logs have it; NaN where they have no value.
+ */
+typedef struct lstmc_epoch {
+  /*
+   The training loss, averaged over the epoch's samples.
+   */
+  double loss;
+  /*
+   The `compile` line's metric (`metrics=`) over the epoch's samples; NaN without one.
+   */
+  double metric;
+  /*
+   The loss on the validation samples; NaN without a validation split.
+   */
+  double val_loss;
+  /*
+   The metric on the validation samples; NaN without a split or a metric.
+   */
+  double val_metric;
+} lstmc_epoch;
+
+/*
  The statements (and layer kinds) options can belong to, as bits.
  */
 typedef uint8_t Owners;
@@ -248,6 +270,32 @@ enum lstmc_status lstmc_evaluate(struct lstmc_network *net,
                                  double *loss,
                                  double *metric,
                                  char **error);
+
+/*
+ Keras's `fit` on `x` and targets `y` (shapes as in [`lstmc_train_on_batch`]), as the
+ model's `fit` line says (epochs, batch size, shuffling and its seed, validation
+ split, state resets; Keras's defaults where it is silent), with `epochs` and
+ `batch_size` in place of the line's when not 0. When `history` is not NULL, epoch `i`
+ (from 0) is stored in `history[i]` as it ends, and `history_len` must cover every
+ epoch (checked before training). `*epochs_done` (when not NULL) is how many epochs
+ ended, also when a later one fails: a loss that diverges stops training with
+ `LSTMC_DATA_ERROR` and keeps the weights of the last epoch that ended.
+ */
+enum lstmc_status lstmc_fit(struct lstmc_network *net,
+                            const float *x,
+                            uintptr_t x_len,
+                            const uintptr_t *x_shape,
+                            uintptr_t x_ndim,
+                            const float *y,
+                            uintptr_t y_len,
+                            const uintptr_t *y_shape,
+                            uintptr_t y_ndim,
+                            uintptr_t epochs,
+                            uintptr_t batch_size,
+                            struct lstmc_epoch *history,
+                            uintptr_t history_len,
+                            uintptr_t *epochs_done,
+                            char **error);
 
 /*
  Zeroes the network's stateful layers' states (Keras's `reset_states`).

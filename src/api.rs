@@ -317,6 +317,32 @@ impl Network {
         y: ArrayViewD<'_, f32>,
         options: &FitOptions,
     ) -> Result<Vec<EpochLog>> {
+        self.fit_with(x, y, options, |_| {})
+    }
+
+    /// [`Network::fit`], calling `on_epoch` with each epoch's log as the epoch ends: the
+    /// epochs that ran are reported even when a later one fails (a loss that diverges
+    /// stops training and keeps the weights of the last good epoch).
+    ///
+    /// ```
+    /// use ndarray::{ArrayD, IxDyn};
+    /// let mut net = lstmc::Model::parse("Dense 1 input_dim=1\ncompile loss=mse optimizer=sgd\n")?
+    ///     .compile(&Default::default())?;
+    /// let x = ArrayD::<f32>::zeros(IxDyn(&[4, 1]));
+    /// let mut o = net.fit_options();
+    /// o.epochs = 3;
+    /// let mut seen = Vec::new();
+    /// net.fit_with(x.view(), x.view(), &o, |log| seen.push(log.epoch))?;
+    /// assert_eq!(seen, [1, 2, 3]);
+    /// # Ok::<(), lstmc::Error>(())
+    /// ```
+    pub fn fit_with(
+        &mut self,
+        x: ArrayViewD<'_, f32>,
+        y: ArrayViewD<'_, f32>,
+        options: &FitOptions,
+        on_epoch: impl FnMut(&EpochLog),
+    ) -> Result<Vec<EpochLog>> {
         finite("x", &x)?;
         finite("y", &y)?;
         if options.batch_size == 0 || options.epochs == 0 {
@@ -329,7 +355,7 @@ impl Network {
             y: Some(y.mapv(f64::from)),
         };
         self.stale = true;
-        self.trainer.fit(&data, options, |_| {})
+        self.trainer.fit(&data, options, on_epoch)
     }
 
     /// The model's `fit` line (epochs, batch size, shuffling, validation split,

@@ -39,6 +39,7 @@ fn the_header_is_generated_from_the_code() {
         "lstmc_stream_predict",
         "lstmc_train_on_batch",
         "lstmc_evaluate",
+        "lstmc_fit",
         "lstmc_reset_states",
         "lstmc_load_weights",
         "lstmc_save_weights",
@@ -146,12 +147,14 @@ fn c_programs_built_against_both_libraries() {
             // %.9g prints every f32 exactly: the same code gives the same bits.
             assert_eq!(&got, w, "{kind} sample {t}");
         }
-        let exe = dir.path().join(format!("errors-{kind}"));
-        cc("tests/c/errors.c", lib, &exe);
-        let out = Command::new(&exe).output().unwrap();
-        let report = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "errors.c ({kind}):\n{report}");
-        assert!(report.contains("0 failures"), "{report}");
+        for program in ["errors", "fit"] {
+            let exe = dir.path().join(format!("{program}-{kind}"));
+            cc(&format!("tests/c/{program}.c"), lib, &exe);
+            let out = Command::new(&exe).output().unwrap();
+            let report = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{program}.c ({kind}):\n{report}");
+            assert!(report.contains("0 failures"), "{report}");
+        }
     }
 }
 

@@ -422,6 +422,95 @@ pub extern "C" fn lstmc_evaluate(
     })
 }
 
+/// One epoch of [`lstmc_fit`], as Keras's logs have it; NaN where they have no value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct lstmc_epoch {
+    /// The training loss, averaged over the epoch's samples.
+    pub loss: f64,
+    /// The `compile` line's metric (`metrics=`) over the epoch's samples; NaN without one.
+    pub metric: f64,
+    /// The loss on the validation samples; NaN without a validation split.
+    pub val_loss: f64,
+    /// The metric on the validation samples; NaN without a split or a metric.
+    pub val_metric: f64,
+}
+
+/// Keras's `fit` on `x` and targets `y` (shapes as in [`lstmc_train_on_batch`]), as the
+/// model's `fit` line says (epochs, batch size, shuffling and its seed, validation
+/// split, state resets; Keras's defaults where it is silent), with `epochs` and
+/// `batch_size` in place of the line's when not 0. When `history` is not NULL, epoch `i`
+/// (from 0) is stored in `history[i]` as it ends, and `history_len` must cover every
+/// epoch (checked before training). `*epochs_done` (when not NULL) is how many epochs
+/// ended, also when a later one fails: a loss that diverges stops training with
+/// `LSTMC_DATA_ERROR` and keeps the weights of the last epoch that ended.
+#[no_mangle]
+pub extern "C" fn lstmc_fit(
+    net: *mut lstmc_network,
+    x: *const f32,
+    x_len: usize,
+    x_shape: *const usize,
+    x_ndim: usize,
+    y: *const f32,
+    y_len: usize,
+    y_shape: *const usize,
+    y_ndim: usize,
+    epochs: usize,
+    batch_size: usize,
+    history: *mut lstmc_epoch,
+    history_len: usize,
+    epochs_done: *mut usize,
+    error: *mut *mut c_char,
+) -> lstmc_status {
+    // SAFETY: written only when non-null; the caller promises a writable `size_t`.
+    let report = |n: usize| unsafe {
+        if let Some(p) = epochs_done.as_mut() {
+            *p = n;
+        }
+    };
+    report(0);
+    guard(error, || {
+        let net = network(net)?;
+        let (xs, ys) =
+            inputs_and_targets((x, x_len, x_shape, x_ndim), (y, y_len, y_shape, y_ndim))?;
+        let mut options = net.fit_options();
+        if epochs > 0 {
+            options.epochs = epochs;
+        }
+        if batch_size > 0 {
+            options.batch_size = batch_size;
+        }
+        let history = if history.is_null() {
+            None
+        } else if history_len < options.epochs {
+            return Err(Error::Usage(format!(
+                "history has room for {history_len} epochs, but fit runs {}",
+                options.epochs
+            )));
+        } else {
+            // SAFETY: non-null, and the caller promises `history_len` writable entries,
+            // which cover every epoch (checked above).
+            Some(unsafe { std::slice::from_raw_parts_mut(history, history_len) })
+        };
+        let mut history = history;
+        let mut done = 0;
+        net.fit_with(xs, ys, &options, |log| {
+            if let Some(slot) = history.as_deref_mut().and_then(|h| h.get_mut(done)) {
+                let (val_loss, val_metric) = log.validation.unwrap_or((f64::NAN, None));
+                *slot = lstmc_epoch {
+                    loss: log.loss,
+                    metric: log.metric.unwrap_or(f64::NAN),
+                    val_loss,
+                    val_metric: val_metric.unwrap_or(f64::NAN),
+                };
+            }
+            done += 1;
+            report(done);
+        })?;
+        Ok(())
+    })
+}
+
 /// Zeroes the network's stateful layers' states (Keras's `reset_states`).
 #[no_mangle]
 pub extern "C" fn lstmc_reset_states(
