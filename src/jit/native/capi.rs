@@ -480,7 +480,7 @@ pub extern "C" fn lstmc_fit(
         if batch_size > 0 {
             options.batch_size = batch_size;
         }
-        let history = if history.is_null() {
+        let mut history = if history.is_null() {
             None
         } else if history_len < options.epochs {
             return Err(Error::Usage(format!(
@@ -492,7 +492,6 @@ pub extern "C" fn lstmc_fit(
             // which cover every epoch (checked above).
             Some(unsafe { std::slice::from_raw_parts_mut(history, history_len) })
         };
-        let mut history = history;
         let mut done = 0;
         net.fit_with(xs, ys, &options, |log| {
             if let Some(slot) = history.as_deref_mut().and_then(|h| h.get_mut(done)) {
