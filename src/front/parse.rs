@@ -269,12 +269,38 @@ fn syntax_error(source: &SourceFile, e: pest::error::Error<Rule>) -> Diagnostic 
         diag = diag.help("a `\\` continues a line only as the last character of the line");
     } else if rest.starts_with('=') {
         diag = diag.help("an option is written `name=value`, with a name before `=`");
+    } else if let Some(help) = list_help(&source.text[..pos], rest) {
+        diag = diag.help(help);
     } else if rest.starts_with(['(', ')', ',', '[', ']']) {
         diag = diag.help(
             "write options as `name=value` separated by spaces, not Keras's `(...)` call syntax",
         );
     }
     diag
+}
+
+/// The help for a Keras list where a value goes (`metrics=['accuracy']`), or a second
+/// metric after a comma (`metrics=accuracy,mae`); other commas get the call-syntax help.
+/// `before` is the text up to the unexpected character, `rest` the text from it.
+fn list_help(before: &str, rest: &str) -> Option<&'static str> {
+    let option = before
+        .rsplit(|c: char| c.is_whitespace())
+        .next()
+        .and_then(|word| word.split_once('='))
+        .map(|(name, _)| name)?;
+    let list = rest.starts_with('[') && before.ends_with('=');
+    let second_metric = rest.starts_with(',') && option == "metrics";
+    if !(list || second_metric) {
+        return None;
+    }
+    Some(if option == "metrics" {
+        "`metrics=` names one metric, without Keras's list: metrics=accuracy (or mae, mse)"
+    } else if option.ends_with("shape") {
+        "a value is one word, number or quoted string, not a Keras list; a shape is written \
+         input_length=T input_dim=F, and batch_size=B for Keras's batch_input_shape"
+    } else {
+        "a value is one word, number or quoted string, not a Keras list"
+    })
 }
 
 fn token_at(rest: &str) -> usize {
