@@ -1,7 +1,8 @@
 //! The C ABI, from C: the header is what cbindgen generates from the code; the
 //! example host (`examples/c/host.c`) streams the same numbers as the Rust API,
-//! linked against the static and the dynamic library; and every misuse in
-//! `tests/c/errors.c` gets its status and message.
+//! linked against the static and the dynamic library; every misuse in
+//! `tests/c/errors.c` gets its status and message; and `tests/c/fit.c` checks
+//! `lstmc_fit` against `lstmc_train_on_batch` and `lstmc_evaluate`.
 
 mod common;
 
