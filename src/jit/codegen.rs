@@ -30,8 +30,8 @@ use std::collections::HashMap;
 /// Loops of at most this many iterations are unrolled when generated.
 const SMALL_LOOP: usize = 4;
 
-/// Copies and row sums of at least this many elements call the host (`lstmc_copy`,
-/// `lstmc_sum_rows`) instead of looping in generated code (W3's training step copies
+/// Copies, transposes and row sums of at least this many elements call the host
+/// (`lstmc_copy`, `lstmc_transpose`, `lstmc_sum_rows`) instead of looping in generated code (W3's training step copies
 /// 32×256 states twice a step, and its time reversals 8 MB in all).
 const COPY_CALL_MIN: usize = 1024;
 
@@ -133,6 +133,8 @@ pub struct Hosts {
     pub few_rows: FuncRef,
     /// `lstmc_copy`
     pub copy: FuncRef,
+    /// `lstmc_transpose`
+    pub transpose: FuncRef,
     /// `lstmc_sum_rows`
     pub sum_rows: FuncRef,
     /// `lstmc_tick`
@@ -692,7 +694,8 @@ impl Emitter<'_, '_, '_> {
     }
 
     /// Calls a host function `(src, src_stride, dst, dst_stride, rows, cols)` that maps
-    /// the rows of `src` to those of `dst` (`lstmc_softmax`, `lstmc_copy`).
+    /// the rows of `src` to those of `dst` (`lstmc_softmax`, `lstmc_copy`), or transposes
+    /// it (`lstmc_transpose`).
     fn row_call(&mut self, func: FuncRef, src: &Mat, dst: &Mat) {
         let args = [
             self.rows_arg(src),
@@ -851,11 +854,15 @@ impl Emitter<'_, '_, '_> {
         })
     }
 
-    /// `out = srcᵀ`, element by element: row `r` of `src` becomes column `r` of `out`.
-    /// It runs once per call, before the loop that reads it (W3's 256×1024 recurrent
-    /// kernel in well under 1% of a training step).
+    /// `out = srcᵀ`: row `r` of `src` becomes column `r` of `out`. It runs once per call,
+    /// before the loop that reads it; large ones call the host, which goes by tiles
+    /// (`lstmc_transpose`), small ones go element by element here.
     fn transpose(&mut self, src: &Mat, out: &Mat) -> Result<(), IrError> {
         let (src, out) = (*src, *out);
+        if src.rows * src.cols >= COPY_CALL_MIN {
+            self.row_call(self.hosts.transpose, &src, &out);
+            return Ok(());
+        }
         self.counted(src.rows, |e, r| {
             let row = e.row(&src, r);
             let col = e.b.ins().imul_imm_s(r, 4);

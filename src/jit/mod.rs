@@ -135,7 +135,7 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
     ctx.func.name = UserFuncName::user(0, id.as_u32());
     // The host functions generated code calls (`native.rs`), with their parameters: so
     // many 64-bit integers and pointers, then so many f32s.
-    let imports: [(&str, usize, usize); 14] = [
+    let imports: [(&str, usize, usize); 15] = [
         // (kind, y, ys, t, ts, dy, dys, rows, cols, out)
         ("lstmc_loss", 10, 0),
         // (m, n, k, a, lda, b, ldb, c, ldc, threads)
@@ -154,6 +154,8 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         ("lstmc_few_rows", 11, 0),
         // (src, src_stride, dst, dst_stride, rows, cols)
         ("lstmc_copy", 6, 0),
+        // (src, src_stride, dst, dst_stride, rows, cols)
+        ("lstmc_transpose", 6, 0),
         // (src, src_stride, dst, rows, cols)
         ("lstmc_sum_rows", 5, 0),
         // (profile, instruction)
@@ -179,8 +181,8 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
         );
     }
     let hosts = |module: &mut JITModule, func: &mut cranelift_codegen::ir::Function| {
-        let [loss, gemm, softmax, gemm_strided, softmax_grad, update, rows, few_rows, copy, sum_rows, tick, activate, pack, gemm_packed] =
-            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
+        let [loss, gemm, softmax, gemm_strided, softmax_grad, update, rows, few_rows, copy, transpose, sum_rows, tick, activate, pack, gemm_packed] =
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
                 .map(|i| module.declare_func_in_func(ids[i], func));
         codegen::Hosts {
             loss,
@@ -192,6 +194,7 @@ pub fn compile(mut func: Function, options: &Options) -> Result<Compiled> {
             rows,
             few_rows,
             copy,
+            transpose,
             sum_rows,
             tick,
             activate,
