@@ -296,12 +296,12 @@ fn transpose(
             let t = Transpose {
                 src,
                 ss,
-                dst: &mut *dst,
+                dst: dst.as_mut_ptr(),
                 ds,
                 rows,
                 cols,
             };
-            // SAFETY: `isa` is this CPU's; the slices hold the shapes (see `Transpose`).
+            // SAFETY: `isa` is this CPU's; `dst` holds `cols` rows of `rows`, `ds` apart.
             done = unsafe { isa.run(t) };
         }
     }
@@ -317,14 +317,21 @@ fn transpose(
     }
 }
 
-/// [`lstmc_transpose`]'s bands of whole vectors of rows: for each band, each column
-/// gathered from the band's rows and stored as one vector of the transpose's row. A
-/// band's rows are read along, line by line, and each store fills whole lines. The
-/// output is the number of rows done (a multiple of `LANES`).
+/// The transpose of `src` (`rows × cols`, rows `ss` apart) to `dst` (`cols` rows of
+/// `rows`, `ds` apart) by bands of a vector's rows: each column of a band gathered into
+/// one vector, stored whole into its row of `dst`. A band's rows are read along, line
+/// by line. `run` returns the rows done, a multiple of `LANES`; the caller does the
+/// rest. Used by [`lstmc_transpose`] and by [`Product::block_by_columns`], whose
+/// column-major scratch it writes into `c` (there half the time of element by element
+/// with AVX-512: 49 against 96 µs for W4's 64 × 2048; about the same with Zen 2's AVX2,
+/// W4's forward 1.00 against it at one thread).
+///
+/// Its caller guarantees: `dst` holds `cols` rows of `rows` elements, `ds` apart, that
+/// nothing else writes during the call; `LANES · ss` fits a gather's 32-bit offsets.
 struct Transpose<'a> {
     src: &'a [f32],
     ss: usize,
-    dst: &'a mut [f32],
+    dst: *mut f32,
     ds: usize,
     rows: usize,
     cols: usize,
@@ -347,12 +354,12 @@ impl VecKernel for Transpose<'_> {
             let r = band * S::LANES;
             for c in 0..cols {
                 // SAFETY: lanes `r..r + LANES` of column `c` are elements of `src`
-                // (`r + LANES <= rows`, `c < cols`), `LANES · ss` fits the gather's
-                // offsets (the caller's), and `dst[c · ds + r..][..LANES]` lies within
-                // row `c` of the transpose.
+                // (`r + LANES <= rows`, `c < cols`, the slice holding the shape), and
+                // `LANES · ss` fits the gather's offsets; `dst[c · ds + r..][..LANES]`
+                // lies within row `c` of the transpose (the caller's).
                 unsafe {
                     let v = s.gather(src.as_ptr().add(r * ss + c), ss);
-                    s.store(dst.as_mut_ptr().add(c * ds + r), v);
+                    s.store(dst.add(c * ds + r), v);
                 }
             }
         }
@@ -604,15 +611,18 @@ impl Product {
             unsafe { self.gemm_into(rows.clone(), cols.clone(), s.as_mut_ptr(), m as isize, 1) };
             let mut j0 = 0;
             if let (Some(isa), true) = (Isa::detect(), m <= (i32::MAX / 64) as usize) {
-                let tiles = Tiles {
-                    s,
-                    c: self.c,
-                    c_rs: self.c_rs,
-                    rows: rows.clone(),
-                    cols: cols.clone(),
+                // `s` is `n` rows of `m` (its columns), their transpose the block of `c`.
+                let t = Transpose {
+                    src: s,
+                    ss: m,
+                    // SAFETY: the block's first element, in the planned `c`.
+                    dst: unsafe { self.c.add(rows.start * self.c_rs + cols.start) },
+                    ds: self.c_rs,
+                    rows: n,
+                    cols: m,
                 };
-                // SAFETY: `isa` is this CPU's; as below, for the whole tiles.
-                j0 = unsafe { isa.run(tiles) };
+                // SAFETY: `isa` is this CPU's; as below, for the bands it does.
+                j0 = unsafe { isa.run(t) };
             }
             for j in j0..n {
                 for r in 0..m {
@@ -624,48 +634,6 @@ impl Product {
                 }
             }
         });
-    }
-}
-
-/// The whole tiles of a vector's columns of the column-major `s` (`rows × cols`), to be
-/// written into their block of `c` (rows `c_rs` apart), a row of a tile by one gather
-/// (half the time of element by element with AVX-512: 49 against 96 µs for W4's
-/// 64 × 2048; about the same with Zen 2's AVX2, W4's forward 1.00 against it at one
-/// thread); `run` returns the columns done.
-struct Tiles<'a> {
-    s: &'a [f32],
-    c: *mut f32,
-    c_rs: usize,
-    rows: std::ops::Range<usize>,
-    cols: std::ops::Range<usize>,
-}
-
-impl VecKernel for Tiles<'_> {
-    type Output = usize;
-    #[inline(always)]
-    unsafe fn run<S: Simd>(self, simd: S) -> usize {
-        let Tiles {
-            s,
-            c,
-            c_rs,
-            rows,
-            cols,
-        } = self;
-        let (m, n) = (rows.len(), cols.len());
-        let whole = n / S::LANES * S::LANES;
-        for j0 in (0..whole).step_by(S::LANES) {
-            for r in 0..m {
-                // SAFETY: the gather reads `s[(j0 + x) · m + r]` for `x < LANES`, within
-                // the `m × n` elements of `s` (`j0 + LANES <= n`, and the caller's `m`
-                // keeps `LANES · m` an `i32`); the store writes `LANES` columns of row
-                // `rows.start + r` of `c` inside the planned block.
-                unsafe {
-                    let v = simd.gather(s.as_ptr().add(j0 * m + r), m);
-                    simd.store(c.add((rows.start + r) * c_rs + cols.start + j0), v);
-                }
-            }
-        }
-        whole
     }
 }
 

@@ -3,7 +3,7 @@
 //! outside the result (the rows' padding keeps a sentinel).
 
 use super::simd::Isa;
-use super::{FewRows, FewRowsPart, Tiles};
+use super::{FewRows, FewRowsPart, Transpose};
 
 /// Deterministic values in `[-1, 1)`.
 pub(super) fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -102,12 +102,14 @@ fn tiles_transpose_whole_vectors_exactly_and_report_the_rest() {
             // the tiles go to rows `1..1 + m`, columns `2..2 + n`.
             let c_rs = n + 5;
             let mut c = vec![SENTINEL; (m + 2) * c_rs];
-            let tiles = Tiles {
-                s: &s,
-                c: c.as_mut_ptr(),
-                c_rs,
-                rows: 1..1 + m,
-                cols: 2..2 + n,
+            // `s` is column-major: `n` rows of `m`, whose transpose is the block.
+            let tiles = Transpose {
+                src: &s,
+                ss: m,
+                dst: c[c_rs + 2..].as_mut_ptr(),
+                ds: c_rs,
+                rows: n,
+                cols: m,
             };
             // SAFETY: `isa` is this CPU's; `c` holds the block.
             let done = unsafe { isa.run(tiles) };
