@@ -31,8 +31,9 @@ use std::collections::HashMap;
 const SMALL_LOOP: usize = 4;
 
 /// Copies, transposes and row sums of at least this many elements call the host
-/// (`lstmc_copy`, `lstmc_transpose`, `lstmc_sum_rows`) instead of looping in generated code (W3's training step copies
-/// 32×256 states twice a step, and its time reversals 8 MB in all).
+/// (`lstmc_copy`, `lstmc_transpose`, `lstmc_sum_rows`) instead of looping in generated
+/// code (W3's training step copies 32×256 states twice a step, and its time reversals
+/// 8 MB in all).
 const COPY_CALL_MIN: usize = 1024;
 
 /// Knobs of code generation.
@@ -855,8 +856,8 @@ impl Emitter<'_, '_, '_> {
     }
 
     /// `out = srcᵀ`: row `r` of `src` becomes column `r` of `out`. It runs once per call,
-    /// before the loop that reads it; large ones call the host, which goes by tiles
-    /// (`lstmc_transpose`), small ones go element by element here.
+    /// before the loop that reads it; large ones call the host, which gathers columns
+    /// into vectors (`lstmc_transpose`), small ones go element by element here.
     fn transpose(&mut self, src: &Mat, out: &Mat) -> Result<(), IrError> {
         let (src, out) = (*src, *out);
         if src.rows * src.cols >= COPY_CALL_MIN {

@@ -3,7 +3,8 @@
 //! outside the result (the rows' padding keeps a sentinel).
 
 use super::simd::Isa;
-use super::{FewRows, FewRowsPart, Transpose};
+use super::transpose::Transpose;
+use super::{FewRows, FewRowsPart};
 
 /// Deterministic values in `[-1, 1)`.
 pub(super) fn values(n: usize, seed: u64) -> Vec<f32> {
