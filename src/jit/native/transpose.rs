@@ -150,10 +150,10 @@ const TILE: usize = 16;
 
 #[cfg(test)]
 mod tests {
-    /// On every vector set and without: bands of vectors and tiles of every shape (whole, cut at the right, at the
-    /// bottom, both, a single element, one row, one column), with rows wider than the
-    /// matrices, against the definition; the padding of the transpose's rows stays as
-    /// it was.
+    /// On every vector set and without: bands of vectors and tiles of every shape (whole,
+    /// cut at the right, at the bottom, both, a single element, one row, one column),
+    /// with rows wider than the matrices, against the definition; the padding of the
+    /// transpose's rows stays as it was.
     #[test]
     fn transposes_of_every_shape_leave_the_padding() {
         let shapes = [
