@@ -81,6 +81,7 @@ pub(super) extern "C" fn lstmc_update(
             d_rows,
             rows,
             k: [rate, k0, k1, k2, k3],
+            fma_sqrt: super::simd::fma_sqrt(),
         };
         // SAFETY: `isa` is this CPU's; the part's operands are the planned slots, and its
         // rows its own.
@@ -105,6 +106,8 @@ struct Part<'a> {
     rows: std::ops::Range<usize>,
     /// `[rate, k0, k1, k2, k3]`.
     k: [f32; 5],
+    /// Square roots by [`Simd::sqrt_fma`] ([`super::simd::fma_sqrt`]).
+    fma_sqrt: bool,
 }
 
 impl VecKernel for Part<'_> {
@@ -126,6 +129,7 @@ impl VecKernel for Part<'_> {
             d_rows,
             rows,
             k,
+            fma_sqrt,
         } = self;
         let (mut few, mut many) = ([0.0f32; 4], Vec::new());
         let xs: &mut [f32] = if t <= few.len() {
@@ -167,7 +171,18 @@ impl VecKernel for Part<'_> {
                     )
                 };
                 // SAFETY: the CPU has `S`'s set; the gradient's row is as long.
-                unsafe { update(s, code, k, w, Grad::Row(&flat[..n * cols]), s1, s2) };
+                unsafe {
+                    update(
+                        s,
+                        code,
+                        fma_sqrt,
+                        k,
+                        w,
+                        Grad::Row(&flat[..n * cols]),
+                        s1,
+                        s2,
+                    )
+                };
             }
             return;
         }
@@ -183,18 +198,46 @@ impl VecKernel for Part<'_> {
             };
             // SAFETY: row `r` of the gradient (see `row_grad`), as long as the others; the
             // CPU has `S`'s set.
-            unsafe { update(s, code, k, w, row_grad(g, gs, cols, r, xs, d_rows), s1, s2) };
+            let grad = unsafe { row_grad(g, gs, cols, r, xs, d_rows) };
+            // SAFETY: the CPU has `S`'s set; the gradient's row is as long.
+            unsafe { update(s, code, fma_sqrt, k, w, grad, s1, s2) };
         }
     }
 }
 
 /// Updates the row `w` and its slots `s1`, `s2` by `grad`: Adam (`code` 0) or RMSprop,
-/// `k` as in [`Part`].
+/// `k` as in [`Part`], with square roots by [`Simd::sqrt_fma`] if `fma_sqrt`.
 ///
 /// # Safety
 /// The CPU has `S`'s set; the gradient's rows are as long as `w`.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn update<S: Simd>(
+    s: S,
+    code: u64,
+    fma_sqrt: bool,
+    k: [f32; 5],
+    w: &mut [f32],
+    grad: Grad,
+    s1: &mut [f32],
+    s2: &mut [f32],
+) {
+    // SAFETY: the caller's.
+    unsafe {
+        if fma_sqrt {
+            update_by::<S, true>(s, code, k, w, grad, s1, s2)
+        } else {
+            update_by::<S, false>(s, code, k, w, grad, s1, s2)
+        }
+    }
+}
+
+/// [`update`], its square roots by [`Simd::sqrt_fma`] if `FMA_SQRT`.
+///
+/// # Safety
+/// As [`update`]'s.
+#[inline(always)]
+unsafe fn update_by<S: Simd, const FMA_SQRT: bool>(
     s: S,
     code: u64,
     k: [f32; 5],
@@ -209,7 +252,7 @@ unsafe fn update<S: Simd>(
         if code == 0 {
             grad.update(
                 s,
-                Adam {
+                Adam::<FMA_SQRT> {
                     w,
                     m: s1,
                     v: s2,
@@ -217,7 +260,7 @@ unsafe fn update<S: Simd>(
                 },
             )
         } else {
-            grad.update(s, Rmsprop { w, v: s1, m: s2, k })
+            grad.update(s, Rmsprop::<FMA_SQRT> { w, v: s1, m: s2, k })
         }
     }
 }
@@ -484,15 +527,16 @@ trait RowUpdate {
     unsafe fn run<S: Simd, G: Lanes<S>>(self, s: S, g: &G);
 }
 
-/// An Adam row: `k = [rate, 1 - β1, 1 - β2, ε]`.
-struct Adam<'a> {
+/// An Adam row: `k = [rate, 1 - β1, 1 - β2, ε]`; square roots by [`Simd::sqrt_fma`] if
+/// `FMA_SQRT`.
+struct Adam<'a, const FMA_SQRT: bool> {
     w: &'a mut [f32],
     m: &'a mut [f32],
     v: &'a mut [f32],
     k: [f32; 4],
 }
 
-impl RowUpdate for Adam<'_> {
+impl<const FMA_SQRT: bool> RowUpdate for Adam<'_, FMA_SQRT> {
     #[inline(always)]
     unsafe fn run<S: Simd, G: Lanes<S>>(self, s: S, g: &G) {
         let Adam { w, m, v, k } = self;
@@ -512,7 +556,8 @@ impl RowUpdate for Adam<'_> {
                 let gg = s.mul(gv, gv);
                 let vv = s.add(vv, s.mul(s.sub(gg, vv), b2));
                 let num = s.mul(mv, rate);
-                let den = s.add(s.sqrt(vv), eps);
+                let root = if FMA_SQRT { s.sqrt_fma(vv) } else { s.sqrt(vv) };
+                let den = s.add(root, eps);
                 let wv = s.sub(wv, s.div(num, den));
                 s.store_n(m.as_mut_ptr().add(i), len, mv);
                 s.store_n(v.as_mut_ptr().add(i), len, vv);
@@ -522,15 +567,15 @@ impl RowUpdate for Adam<'_> {
     }
 }
 
-/// An RMSprop row: `k = [rate, ρ, 1 - ρ, ε, momentum]`.
-struct Rmsprop<'a> {
+/// An RMSprop row: `k = [rate, ρ, 1 - ρ, ε, momentum]`; square roots as [`Adam`]'s.
+struct Rmsprop<'a, const FMA_SQRT: bool> {
     w: &'a mut [f32],
     v: &'a mut [f32],
     m: &'a mut [f32],
     k: [f32; 5],
 }
 
-impl RowUpdate for Rmsprop<'_> {
+impl<const FMA_SQRT: bool> RowUpdate for Rmsprop<'_, FMA_SQRT> {
     #[inline(always)]
     unsafe fn run<S: Simd, G: Lanes<S>>(self, s: S, g: &G) {
         let Rmsprop { w, v, m, k } = self;
@@ -554,7 +599,8 @@ impl RowUpdate for Rmsprop<'_> {
                 let gg = s.mul(s.mul(one_rho, gv), gv);
                 let vv = s.add(s.mul(rho, vv), gg);
                 s.store_n(v.as_mut_ptr().add(i), len, vv);
-                let root = s.sqrt(s.add(vv, eps));
+                let sum = s.add(vv, eps);
+                let root = if FMA_SQRT { s.sqrt_fma(sum) } else { s.sqrt(sum) };
                 let inc = s.div(s.mul(gv, rate), root);
                 let step = if momentum {
                     let mv = s.load_n(m.as_ptr().add(i), len);
@@ -583,10 +629,13 @@ mod tests {
 
     /// One update of `rows × cols` (rows `stride` apart) with a gradient stored (`t` 0)
     /// or of `t` outer-product terms, on `isa`, against the rule in scalar `f32` with
-    /// the same operations in the same order: the same bits.
+    /// the same operations in the same order: the same bits, with square roots by
+    /// `Simd::sqrt_fma` or not.
     #[allow(clippy::needless_range_loop)] // `(r, j)` index four matrices and the padding
+    #[allow(clippy::too_many_arguments)]
     fn check(
         isa: Isa,
+        fma_sqrt: bool,
         code: u64,
         momentum: f32,
         t: usize,
@@ -626,6 +675,7 @@ mod tests {
             d_rows: &d_rows,
             rows: 0..rows,
             k,
+            fma_sqrt,
         };
         // SAFETY: `isa` is this CPU's; the slots hold the shapes above.
         unsafe { isa.run(part) };
@@ -656,7 +706,9 @@ mod tests {
                         wv -= step;
                     }
                 }
-                let what = format!("{isa:?} code {code} t {t} {rows}×{cols}/{stride} ({r}, {j})");
+                let what = format!(
+                    "{isa:?} fma_sqrt {fma_sqrt} code {code} t {t} {rows}×{cols}/{stride} ({r}, {j})"
+                );
                 assert_eq!(w[i].to_bits(), wv.to_bits(), "w {what}");
                 assert_eq!(s1[i].to_bits(), a.to_bits(), "slot 1 {what}");
                 assert_eq!(s2[i].to_bits(), b.to_bits(), "slot 2 {what}");
@@ -666,17 +718,21 @@ mod tests {
 
     #[test]
     fn updates_give_the_scalar_rules_bits_on_every_vector_set() {
-        for isa in Isa::available() {
+        for (isa, fma_sqrt) in Isa::available()
+            .into_iter()
+            .flat_map(|i| [(i, false), (i, true)])
+        {
             for (code, momentum) in [(0, 0.0), (1, 0.0), (1, 0.9)] {
                 for t in 0..=5 {
                     for cols in [3, 12, 19, 40, 150] {
-                        check(isa, code, momentum, t, 5, cols, cols);
-                        check(isa, code, momentum, t, 5, cols, cols + 2);
+                        check(isa, fma_sqrt, code, momentum, t, 5, cols, cols);
+                        check(isa, fma_sqrt, code, momentum, t, 5, cols, cols + 2);
                     }
                     // Narrow rows over several chunks of `NARROW_CHUNK` (the last one short).
                     for cols in [3, 12] {
                         check(
                             isa,
+                            fma_sqrt,
                             code,
                             momentum,
                             t,
