@@ -89,12 +89,16 @@ impl Isa {
 /// Whether Adam's and RMSprop's updates take their square roots with
 /// [`Simd::sqrt_fma`] (the same bits), once per process: on Intel's cores with AVX-512F.
 /// There the divider takes about 11 cycles a 512-bit square root and 10 a division, and
-/// Adam needs both, while the two 512-bit multiply-add ports have room: W2's update of
-/// its recurrent kernel (65,536 weights, its gradient's four outer-product terms
-/// computed as it goes) took 30.5–31.4 µs a call with `vsqrtps` and 24.3–27.7 µs with
-/// these nine operations in a standalone loop on a Xeon (family 6, model 207). Not
-/// measured on AMD's: Zen 4 runs a 512-bit multiply-add on both of its 256-bit pipes, so
-/// there the nine operations would take twice the port time; the updates keep `vsqrtps`.
+/// Adam needs both, while the two 512-bit multiply-add ports have room. On a Xeon
+/// (family 6, model 207), W2's update of its recurrent kernel (65,536 weights, its
+/// gradient's four outer-product terms computed as it goes) in a standalone loop,
+/// alternating blocks of 200 calls: 29.8–30.5 µs a call at best with `vsqrtps`,
+/// 26.3–26.9 µs with these nine operations; in each of three runs the median of 40
+/// blocks' ratios was 1.12× (p10 1.03–1.07×). In blocks of 2000 calls, they were slower
+/// at times (35.5–41.0 against 32.6–37.9 µs), as the host's clock moved. W2's epoch, in
+/// 14 alternating pairs at one thread, was faster in 13. Not measured on AMD's: Zen 4
+/// runs a 512-bit multiply-add on both of its 256-bit pipes, so there the nine operations
+/// would take twice the port time; the updates keep `vsqrtps`.
 pub fn fma_sqrt() -> bool {
     static FMA: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
         #[cfg(target_arch = "x86_64")]
