@@ -51,24 +51,61 @@ fn for_every_fixture_train_block(options: lstmc::jit::Options) {
     }
 }
 
+/// A run that diverges stops with an error naming the epoch and batch, and keeps the
+/// weights of the epoch the error names: the same bits as a run of that many epochs.
 #[test]
-fn a_diverging_run_stops_naming_epoch_and_batch_and_keeps_finite_weights() {
-    use lstmc::data::Dataset;
-    use lstmc::model::{Loss, Optimizer, ResetStates};
-    use lstmc::train::FitOptions;
-    let spec = lstmc::front::load(
-        "d.model",
-        b"LSTM 4 input_dim=2 input_length=3 activation=linear\nDense 1\n",
-    )
-    .unwrap();
-    let w = lstmc::weights::Weights::init(&spec, 1);
+fn a_diverging_run_stops_naming_epoch_and_batch_and_keeps_the_last_good_epoch() {
     let x = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[8, 3, 2]), |i| {
         (i[0] + i[1] + i[2]) as f64 * 0.3
     });
-    let y = ndarray::ArrayD::from_elem(ndarray::IxDyn(&[8, 1]), 1.0);
-    let data = Dataset { x, y: Some(y) };
+    let model = b"LSTM 4 input_dim=2 input_length=3 activation=linear\nDense 1\n";
+    let (err, kept) = fit_sgd(model, &x, 1e12, 2, 50);
+    let err = err.expect_err("a learning rate of 1e12 diverges");
+    assert!(
+        err.contains("training diverged: the loss is") && err.contains("batch"),
+        "{err}"
+    );
+    assert_kept_epoch(model, &x, 1e12, 2, &err, &kept);
+}
+
+/// An update that overflows in an epoch's last batch, whose loss was finite: the error
+/// names that epoch, and the weights of the epoch before are kept, finite (not the
+/// overflowed ones, which the next epoch would have started from).
+#[test]
+fn an_overflow_in_an_epochs_last_update_keeps_the_epoch_before() {
+    // One batch an epoch; Dense's gradient is about 2 · 100 · x, times 1e36: past f32.
+    let x = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[4, 2]), |i| (i[0] + i[1]) as f64);
+    let model = b"Dense 1 input_dim=2\n";
+    let (err, kept) = fit_sgd(model, &x, 1e36, 4, 5);
+    let err = err.expect_err("a learning rate of 1e36 overflows");
+    assert!(
+        err.contains("the weights are not finite after epoch 1, batch 1"),
+        "{err}"
+    );
+    assert_kept_epoch(model, &x, 1e36, 4, &err, &kept);
+}
+
+/// Fits `model` by SGD at `rate` on `x` against targets of 100 for `epochs` epochs of
+/// batches of `batch`: the error (if any) and the weights after.
+fn fit_sgd(
+    model: &[u8],
+    x: &ndarray::ArrayD<f64>,
+    rate: f64,
+    batch: usize,
+    epochs: usize,
+) -> (Result<(), String>, lstmc::weights::Weights) {
+    use lstmc::data::Dataset;
+    use lstmc::model::{Loss, Optimizer, ResetStates};
+    use lstmc::train::FitOptions;
+    let spec = lstmc::front::load("d.model", model).unwrap();
+    let w = lstmc::weights::Weights::init(&spec, 1);
+    let y = ndarray::ArrayD::from_elem(ndarray::IxDyn(&[x.shape()[0], 1]), 100.0);
+    let data = Dataset {
+        x: x.clone(),
+        y: Some(y),
+    };
     let opt = Optimizer::Sgd {
-        learning_rate: 1e12,
+        learning_rate: rate,
         momentum: 0.0,
         nesterov: false,
     };
@@ -76,25 +113,51 @@ fn a_diverging_run_stops_naming_epoch_and_batch_and_keeps_finite_weights() {
     let fo = FitOptions {
         loss: Loss::Mse,
         optimizer: opt,
-        epochs: 50,
-        batch_size: 2,
+        epochs,
+        batch_size: batch,
         shuffle: false,
         reset_states: ResetStates::Epoch,
         validation_split: 0.0,
         seed: 0,
     };
-    let err = t.fit(&data, &fo, |_| {}).unwrap_err().to_string();
-    assert!(
-        err.contains("training diverged") && err.contains("at epoch") && err.contains("batch"),
-        "{err}"
-    );
-    assert!(
-        t.weights()
-            .tensors
-            .iter()
-            .all(|(_, a)| a.iter().all(|v| v.is_finite())),
-        "the kept weights are finite"
-    );
+    let result = t
+        .fit(&data, &fo, |_| {})
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    (result, t.weights())
+}
+
+/// `kept` are finite and the bits of a run of as many epochs as `err` says were kept
+/// ("the weights of epoch N are kept").
+fn assert_kept_epoch(
+    model: &[u8],
+    x: &ndarray::ArrayD<f64>,
+    rate: f64,
+    batch: usize,
+    err: &str,
+    kept: &lstmc::weights::Weights,
+) {
+    let epochs: usize = err
+        .split("the weights of epoch ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no kept epoch in: {err}"));
+    let (again, replayed) = fit_sgd(model, x, rate, batch, epochs);
+    assert!(again.is_ok(), "{epochs} epochs do not diverge: {again:?}");
+    assert_eq!(kept.tensors.len(), replayed.tensors.len());
+    for ((name, a), (_, b)) in kept.tensors.iter().zip(&replayed.tensors) {
+        assert!(
+            a.iter().all(|v| v.is_finite()),
+            "{name}: kept weights not finite"
+        );
+        let bits = |t: &ndarray::ArrayD<f64>| t.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(a),
+            bits(b),
+            "{name}: not the weights of epoch {epochs}"
+        );
+    }
 }
 
 /// The tutorial's stateful model at two threads (its recurrent kernel's batch-1 products

@@ -45,6 +45,13 @@ impl Buf {
     pub fn resize(&mut self, len: usize, value: f32) {
         self.0.resize(len, value);
     }
+
+    /// Becomes a copy of `src`, in its own allocation while that is large enough (a
+    /// snapshot taken again and again, as `Trainer::fit`'s of the weights every epoch).
+    pub fn copy_from(&mut self, src: &[f32]) {
+        self.0.truncate(0);
+        self.0.extend_from_slice(src);
+    }
 }
 
 impl Deref for Buf {
