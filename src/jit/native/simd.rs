@@ -87,31 +87,77 @@ impl Isa {
 }
 
 /// Whether Adam's and RMSprop's updates take their square roots with
-/// [`Simd::sqrt_fma`] (the same bits), once per process: on Intel's cores with AVX-512F.
-/// There the divider takes about 11 cycles a 512-bit square root and 10 a division, and
-/// Adam needs both, while the two 512-bit multiply-add ports have room. On a Xeon
-/// (family 6, model 207), W2's update of its recurrent kernel (65,536 weights, its
-/// gradient's four outer-product terms computed as it goes) in a standalone loop,
-/// alternating blocks of 200 calls: 29.8–30.5 µs a call at best with `vsqrtps`,
-/// 26.3–26.9 µs with these nine operations; in each of three runs the median of 40
-/// blocks' ratios was 1.12× (p10 1.03–1.07×). In blocks of 2000 calls, they were slower
-/// at times (35.5–41.0 against 32.6–37.9 µs), as the host's clock moved. W2's epoch, in
-/// 14 alternating pairs at one thread, was faster in 13. Not measured on AMD's: Zen 4
-/// runs a 512-bit multiply-add on both of its 256-bit pipes, so there the nine operations
-/// would take twice the port time; the updates keep `vsqrtps`.
+/// [`Simd::sqrt_fma`] (the same bits), once per process: where the CPU has AVX-512F and
+/// runs two 512-bit multiply-adds a cycle ([`full_width_fma`]). There the divider takes
+/// about 11 cycles a 512-bit square root and 10 a division, and Adam needs both, while
+/// the multiply-add ports have room for nine more operations. On a Xeon (family 6,
+/// model 207), W2's update of its recurrent kernel (65,536 weights, its gradient's four
+/// outer-product terms computed as it goes) in a standalone loop, alternating blocks of
+/// 200 calls: 29.8–30.5 µs a call at best with `vsqrtps`, 26.3–26.9 µs with these nine
+/// operations; in each of three runs the median of 40 blocks' ratios was 1.12× (p10
+/// 1.03–1.07×). In blocks of 2000 calls they were slower at times (35.5–41.0 against
+/// 32.6–37.9 µs), as the host's speed moved. W2's epoch, in 14 alternating pairs at one
+/// thread, was faster in 13. Where a 512-bit multiply-add takes both halves of the
+/// vector units (Zen 4, and Xeons with one 512-bit unit) the nine operations cost twice
+/// the port time, and the updates keep `vsqrtps`. On the first host (a Xeon with 1 MB of
+/// L2, 2026-12-05, its 512-bit units not counted) a square root by `rsqrt14` and Newton,
+/// with the division by a refined reciprocal, made the same standalone update 23%
+/// slower (README, "What bounds W2").
 pub fn fma_sqrt() -> bool {
-    static FMA: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            // The vendor's twelve bytes: `ebx`, `edx`, `ecx` of leaf 0.
-            let id = __cpuid(0);
-            let intel = [id.ebx, id.edx, id.ecx] == [0x756e_6547, 0x4965_6e69, 0x6c65_746e];
-            intel && Isa::detect() == Some(Isa::Avx512)
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        false
-    });
+    static FMA: std::sync::LazyLock<bool> = std::sync::LazyLock::new(full_width_fma);
     *FMA
+}
+
+/// Whether this CPU has AVX-512F and runs 512-bit multiply-adds at the rate of 256-bit
+/// ones (two a cycle): twelve independent chains of each, timed in turn, the fastest of
+/// five tries each (about 0.3 ms, once per process); full width below 1.5 times the
+/// 256-bit time. Where a 512-bit operation takes the two 256-bit halves of the units
+/// (Zen 4, Xeons with one 512-bit unit), it takes twice as long. On the Xeon of
+/// [`fma_sqrt`], in five processes: 23.9–25.6 µs at 512 bits, 20.2–22.2 µs at 256.
+fn full_width_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        /// Nanoseconds for `n` rounds of 12 multiply-adds on `S`'s vectors.
+        struct Chains(u32);
+        impl VecKernel for Chains {
+            type Output = u128;
+            #[inline(always)]
+            unsafe fn run<S: Simd>(self, s: S) -> u128 {
+                // SAFETY (of each operation): the CPU has `S`'s set (the caller's).
+                unsafe {
+                    // Opaque to the compiler, which would otherwise fold the chains.
+                    let (b, c) = std::hint::black_box((s.splat(0.999_9), s.splat(1e-4)));
+                    let mut acc = std::hint::black_box([s.splat(1.0); 12]);
+                    let start = std::time::Instant::now();
+                    for _ in 0..std::hint::black_box(self.0) {
+                        for a in &mut acc {
+                            *a = s.fma(*a, b, c);
+                        }
+                    }
+                    let took = start.elapsed().as_nanos();
+                    std::hint::black_box(acc);
+                    took
+                }
+            }
+        }
+        let avx2_fma = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        if Isa::detect() != Some(Isa::Avx512) || !avx2_fma {
+            return false;
+        }
+        const ROUNDS: u32 = 10_000;
+        let (mut wide, mut half) = (u128::MAX, u128::MAX);
+        for _ in 0..5 {
+            // SAFETY: the CPU has AVX-512F, AVX2 and FMA (above).
+            unsafe {
+                wide = wide.min(Isa::Avx512.run(Chains(ROUNDS)));
+                half = half.min(Isa::Avx2.run(Chains(ROUNDS)));
+            }
+        }
+        // Equal rates: `wide` about `half`; half the rate: twice.
+        wide * 4 < half * 6
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// A kernel body, generic in its vectors.
