@@ -65,6 +65,7 @@ pub(super) extern "C" fn lstmc_update(
     let (w, g, s1, s2) = (w as usize, g as usize, s1 as usize, s2 as usize);
     let isa =
         super::Isa::detect().expect("generated code calls lstmc_update only with host vectors");
+    let fma_sqrt = super::simd::fma_sqrt();
     split_rows(rows as usize, threads, Handoff::WhenNear, &|_, rows| {
         let part = Part {
             code,
@@ -81,7 +82,7 @@ pub(super) extern "C" fn lstmc_update(
             d_rows,
             rows,
             k: [rate, k0, k1, k2, k3],
-            fma_sqrt: super::simd::fma_sqrt(),
+            fma_sqrt,
         };
         // SAFETY: `isa` is this CPU's; the part's operands are the planned slots, and its
         // rows its own.
