@@ -9,9 +9,10 @@
 //! and its recurrent kernel's update split between the cores (an epoch 2.04 ms against
 //! 2.6 ms on the caller alone), its forward 18% slower (11.3 µs against 9.5 µs). No line
 //! drawn on the probe fits both. So a function that makes small fork–joins times its
-//! calls, in turn with their parts handed to the workers and kept on the caller, takes the
-//! faster way, and tries again after a while ([`RETRY`]), as the host moves its CPUs. The
-//! choice changes where the parts run, never what they compute: the same bits either way.
+//! calls, in blocks with their parts handed to the workers and kept on the caller in turn
+//! ([`Trial`]), takes the faster way, and tries again after a while ([`RETRY`]), as the
+//! host moves its CPUs. The choice changes where the parts run, never what they compute:
+//! the same bits either way.
 
 use super::pool::{self, Placement};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -22,8 +23,8 @@ use std::time::{Duration, Instant};
 /// workers.
 const WARM: u32 = 2;
 
-/// Calls timed each way in a trial.
-const TRIAL: usize = 16;
+/// Calls counted each way in a trial (in blocks of [`BLOCK`], [`Trial`]).
+const TRIAL: usize = 12;
 
 /// Least time from a trial's end to the next trial.
 const RETRY: Duration = Duration::from_millis(250);
@@ -123,43 +124,73 @@ fn clock() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
-/// The calls of one trial, in nanoseconds, each way.
+/// The calls of one trial, in nanoseconds, each way: in blocks of [`BLOCK`] calls the
+/// same way, near and far in turn, the first [`SETTLE`] of each block not counted.
+///
+/// The first trials alternated call by call, and each call then paid for the last one's
+/// placement: the tutorial's training step, with its recurrent kernel's rows split
+/// between the cores, found half of them in the other core's cache after a call that ran
+/// all on the caller, and the other way round. Both ways' medians measured those moves,
+/// and the chooser took the caller at times: an epoch at two threads took 2.08–2.48 ms
+/// against 2.02–2.15 ms with the parts always handed over (alternating runs,
+/// 2026-12-06). In blocks, the same step took 38–42 µs near and 48–54 µs far; the first
+/// far call of a block 56–78 µs, the first near one 43–47 µs.
 #[derive(Default)]
 struct Trial {
     /// Warm-up calls so far (of [`WARM`]; counted once per function).
     warm: u32,
+    /// Calls so far in the current block.
+    at: u32,
+    /// Whether the current block runs far (on the caller).
+    far_block: bool,
     near: Vec<u64>,
     far: Vec<u64>,
     /// The trial's timed calls' time so far (not the warm-up's).
     spent: Duration,
 }
 
+/// Calls in a row the same way in a trial.
+const BLOCK: u32 = 8;
+
+/// Calls at the start of a block not counted: they move the data the other way's calls
+/// left in the other cores' caches.
+const SETTLE: u32 = 2;
+
 impl Trial {
-    /// How the next call runs: as the probe says while warming up, then each way in turn.
+    /// How the next call runs: as the probe says while warming up, then each way in turn,
+    /// a block at a time.
     fn next(&self) -> Placement {
         if self.warm < WARM {
             Placement::Measured
-        } else if self.near.len() <= self.far.len() {
-            Placement::Near
-        } else {
+        } else if self.far_block {
             Placement::Far
+        } else {
+            Placement::Near
         }
     }
 
     /// Counts a call that ran as `placement` and took `took`. Once each way has [`TRIAL`]
-    /// calls: the way with the smaller median (the caller's on a tie) and the trial's
-    /// time, and a new trial begins.
+    /// counted calls: the way with the smaller median (the caller's on a tie) and the
+    /// trial's time, and a new trial begins.
     fn record(&mut self, placement: Placement, took: Duration) -> Option<(Placement, Duration)> {
         let ns = took.as_nanos() as u64;
-        match placement {
+        let way = match placement {
             Placement::Measured => {
                 self.warm += 1;
                 return None;
             }
-            Placement::Near => self.near.push(ns),
-            Placement::Far => self.far.push(ns),
+            Placement::Near => &mut self.near,
+            Placement::Far => &mut self.far,
+        };
+        if self.at >= SETTLE {
+            way.push(ns);
         }
         self.spent += took;
+        self.at += 1;
+        if self.at == BLOCK {
+            self.at = 0;
+            self.far_block = !self.far_block;
+        }
         if self.near.len() < TRIAL || self.far.len() < TRIAL {
             return None;
         }
@@ -169,8 +200,10 @@ impl Trial {
             Placement::Far
         };
         let spent = std::mem::take(&mut self.spent);
-        self.near.clear();
-        self.far.clear();
+        *self = Trial {
+            warm: self.warm,
+            ..Trial::default()
+        };
         Some((chosen, spent))
     }
 }
@@ -185,8 +218,13 @@ mod tests {
     use super::*;
     use crate::jit::native::pool::Handoff;
 
-    /// A trial warms up, then alternates, and picks the way whose median is smaller,
-    /// though the other way has the single fastest call and the smaller mean.
+    /// Calls in a whole trial: blocks each way in turn until each has [`TRIAL`] counted.
+    const TRIAL_CALLS: usize = 2 * BLOCK as usize * TRIAL.div_ceil((BLOCK - SETTLE) as usize);
+
+    /// A trial warms up, then runs blocks of calls each way in turn, counts each block's
+    /// calls after the first [`SETTLE`], and picks the way whose median is smaller, though
+    /// the other way has the single fastest call and the smaller mean. Its time includes
+    /// the settling calls.
     #[test]
     fn a_trial_takes_the_way_with_the_smaller_median() {
         let mut t = Trial::default();
@@ -197,34 +235,43 @@ mod tests {
         }
         let mut seen = Vec::new();
         let mut chosen = None;
-        for i in 0..2 * TRIAL {
+        for i in 0..TRIAL_CALLS {
             let p = t.next();
             seen.push(p);
-            // Near: mostly 30 µs with one 1 µs call; far: mostly 25 µs with one 900 µs.
-            let took = match (p, i) {
-                (Placement::Near, 0) => us(1),
-                (Placement::Near, _) => us(30),
-                (Placement::Far, 1) => us(900),
+            let (block, at) = (i / BLOCK as usize, i as u32 % BLOCK);
+            // Settling: near 900 µs, far 1 µs. Counted: near mostly 30 µs with one 1 µs
+            // call, far mostly 25 µs with one 900 µs.
+            let took = match (p, at < SETTLE, block, at) {
+                (Placement::Near, true, ..) => us(900),
+                (Placement::Far, true, ..) => us(1),
+                (Placement::Near, false, 0, SETTLE) => us(1),
+                (Placement::Near, false, ..) => us(30),
+                (Placement::Far, false, 1, SETTLE) => us(900),
                 _ => us(25),
             };
             chosen = t.record(p, took);
-            assert_eq!(chosen.is_some(), i == 2 * TRIAL - 1, "call {i}");
+            assert_eq!(chosen.is_some(), i == TRIAL_CALLS - 1, "call {i}");
         }
-        let expected: Vec<Placement> = (0..2 * TRIAL)
-            .map(|i| [Placement::Near, Placement::Far][i % 2])
+        let expected: Vec<Placement> = (0..TRIAL_CALLS)
+            .map(|i| [Placement::Near, Placement::Far][i / BLOCK as usize % 2])
             .collect();
         assert_eq!(seen, expected);
         let (placement, spent) = chosen.unwrap();
         assert_eq!(placement, Placement::Far);
-        assert_eq!(spent, us(1 + 15 * 30 + 900 + 15 * 25));
-        // The next trial starts afresh, without warming up again.
-        assert_eq!(t.next(), Placement::Near);
-        for _ in 0..TRIAL {
-            assert!(t.record(Placement::Far, us(50)).is_none());
-        }
-        for i in 0..TRIAL {
-            let r = t.record(Placement::Near, us(40));
-            assert_eq!(r.map(|r| r.0), (i == TRIAL - 1).then_some(Placement::Near));
+        let settling = TRIAL_CALLS / BLOCK as usize / 2 * SETTLE as usize;
+        assert_eq!(
+            spent,
+            us(settling as u64 * (900 + 1) + 1 + (TRIAL as u64 - 1) * (30 + 25) + 900)
+        );
+        // The next trial starts afresh with a near block, without warming up again.
+        for i in 0..TRIAL_CALLS {
+            let p = t.next();
+            assert_eq!(p == Placement::Far, i / BLOCK as usize % 2 == 1, "call {i}");
+            let r = t.record(p, us(if p == Placement::Near { 40 } else { 50 }));
+            assert_eq!(
+                r.map(|r| r.0),
+                (i == TRIAL_CALLS - 1).then_some(Placement::Near)
+            );
         }
     }
 
@@ -262,7 +309,7 @@ mod tests {
             away
         };
         let chooser = Chooser::default();
-        let runs: Vec<bool> = (0..WARM as usize + 2 * TRIAL + 20)
+        let runs: Vec<bool> = (0..WARM as usize + TRIAL_CALLS + 20)
             .map(|_| chooser.call(slow_when_handed))
             .collect();
         if pool::parts(2) == 1 {
@@ -272,13 +319,17 @@ mod tests {
             return;
         }
         assert_eq!(chooser.state.load(Ordering::Relaxed), FAR);
-        let trial = &runs[WARM as usize..WARM as usize + 2 * TRIAL];
-        assert_eq!(
-            trial.iter().filter(|&&away| away).count(),
-            TRIAL,
+        let trial = &runs[WARM as usize..WARM as usize + TRIAL_CALLS];
+        let blocks: Vec<bool> = trial.chunks(BLOCK as usize).map(|b| b[0]).collect();
+        let turns: Vec<bool> = (0..blocks.len()).map(|b| b % 2 == 0).collect();
+        assert_eq!(blocks, turns, "{trial:?}");
+        assert!(
+            trial
+                .chunks(BLOCK as usize)
+                .all(|b| b.iter().all(|&a| a == b[0])),
             "{trial:?}"
         );
-        let after = &runs[WARM as usize + 2 * TRIAL..];
+        let after = &runs[WARM as usize + TRIAL_CALLS..];
         assert!(
             after.iter().all(|&away| !away),
             "after the trial: {after:?}"
