@@ -86,8 +86,8 @@ impl Isa {
     }
 }
 
-/// Whether Adam's and RMSprop's updates take their square roots with
-/// [`Simd::sqrt_fma`] (the same bits), once per process: where the CPU has AVX-512F and
+/// Whether Adam's and RMSprop's updates take square roots with [`Simd::sqrt_fma`] (the
+/// same bits; every other vector's, see `update::Adam`), once per process: where the CPU has AVX-512F and
 /// runs two 512-bit multiply-adds a cycle ([`full_width_fma`]). There the divider takes
 /// about 11 cycles a 512-bit square root and 10 a division, and Adam needs both, while
 /// the multiply-add ports have room for nine more operations. On a Xeon (family 6,

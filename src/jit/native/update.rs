@@ -107,7 +107,8 @@ struct Part<'a> {
     rows: std::ops::Range<usize>,
     /// `[rate, k0, k1, k2, k3]`.
     k: [f32; 5],
-    /// Square roots by [`Simd::sqrt_fma`] ([`super::simd::fma_sqrt`]).
+    /// Every other vector's square root by [`Simd::sqrt_fma`] ([`super::simd::fma_sqrt`],
+    /// [`Adam`]).
     fma_sqrt: bool,
 }
 
@@ -207,7 +208,8 @@ impl VecKernel for Part<'_> {
 }
 
 /// Updates the row `w` and its slots `s1`, `s2` by `grad`: Adam (`code` 0) or RMSprop,
-/// `k` as in [`Part`], with square roots by [`Simd::sqrt_fma`] if `fma_sqrt`.
+/// `k` as in [`Part`], with every other vector's square root by [`Simd::sqrt_fma`] if
+/// `fma_sqrt`.
 ///
 /// # Safety
 /// The CPU has `S`'s set; the gradient's rows are as long as `w`.
@@ -233,7 +235,7 @@ unsafe fn update<S: Simd>(
     }
 }
 
-/// [`update`], its square roots by [`Simd::sqrt_fma`] if `FMA_SQRT`.
+/// [`update`], every other vector's square root by [`Simd::sqrt_fma`] if `FMA_SQRT`.
 ///
 /// # Safety
 /// As [`update`]'s.
@@ -497,7 +499,7 @@ const BLOCK: usize = 4;
 /// Safety: the CPU has `S`'s set, and the gradient's rows and the body's slices have `$n`
 /// lanes; the caller wraps the use in `unsafe`.
 macro_rules! by_blocks {
-    ($s:ident: $S:ty, $n:expr, $g:expr, |$i:ident, $len:ident, $gv:ident| $body:block) => {{
+    ($s:ident: $S:ty, $n:expr, $g:expr, |$i:ident, $len:ident, $gv:ident, $b:ident| $body:block) => {{
         let n: usize = $n;
         let lanes = <$S as Simd>::LANES;
         let blocks = n - n % (lanes * BLOCK);
@@ -506,14 +508,15 @@ macro_rules! by_blocks {
             for (b, gv) in gs.iter_mut().enumerate() {
                 *gv = $g.at($s, first + b * lanes, lanes);
             }
-            for (b, $gv) in gs.into_iter().enumerate() {
-                let ($i, $len) = (first + b * lanes, lanes);
+            for ($b, $gv) in gs.into_iter().enumerate() {
+                let ($i, $len) = (first + $b * lanes, lanes);
                 $body
             }
         }
         by_vectors!($S, n - blocks, |rest, $len| {
             let $i = blocks + rest;
             let $gv = $g.at($s, $i, $len);
+            let $b = BLOCK;
             $body
         });
     }};
@@ -528,8 +531,16 @@ trait RowUpdate {
     unsafe fn run<S: Simd, G: Lanes<S>>(self, s: S, g: &G);
 }
 
-/// An Adam row: `k = [rate, 1 - β1, 1 - β2, ε]`; square roots by [`Simd::sqrt_fma`] if
-/// `FMA_SQRT`.
+/// An Adam row: `k = [rate, 1 - β1, 1 - β2, ε]`. If `FMA_SQRT`, the odd vectors of each
+/// block of `by_blocks!` take their square roots by [`Simd::sqrt_fma`] on the multiply-add
+/// ports, the others by `vsqrtps` on the divider, beside the division. All on the ports,
+/// they were the ports' load that bounded the update (about 26 operations a vector); half
+/// and half, the divider's load and the ports' come closer. On the Xeon of
+/// [`super::simd::fma_sqrt`], W2's update of its recurrent kernel in a standalone loop,
+/// alternating blocks of 200 calls, took 0.93–0.96 times as long as with every root on
+/// the ports (median ratio of 40 blocks, three runs; with a quarter of them on the
+/// divider about the same), and W2's epoch at one thread 2.34–2.47 ms against 2.49–3.06
+/// ms (four alternating pairs, `lstmc bench W2 --phase train`). The same bits either way.
 struct Adam<'a, const FMA_SQRT: bool> {
     w: &'a mut [f32],
     m: &'a mut [f32],
@@ -549,7 +560,7 @@ impl<const FMA_SQRT: bool> RowUpdate for Adam<'_, FMA_SQRT> {
         // (`i + len <= n`, which the gradient's rows have too); no lane beyond is read or
         // written.
         unsafe {
-            by_blocks!(s: S, n, g, |i, len, gv| {
+            by_blocks!(s: S, n, g, |i, len, gv, b| {
                 let mv = s.load_n(m.as_ptr().add(i), len);
                 let vv = s.load_n(v.as_ptr().add(i), len);
                 let wv = s.load_n(w.as_ptr().add(i), len);
@@ -557,7 +568,11 @@ impl<const FMA_SQRT: bool> RowUpdate for Adam<'_, FMA_SQRT> {
                 let gg = s.mul(gv, gv);
                 let vv = s.add(vv, s.mul(s.sub(gg, vv), b2));
                 let num = s.mul(mv, rate);
-                let root = if FMA_SQRT { s.sqrt_fma(vv) } else { s.sqrt(vv) };
+                let root = if FMA_SQRT && b % 2 == 1 {
+                    s.sqrt_fma(vv)
+                } else {
+                    s.sqrt(vv)
+                };
                 let den = s.add(root, eps);
                 let wv = s.sub(wv, s.div(num, den));
                 s.store_n(m.as_mut_ptr().add(i), len, mv);
@@ -594,14 +609,18 @@ impl<const FMA_SQRT: bool> RowUpdate for Rmsprop<'_, FMA_SQRT> {
         };
         // SAFETY: as in `Adam::run`.
         unsafe {
-            by_blocks!(s: S, n, g, |i, len, gv| {
+            by_blocks!(s: S, n, g, |i, len, gv, b| {
                 let vv = s.load_n(v.as_ptr().add(i), len);
                 let wv = s.load_n(w.as_ptr().add(i), len);
                 let gg = s.mul(s.mul(one_rho, gv), gv);
                 let vv = s.add(s.mul(rho, vv), gg);
                 s.store_n(v.as_mut_ptr().add(i), len, vv);
                 let sum = s.add(vv, eps);
-                let root = if FMA_SQRT { s.sqrt_fma(sum) } else { s.sqrt(sum) };
+                let root = if FMA_SQRT && b % 2 == 1 {
+                    s.sqrt_fma(sum)
+                } else {
+                    s.sqrt(sum)
+                };
                 let inc = s.div(s.mul(gv, rate), root);
                 let step = if momentum {
                     let mv = s.load_n(m.as_ptr().add(i), len);
