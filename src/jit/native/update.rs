@@ -486,9 +486,10 @@ impl<S: Simd, const T: usize> Lanes<S> for Terms<S, T> {
 /// Vectors of gradient that `by_blocks!` computes before it updates any of them.
 const BLOCK: usize = 4;
 
-/// Runs `$body` with `$i`, `$len` and `$gv`, the gradient's lanes `$i..$i + $len`, over
-/// `$n` lanes, a vector at a time: the gradient of [`BLOCK`] whole vectors first, then
-/// their updates, then the rest one vector at a time. An outer product's terms are a
+/// Runs `$body` with `$i`, `$len` and `$gv`, the gradient's lanes `$i..$i + $len`, and
+/// `$b`, the vector's place in its block ([`BLOCK`] for the rest), over `$n` lanes, a
+/// vector at a time: the gradient of [`BLOCK`] whole vectors first, then their updates,
+/// then the rest one vector at a time. An outer product's terms are a
 /// chain of dependent multiply-adds that an update's own chain (a square root, then a
 /// division) follows; vector by vector, the core's scheduler filled up with both chains,
 /// and W2's update of its recurrent kernel took 40 µs a call standalone on Zen 2.
