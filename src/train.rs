@@ -910,11 +910,19 @@ impl Snapshot {
     }
 }
 
-/// Whether every element of `xs` is finite: the largest exponent field below the one
-/// of ∞ and NaN (a fold of integer maxima, which vectorizes; no early exit).
+/// Whether every element of `xs` is finite: no exponent field of all ones (∞, NaN).
+/// One unit added to an exponent field carries into the sign bit only from all ones, so
+/// the elements' fields plus one unit, or-ed together, have the sign bit clear. Three
+/// integer operations a lane, with no early exit, in any vector set: the first version
+/// folded the fields' maximum, which the baseline x86-64 vector set has no instruction
+/// for, and took 1.8% of the tutorial's training at one thread (`perf`).
 fn all_finite(xs: &[f32]) -> bool {
     const EXPONENT: u32 = 0x7f80_0000;
-    xs.iter().fold(0, |m, x| m.max(x.to_bits() & EXPONENT)) < EXPONENT
+    const UNIT: u32 = 0x0080_0000;
+    let carried = xs
+        .iter()
+        .fold(0, |acc, x| acc | ((x.to_bits() & EXPONENT) + UNIT));
+    carried & 0x8000_0000 == 0
 }
 
 /// Keras 3's value of `metric` for predictions `y` against targets `t` (class indices,
@@ -986,4 +994,47 @@ fn output_shape<'c>(c: &'c Compiled, role: &OutputRole) -> Result<&'c [usize]> {
         .find(|(r, _)| r == role)
         .map(|(_, v)| c.func.shape(*v))
         .ok_or_else(|| Error::Internal(format!("no output {role}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::all_finite;
+
+    /// Every sign and exponent field, with mantissas at both ends, alone; then ∞ and
+    /// NaNs at every place in slices of every length up to 70 (beyond any vector's width
+    /// and unrolling) of finite values at both ends of the range: the same answer as
+    /// `f32::is_finite` on every element.
+    #[test]
+    fn all_finite_finds_any_infinity_or_nan_anywhere() {
+        for sign in [0u32, 1 << 31] {
+            for exponent in 0..256u32 {
+                for mantissa in [0, 1, 0x40_0000, 0x7f_ffff] {
+                    let x = f32::from_bits(sign | exponent << 23 | mantissa);
+                    assert_eq!(all_finite(&[x]), x.is_finite(), "{:#x}", x.to_bits());
+                }
+            }
+        }
+        assert!(all_finite(&[]));
+        let bad = [
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7f80_0001),
+            f32::from_bits(0xffff_ffff),
+        ];
+        for len in 1..=70 {
+            let finite: Vec<f32> = (0..len)
+                .map(|i| [f32::MAX, -1.5e-40, f32::MIN, 0.0][i % 4])
+                .collect();
+            assert!(all_finite(&finite), "len {len}");
+            for at in 0..len {
+                for x in bad {
+                    let mut v = finite.clone();
+                    v[at] = x;
+                    assert!(!all_finite(&v), "{:#x} at {at} of {len}", x.to_bits());
+                }
+            }
+        }
+    }
 }
