@@ -134,7 +134,7 @@ fn clock() -> u64 {
 /// and the chooser took the caller at times: an epoch at two threads took 2.08–2.48 ms
 /// against 2.02–2.15 ms with the parts always handed over (alternating runs,
 /// 2026-12-06). In blocks, the same step took 38–42 µs near and 48–54 µs far; the first
-/// far call of a block 56–78 µs, the first near one 43–47 µs.
+/// far call after a near block 56–78 µs, the first near call after a far one 44–51 µs.
 #[derive(Default)]
 struct Trial {
     /// Warm-up calls so far (of [`WARM`]; counted once per function).

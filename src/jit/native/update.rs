@@ -538,10 +538,11 @@ trait RowUpdate {
 /// they were the ports' load that bounded the update (about 26 operations a vector); half
 /// and half, the divider's load and the ports' come closer. On the Xeon of
 /// [`super::simd::fma_sqrt`], W2's update of its recurrent kernel in a standalone loop,
-/// alternating blocks of 200 calls, took 0.93–0.96 times as long as with every root on
-/// the ports (median ratio of 40 blocks, three runs; with a quarter of them on the
-/// divider about the same), and W2's epoch at one thread 2.34–2.47 ms against 2.49–3.06
-/// ms (four alternating pairs, `lstmc bench W2 --phase train`). The same bits either way.
+/// alternating blocks of 200 calls, took 0.95–0.96 times as long as with every root on
+/// the ports (median ratio of 40 blocks, three runs; with a quarter of the roots on the
+/// divider 0.93–0.94, and in W2's epoch no different from half in five pairs), and W2's
+/// epoch at one thread 2.34–2.47 ms against 2.49–3.06 ms (four alternating pairs,
+/// `lstmc bench W2 --phase train`). The same bits either way.
 struct Adam<'a, const FMA_SQRT: bool> {
     w: &'a mut [f32],
     m: &'a mut [f32],
