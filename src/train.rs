@@ -8,7 +8,6 @@
 //! as in Keras.
 
 use crate::autodiff::train_step;
-use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::ir::{lower, InputRole, OutputRole};
 use crate::jit::{self, Buf, Compiled};
@@ -19,6 +18,8 @@ use crate::runtime::{gather, stage};
 use crate::weights::Weights;
 use ndarray::{ArrayD, Axis, IxDyn};
 use std::sync::Arc;
+
+mod fit;
 
 /// Settings of a training run (the `compile` and `fit` statements, flags applied).
 ///
@@ -732,12 +733,6 @@ impl Trainer {
         Ok((f64::from(value), score))
     }
 
-    /// Whether every weight and optimizer slot is finite.
-    fn finite(&self) -> bool {
-        let slots = self.slots.iter().flatten();
-        self.weights.iter().chain(slots).all(|b| all_finite(b))
-    }
-
     /// Loss and, when the model has one, metric over a data set, in batches, states
     /// carried (no updates).
     pub fn evaluate(
@@ -763,197 +758,6 @@ impl Trainer {
         }
         Ok((total / seen as f64, self.metric.map(|_| acc / seen as f64)))
     }
-
-    /// Keras's `fit`: returns the log of every epoch. `on_epoch` sees each log as it
-    /// is made. A non-finite loss stops training with an error naming the epoch and
-    /// batch, and so do non-finite weights or slots after an epoch's last update (whose
-    /// loss was still finite); the weights of the last good epoch are kept.
-    pub fn fit(
-        &mut self,
-        data: &Dataset,
-        o: &FitOptions,
-        mut on_epoch: impl FnMut(&EpochLog),
-    ) -> Result<Vec<EpochLog>> {
-        let y = data
-            .y
-            .as_ref()
-            .ok_or_else(|| Error::Data("training needs targets (y)".into()))?;
-        let n = data.x.shape()[0];
-        if !(0.0..1.0).contains(&o.validation_split) {
-            return Err(Error::Usage(format!(
-                "validation_split must be in [0, 1), not {}",
-                o.validation_split
-            )));
-        }
-        // Keras's split: the first ⌊n · (1 − split)⌋ samples train (so a validation set
-        // of 10 · 0.25 is 3 samples, not 2), the rest validate, and neither may be empty.
-        let n_train = if o.validation_split > 0.0 {
-            ((n as f64) * (1.0 - o.validation_split)).floor() as usize
-        } else {
-            n
-        };
-        if n_train == 0 || (o.validation_split > 0.0 && n_train >= n) {
-            return Err(Error::Data(format!(
-                "{n} samples are too few to split into training and validation sets as validation_split={} says; give more data or another split",
-                o.validation_split
-            )));
-        }
-        let n_val = n - n_train;
-        let stateful = self.spec.is_stateful();
-        if stateful && !n_train.is_multiple_of(o.batch_size) {
-            return Err(Error::Data(format!(
-                "a stateful model trains on whole batches: {n_train} samples are not a multiple of batch_size={}",
-                o.batch_size
-            )));
-        }
-        let mut rng = crate::init::stream(o.seed, 7, 7);
-        self.dropout_rng = crate::init::stream(o.seed, DROPOUT_STREAM.0, DROPOUT_STREAM.1);
-        let mut logs = Vec::new();
-        // The weights and slots of the last good epoch, copied at the start of every epoch
-        // into the buffers of the copy before. The copy costs the tutorial's training
-        // (`lstmc run`, two threads) about 5%: 4.41–4.50 s with it, 4.20–4.26 s without
-        // (four alternating pairs); into fresh buffers each epoch, or by stores that
-        // bypass the cache, it cost no less.
-        let mut good = Snapshot::default();
-        // Each batch's rows, in arrays kept from batch to batch.
-        let (mut xb, mut tb) = (ArrayD::zeros(IxDyn(&[0])), ArrayD::zeros(IxDyn(&[0])));
-        for epoch in 1..=o.epochs {
-            good.take(self);
-            let mut order: Vec<usize> = (0..n_train).collect();
-            if o.shuffle {
-                for i in (1..order.len()).rev() {
-                    let j = rand::Rng::random_range(&mut rng, 0..=i);
-                    order.swap(i, j);
-                }
-            }
-            let (mut total, mut acc) = (0.0, 0.0);
-            for (b, chunk) in order.chunks(o.batch_size).enumerate() {
-                rows_into(&data.x, chunk, &mut xb, |v| v as f32);
-                rows_into(y, chunk, &mut tb, |v| v);
-                let (l, a) = self.train_on_batch(&xb, &tb)?;
-                // Diverged weights give a non-finite loss at the next step.
-                if !l.is_finite() {
-                    good.restore(self);
-                    return Err(Error::Data(format!(
-                        "training diverged: the loss is {l} at epoch {epoch}, batch {}; the weights of epoch {} are kept",
-                        b + 1,
-                        epoch - 1
-                    )));
-                }
-                total += l * chunk.len() as f64;
-                acc += a.unwrap_or(0.0) * chunk.len() as f64;
-            }
-            // The last batch's update can overflow with a finite loss: its weights would
-            // be the next epoch's snapshot.
-            if !self.finite() {
-                good.restore(self);
-                return Err(Error::Data(format!(
-                    "training diverged: the weights are not finite after epoch {epoch}, batch {} (its update overflowed); the weights of epoch {} are kept",
-                    n_train.div_ceil(o.batch_size),
-                    epoch - 1
-                )));
-            }
-            if stateful && o.reset_states == ResetStates::Epoch {
-                self.reset_states();
-            }
-            let validation = if n_val > 0 {
-                let xv = data.x.slice_axis(Axis(0), (n_train..n).into()).to_owned();
-                let yv = y.slice_axis(Axis(0), (n_train..n).into()).to_owned();
-                let r = self.evaluate(&xv, &yv, o.batch_size)?;
-                if stateful {
-                    self.reset_states();
-                }
-                Some(r)
-            } else {
-                None
-            };
-            let log = EpochLog {
-                epoch,
-                loss: total / n_train as f64,
-                metric: self.metric.map(|_| acc / n_train as f64),
-                validation,
-            };
-            on_epoch(&log);
-            logs.push(log);
-        }
-        Ok(logs)
-    }
-}
-
-/// Rows `rows` of `src` (along its first axis) into `dst`, converted by `f`: `dst` takes
-/// `src`'s shape with `rows.len()` rows, and is allocated anew only when that shape
-/// changes. Selected and converted into new arrays, a batch's rows took the tutorial's
-/// training at one thread about 1.7% of its time in allocations and `ndarray`'s
-/// bookkeeping (`perf`), for four numbers and twelve.
-fn rows_into<A: Copy, B: Copy + Default>(
-    src: &ArrayD<A>,
-    rows: &[usize],
-    dst: &mut ArrayD<B>,
-    f: impl Fn(A) -> B,
-) {
-    let mut shape = src.shape().to_vec();
-    shape[0] = rows.len();
-    if dst.shape() != shape.as_slice() {
-        *dst = ArrayD::from_elem(IxDyn(&shape), B::default());
-    }
-    let len = shape[1..].iter().product::<usize>();
-    match (src.as_slice(), dst.as_slice_mut()) {
-        (Some(s), Some(d)) => {
-            for (to, &r) in d.chunks_exact_mut(len.max(1)).zip(rows) {
-                for (t, &v) in to.iter_mut().zip(&s[r * len..(r + 1) * len]) {
-                    *t = f(v);
-                }
-            }
-        }
-        _ => *dst = src.select(Axis(0), rows).mapv(f),
-    }
-}
-
-/// [`Trainer::fit`]'s copy of the weights, optimizer slots and step count at the start
-/// of an epoch.
-#[derive(Default)]
-struct Snapshot {
-    weights: Vec<Buf>,
-    slots: Vec<[Buf; 2]>,
-    iterations: u64,
-}
-
-impl Snapshot {
-    /// Copies `t`'s weights, slots and steps, into the buffers of the last copy.
-    fn take(&mut self, t: &Trainer) {
-        self.weights.resize_with(t.weights.len(), Buf::new);
-        for (mine, w) in self.weights.iter_mut().zip(&t.weights) {
-            mine.copy_from(w);
-        }
-        self.slots.resize_with(t.slots.len(), Default::default);
-        for (mine, s) in self.slots.iter_mut().zip(&t.slots) {
-            mine[0].copy_from(&s[0]);
-            mine[1].copy_from(&s[1]);
-        }
-        self.iterations = t.iterations;
-    }
-
-    /// Puts the copy back into `t` (swapping buffers, not copying them).
-    fn restore(&mut self, t: &mut Trainer) {
-        std::mem::swap(&mut self.weights, &mut t.weights);
-        std::mem::swap(&mut self.slots, &mut t.slots);
-        t.iterations = self.iterations;
-    }
-}
-
-/// Whether every element of `xs` is finite: no exponent field of all ones (∞, NaN).
-/// One unit added to an exponent field carries into the sign bit only from all ones, so
-/// the elements' fields plus one unit, or-ed together, have the sign bit clear. Three
-/// integer operations a lane, with no early exit, in any vector set: the first version
-/// folded the fields' maximum, which the baseline x86-64 vector set has no instruction
-/// for, and took 1.8% of the tutorial's training at one thread (`perf`).
-fn all_finite(xs: &[f32]) -> bool {
-    const EXPONENT: u32 = 0x7f80_0000;
-    const UNIT: u32 = 0x0080_0000;
-    let carried = xs
-        .iter()
-        .fold(0, |acc, x| acc | ((x.to_bits() & EXPONENT) + UNIT));
-    carried & 0x8000_0000 == 0
 }
 
 /// Keras 3's value of `metric` for predictions `y` against targets `t` (class indices,
@@ -1025,75 +829,4 @@ fn output_shape<'c>(c: &'c Compiled, role: &OutputRole) -> Result<&'c [usize]> {
         .find(|(r, _)| r == role)
         .map(|(_, v)| c.func.shape(*v))
         .ok_or_else(|| Error::Internal(format!("no output {role}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{all_finite, rows_into};
-    use ndarray::{ArrayD, Axis, IxDyn};
-
-    /// A batch's rows, in any order and repeated, converted: the same array as a
-    /// selection of them converted, in a kept array as in a new one, from a source
-    /// in standard layout or not.
-    #[test]
-    fn rows_into_selects_and_converts_as_select_does() {
-        let src = ArrayD::from_shape_fn(IxDyn(&[6, 3, 2]), |i| {
-            (i[0] * 100 + i[1] * 10 + i[2]) as f64 + 0.1
-        });
-        // The same values, stored column-major: no slice to copy from.
-        let column_major = src
-            .clone()
-            .reversed_axes()
-            .as_standard_layout()
-            .reversed_axes()
-            .to_owned();
-        assert_eq!(column_major, src);
-        assert!(column_major.as_slice().is_none());
-        let mut dst = ArrayD::zeros(IxDyn(&[0]));
-        for rows in [&[4, 0, 4][..], &[5, 1, 2], &[3], &[]] {
-            let expected = src.select(Axis(0), rows).mapv(|v| v as f32);
-            for from in [&src, &column_major] {
-                rows_into(from, rows, &mut dst, |v| v as f32);
-                assert_eq!(dst, expected, "rows {rows:?}");
-            }
-        }
-    }
-
-    /// Every sign and exponent field, with mantissas at both ends, alone; then ∞ and
-    /// NaNs at every place in slices of every length up to 70 (beyond any vector's width
-    /// and unrolling) of finite values at both ends of the range: the same answer as
-    /// `f32::is_finite` on every element.
-    #[test]
-    fn all_finite_finds_any_infinity_or_nan_anywhere() {
-        for sign in [0u32, 1 << 31] {
-            for exponent in 0..256u32 {
-                for mantissa in [0, 1, 0x40_0000, 0x7f_ffff] {
-                    let x = f32::from_bits(sign | exponent << 23 | mantissa);
-                    assert_eq!(all_finite(&[x]), x.is_finite(), "{:#x}", x.to_bits());
-                }
-            }
-        }
-        assert!(all_finite(&[]));
-        let bad = [
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            f32::NAN,
-            -f32::NAN,
-            f32::from_bits(0x7f80_0001),
-            f32::from_bits(0xffff_ffff),
-        ];
-        for len in 1..=70 {
-            let finite: Vec<f32> = (0..len)
-                .map(|i| [f32::MAX, -1.5e-40, f32::MIN, 0.0][i % 4])
-                .collect();
-            assert!(all_finite(&finite), "len {len}");
-            for at in 0..len {
-                for x in bad {
-                    let mut v = finite.clone();
-                    v[at] = x;
-                    assert!(!all_finite(&v), "{:#x} at {at} of {len}", x.to_bits());
-                }
-            }
-        }
-    }
 }
