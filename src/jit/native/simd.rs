@@ -55,7 +55,7 @@ impl Isa {
     /// Runs `kernel` with this set's vectors.
     ///
     /// # Safety
-    /// The CPU has this set (it came from [`Isa::detect`] or [`Isa::available`]).
+    /// The CPU has this set (it came from [`Isa::detect`] or `Isa::available` (in tests)).
     #[inline(always)]
     pub unsafe fn run<K: VecKernel>(self, kernel: K) -> K::Output {
         #[cfg(target_arch = "x86_64")]

@@ -83,7 +83,7 @@ fn transpose(
 /// `rows`, `ds` apart) by bands of a vector's rows: each column of a band gathered into
 /// one vector, stored whole into its row of `dst`. A band's rows are read along, line
 /// by line. `run` returns the rows done, a multiple of `LANES`; the caller does the
-/// rest. Used by [`lstmc_transpose`] and by [`Product::block_by_columns`], whose
+/// rest. Used by [`lstmc_transpose`] and by [`super::Product::block_by_columns`], whose
 /// column-major scratch it writes into `c` (there half the time of element by element
 /// with AVX-512: 49 against 96 µs for W4's 64 × 2048; about the same with Zen 2's AVX2,
 /// W4's forward 1.00 against it at one thread).
