@@ -87,10 +87,10 @@ impl Isa {
 }
 
 /// Whether Adam's and RMSprop's updates take square roots with [`Simd::sqrt_fma`] (the
-/// same bits; every other vector's, see `update::Adam`), once per process: where the CPU has AVX-512F and
-/// runs two 512-bit multiply-adds a cycle ([`full_width_fma`]). There the divider takes
-/// about 11 cycles a 512-bit square root and 10 a division, and Adam needs both, while
-/// the multiply-add ports have room for nine more operations. On a Xeon (family 6,
+/// same bits; every other vector's, see `update::Adam`), once per process: where the CPU
+/// has AVX-512F and runs two 512-bit multiply-adds a cycle ([`full_width_fma`]). There
+/// the divider takes about 11 cycles a 512-bit square root and 10 a division, and Adam
+/// needs both, while the multiply-add ports have room for nine more operations. On a Xeon (family 6,
 /// model 207), W2's update of its recurrent kernel (65,536 weights, its gradient's four
 /// outer-product terms computed as it goes) in a standalone loop, alternating blocks of
 /// 200 calls: 29.8–30.5 µs a call at best with `vsqrtps`, 26.3–26.9 µs with these nine

@@ -489,10 +489,10 @@ const BLOCK: usize = 4;
 /// Runs `$body` with `$i`, `$len` and `$gv`, the gradient's lanes `$i..$i + $len`, and
 /// `$b`, the vector's place in its block ([`BLOCK`] for the rest), over `$n` lanes, a
 /// vector at a time: the gradient of [`BLOCK`] whole vectors first, then their updates,
-/// then the rest one vector at a time. An outer product's terms are a
-/// chain of dependent multiply-adds that an update's own chain (a square root, then a
-/// division) follows; vector by vector, the core's scheduler filled up with both chains,
-/// and W2's update of its recurrent kernel took 40 µs a call standalone on Zen 2.
+/// then the rest one vector at a time. An outer product's terms are a chain of dependent
+/// multiply-adds that an update's own chain (a square root, then a division) follows;
+/// vector by vector, the core's scheduler filled up with both chains, and W2's update of
+/// its recurrent kernel took 40 µs a call standalone on Zen 2.
 /// Computed four vectors ahead, 31.5 µs (with a stored gradient: 29). The sums are the
 /// same, so the bits are too. A macro, as [`by_vectors`] is: a closure would not be
 /// compiled with the caller's vector set.
