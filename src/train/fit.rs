@@ -135,7 +135,7 @@ impl Trainer {
 /// `src`'s shape with `rows.len()` rows, and is allocated anew only when that shape
 /// changes. Selected and converted into new arrays, a batch's rows took the tutorial's
 /// training at one thread about 1.7% of its time in allocations and `ndarray`'s
-/// bookkeeping (`perf`), for four numbers and twelve.
+/// bookkeeping (`perf`), for a batch of four inputs and twelve targets.
 fn rows_into<A: Copy, B: Copy + Default>(
     src: &ArrayD<A>,
     rows: &[usize],
