@@ -59,13 +59,13 @@ fn a_diverging_run_stops_naming_epoch_and_batch_and_keeps_the_last_good_epoch() 
         (i[0] + i[1] + i[2]) as f64 * 0.3
     });
     let model = b"LSTM 4 input_dim=2 input_length=3 activation=linear\nDense 1\n";
-    let (err, kept) = fit_sgd(model, &x, 1e12, 2, 50);
+    let (err, kept) = fit_sgd(model, &x, 1e12, 2, 50, PLAIN);
     let err = err.expect_err("a learning rate of 1e12 diverges");
     assert!(
         err.contains("training diverged: the loss is") && err.contains("batch"),
         "{err}"
     );
-    assert_kept_epoch(model, &x, 1e12, 2, &err, &kept);
+    assert_kept_epoch(model, &x, 1e12, 2, PLAIN, &err, &kept);
 }
 
 /// An update that overflows in an epoch's last batch, whose loss was finite: the error
@@ -76,23 +76,40 @@ fn an_overflow_in_an_epochs_last_update_keeps_the_epoch_before() {
     // One batch an epoch; Dense's gradient is about 2 · 100 · x, times 1e36: past f32.
     let x = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[4, 2]), |i| (i[0] + i[1]) as f64);
     let model = b"Dense 1 input_dim=2\n";
-    let (err, kept) = fit_sgd(model, &x, 1e36, 4, 5);
+    let (err, kept) = fit_sgd(model, &x, 1e36, 4, 5, PLAIN);
     let err = err.expect_err("a learning rate of 1e36 overflows");
     assert!(
         err.contains("the weights are not finite after epoch 1, batch 1"),
         "{err}"
     );
-    assert_kept_epoch(model, &x, 1e36, 4, &err, &kept);
+    assert_kept_epoch(model, &x, 1e36, 4, PLAIN, &err, &kept);
 }
 
+/// How [`fit_sgd`] fits besides its arguments: shuffled or not, the validation split, and
+/// the states reset after every epoch or never.
+#[derive(Clone, Copy)]
+struct How {
+    shuffle: bool,
+    split: f64,
+    reset_each_epoch: bool,
+}
+
+/// In order, no validation, states reset after every epoch.
+const PLAIN: How = How {
+    shuffle: false,
+    split: 0.0,
+    reset_each_epoch: true,
+};
+
 /// Fits `model` by SGD at `rate` on `x` against targets of 100 for `epochs` epochs of
-/// batches of `batch`: the error (if any) and the weights after.
+/// batches of `batch`, as `how` says: the error (if any) and the weights after.
 fn fit_sgd(
     model: &[u8],
     x: &ndarray::ArrayD<f64>,
     rate: f64,
     batch: usize,
     epochs: usize,
+    how: How,
 ) -> (Result<(), String>, lstmc::weights::Weights) {
     use lstmc::data::Dataset;
     use lstmc::model::{Loss, Optimizer, ResetStates};
@@ -115,9 +132,13 @@ fn fit_sgd(
         optimizer: opt,
         epochs,
         batch_size: batch,
-        shuffle: false,
-        reset_states: ResetStates::Epoch,
-        validation_split: 0.0,
+        shuffle: how.shuffle,
+        reset_states: if how.reset_each_epoch {
+            ResetStates::Epoch
+        } else {
+            ResetStates::Never
+        },
+        validation_split: how.split,
         seed: 0,
     };
     let result = t
@@ -134,6 +155,7 @@ fn assert_kept_epoch(
     x: &ndarray::ArrayD<f64>,
     rate: f64,
     batch: usize,
+    how: How,
     err: &str,
     kept: &lstmc::weights::Weights,
 ) {
@@ -143,7 +165,7 @@ fn assert_kept_epoch(
         .and_then(|rest| rest.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no kept epoch in: {err}"));
-    let (again, replayed) = fit_sgd(model, x, rate, batch, epochs);
+    let (again, replayed) = fit_sgd(model, x, rate, batch, epochs, how);
     assert!(again.is_ok(), "{epochs} epochs do not diverge: {again:?}");
     assert_eq!(kept.tensors.len(), replayed.tensors.len());
     for ((name, a), (_, b)) in kept.tensors.iter().zip(&replayed.tensors) {
@@ -373,4 +395,53 @@ fn validation_split_takes_the_samples_keras_takes() {
             "{split}: {err}"
         );
     }
+}
+
+/// The epoch an error names, from "at epoch N,".
+fn named_epoch(err: &str) -> usize {
+    err.split("at epoch ")
+        .nth(1)
+        .or_else(|| err.split("after epoch ").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no epoch in: {err}"))
+}
+
+/// A run that diverges well past its first checkpoint (every 16 epochs), shuffled and
+/// with a validation split: `fit` goes back to the checkpoint and replays the epochs
+/// since, and keeps the bits of a run of as many epochs as the error names.
+#[test]
+fn a_shuffled_run_diverging_past_a_checkpoint_keeps_the_epoch_before() {
+    let x = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[10, 2]), |i| {
+        ((i[0] * 7 + i[1] * 3) % 5) as f64 * 0.5 + 0.5
+    });
+    let model = b"Dense 1 input_dim=2\n";
+    let how = How {
+        shuffle: true,
+        split: 0.2,
+        reset_each_epoch: true,
+    };
+    let (err, kept) = fit_sgd(model, &x, 0.2, 2, 200, how);
+    let err = err.expect_err("SGD at 0.2 diverges");
+    assert!(named_epoch(&err) > 17, "{err}");
+    assert_kept_epoch(model, &x, 0.2, 2, how, &err, &kept);
+}
+
+/// As above, for a stateful layer whose states are never reset: the checkpoint carries
+/// them, and the replay starts from them.
+#[test]
+fn a_stateful_run_diverging_past_a_checkpoint_keeps_the_epoch_before() {
+    let x = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[8, 1, 2]), |i| {
+        ((i[0] * 7 + i[2] * 3) % 5) as f64 * 0.2 + 0.1
+    });
+    let model = b"SimpleRNN 1 input_dim=2 input_length=1 activation=linear stateful\n";
+    let how = How {
+        shuffle: false,
+        split: 0.0,
+        reset_each_epoch: false,
+    };
+    let (err, kept) = fit_sgd(model, &x, 1e-4, 2, 300, how);
+    let err = err.expect_err("SGD at 1e-4 with states never reset diverges");
+    assert!(named_epoch(&err) > 17, "{err}");
+    assert_kept_epoch(model, &x, 1e-4, 2, how, &err, &kept);
 }

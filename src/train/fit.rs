@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::jit::Buf;
 use crate::model::ResetStates;
 use ndarray::{ArrayD, Axis, IxDyn};
+use rand_pcg::Pcg64Mcg;
 
 impl Trainer {
     /// Whether every weight and optimizer slot is finite.
@@ -60,50 +61,53 @@ impl Trainer {
         let mut rng = crate::init::stream(o.seed, 7, 7);
         self.dropout_rng = crate::init::stream(o.seed, DROPOUT_STREAM.0, DROPOUT_STREAM.1);
         let mut logs = Vec::new();
-        // The weights and slots of the last good epoch, copied at the start of every epoch
-        // into the buffers of the copy before. The copy costs the tutorial's training
-        // (`lstmc run`, two threads) about 5%: 4.41–4.50 s with it, 4.20–4.26 s without
-        // (four alternating pairs); into fresh buffers each epoch, or by stores that
-        // bypass the cache, it cost no less.
-        let mut good = Snapshot::default();
+        // The last checkpoint: where training goes back to when it diverges, to replay the
+        // epochs since up to the last good one ([`CHECKPOINT`]).
+        let mut good = Snapshot::new(self, &rng);
         // Each batch's rows, in arrays kept from batch to batch.
         let (mut xb, mut tb) = (ArrayD::zeros(IxDyn(&[0])), ArrayD::zeros(IxDyn(&[0])));
         for epoch in 1..=o.epochs {
-            good.take(self);
-            let mut order: Vec<usize> = (0..n_train).collect();
-            if o.shuffle {
-                for i in (1..order.len()).rev() {
-                    let j = rand::Rng::random_range(&mut rng, 0..=i);
-                    order.swap(i, j);
-                }
+            if epoch > 1 && (epoch - 1) % CHECKPOINT == 0 {
+                good.take(self, &rng, epoch);
             }
-            let (mut total, mut acc) = (0.0, 0.0);
-            for (b, chunk) in order.chunks(o.batch_size).enumerate() {
-                rows_into(&data.x, chunk, &mut xb, |v| v as f32);
-                rows_into(y, chunk, &mut tb, |v| v);
-                let (l, a) = self.train_on_batch(&xb, &tb)?;
-                // Diverged weights give a non-finite loss at the next step.
-                if !l.is_finite() {
-                    good.restore(self);
+            let order = epoch_order(&mut rng, n_train, o.shuffle);
+            let sums = self.batches(&data.x, y, &order, o.batch_size, &mut xb, &mut tb)?;
+            // A diverged step gives a non-finite loss at the next step; the last batch's
+            // update can overflow with a finite loss, so the weights are checked too.
+            let sums = match sums {
+                Err((b, l)) => Err(format!("the loss is {l} at epoch {epoch}, batch {b}")),
+                Ok(_) if !self.finite() => Err(format!(
+                    "the weights are not finite after epoch {epoch}, batch {} (its update overflowed)",
+                    n_train.div_ceil(o.batch_size)
+                )),
+                Ok(sums) => Ok(sums),
+            };
+            let (total, acc) = match sums {
+                Ok(sums) => sums,
+                Err(what) => {
+                    // Back to the checkpoint, then the epochs since as they ran: the same
+                    // orders, steps and resets, so the same bits.
+                    rng = good.restore(self);
+                    for _ in good.epoch..epoch {
+                        let order = epoch_order(&mut rng, n_train, o.shuffle);
+                        if self
+                            .batches(&data.x, y, &order, o.batch_size, &mut xb, &mut tb)?
+                            .is_err()
+                        {
+                            return Err(Error::Internal("an epoch diverged when replayed".into()));
+                        }
+                        // The epoch's end and its validation leave a stateful model's states
+                        // reset.
+                        if stateful && (o.reset_states == ResetStates::Epoch || n_val > 0) {
+                            self.reset_states();
+                        }
+                    }
                     return Err(Error::Data(format!(
-                        "training diverged: the loss is {l} at epoch {epoch}, batch {}; the weights of epoch {} are kept",
-                        b + 1,
+                        "training diverged: {what}; the weights of epoch {} are kept",
                         epoch - 1
                     )));
                 }
-                total += l * chunk.len() as f64;
-                acc += a.unwrap_or(0.0) * chunk.len() as f64;
-            }
-            // The last batch's update can overflow with a finite loss: its weights would
-            // be the next epoch's snapshot.
-            if !self.finite() {
-                good.restore(self);
-                return Err(Error::Data(format!(
-                    "training diverged: the weights are not finite after epoch {epoch}, batch {} (its update overflowed); the weights of epoch {} are kept",
-                    n_train.div_ceil(o.batch_size),
-                    epoch - 1
-                )));
-            }
+            };
             if stateful && o.reset_states == ResetStates::Epoch {
                 self.reset_states();
             }
@@ -128,6 +132,56 @@ impl Trainer {
             logs.push(log);
         }
         Ok(logs)
+    }
+}
+
+/// Epochs from one checkpoint of [`Trainer::fit`] to the next. A checkpoint copies the
+/// weights, the optimizer's slots and step count, the carried states and the random
+/// streams; when training diverges, `fit` goes back to the last one and replays the
+/// epochs since, up to the last good one. Copied at the start of every epoch instead,
+/// they cost the tutorial's training (`lstmc run`, two threads) about 5%: 4.41–4.50 s
+/// with the copy, 4.20–4.26 s without (four alternating pairs, 2026-12-06); into fresh
+/// buffers each epoch, or by stores that bypass the cache, no less. A divergence now
+/// replays at most this many epochs less one.
+const CHECKPOINT: usize = 16;
+
+/// The order of an epoch's `n` samples: shuffled by `rng` (Fisher–Yates) or as they are.
+fn epoch_order(rng: &mut Pcg64Mcg, n: usize, shuffle: bool) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    if shuffle {
+        for i in (1..order.len()).rev() {
+            let j = rand::Rng::random_range(rng, 0..=i);
+            order.swap(i, j);
+        }
+    }
+    order
+}
+
+impl Trainer {
+    /// One epoch's batches of `batch_size` samples in `order` (their rows copied into
+    /// `xb` and `tb`): the sums of the loss and metric over its samples, or the batch
+    /// (from 1) whose loss was not finite and that loss.
+    fn batches(
+        &mut self,
+        x: &ArrayD<f64>,
+        y: &ArrayD<f64>,
+        order: &[usize],
+        batch_size: usize,
+        xb: &mut ArrayD<f32>,
+        tb: &mut ArrayD<f64>,
+    ) -> Result<std::result::Result<(f64, f64), (usize, f64)>> {
+        let (mut total, mut acc) = (0.0, 0.0);
+        for (b, chunk) in order.chunks(batch_size).enumerate() {
+            rows_into(x, chunk, xb, |v| v as f32);
+            rows_into(y, chunk, tb, |v| v);
+            let (l, a) = self.train_on_batch(xb, tb)?;
+            if !l.is_finite() {
+                return Ok(Err((b + 1, l)));
+            }
+            total += l * chunk.len() as f64;
+            acc += a.unwrap_or(0.0) * chunk.len() as f64;
+        }
+        Ok(Ok((total, acc)))
     }
 }
 
@@ -160,18 +214,38 @@ fn rows_into<A: Copy, B: Copy + Default>(
     }
 }
 
-/// [`Trainer::fit`]'s copy of the weights, optimizer slots and step count at the start
-/// of an epoch.
-#[derive(Default)]
+/// A checkpoint of [`Trainer::fit`] ([`CHECKPOINT`]): the weights, optimizer slots, step
+/// count and carried states at the start of epoch `epoch`, and the shuffling and dropout
+/// streams there.
 struct Snapshot {
     weights: Vec<Buf>,
     slots: Vec<[Buf; 2]>,
     iterations: u64,
+    states: Vec<((usize, &'static str), Buf)>,
+    rng: Pcg64Mcg,
+    dropout_rng: Pcg64Mcg,
+    epoch: usize,
 }
 
 impl Snapshot {
-    /// Copies `t`'s weights, slots and steps, into the buffers of the last copy.
-    fn take(&mut self, t: &Trainer) {
+    /// A copy of `t` at the start of the first epoch, with the shuffling stream `rng`.
+    fn new(t: &Trainer, rng: &Pcg64Mcg) -> Snapshot {
+        let mut s = Snapshot {
+            weights: Vec::new(),
+            slots: Vec::new(),
+            iterations: 0,
+            states: Vec::new(),
+            rng: rng.clone(),
+            dropout_rng: t.dropout_rng.clone(),
+            epoch: 1,
+        };
+        s.take(t, rng, 1);
+        s
+    }
+
+    /// Copies `t`'s weights, slots, steps and states, into the buffers of the last copy,
+    /// with `rng` and `t`'s dropout stream, at the start of `epoch`.
+    fn take(&mut self, t: &Trainer, rng: &Pcg64Mcg, epoch: usize) {
         self.weights.resize_with(t.weights.len(), Buf::new);
         for (mine, w) in self.weights.iter_mut().zip(&t.weights) {
             mine.copy_from(w);
@@ -182,13 +256,21 @@ impl Snapshot {
             mine[1].copy_from(&s[1]);
         }
         self.iterations = t.iterations;
+        self.states.clone_from(&t.states);
+        self.rng.clone_from(rng);
+        self.dropout_rng.clone_from(&t.dropout_rng);
+        self.epoch = epoch;
     }
 
-    /// Puts the copy back into `t` (swapping buffers, not copying them).
-    fn restore(&mut self, t: &mut Trainer) {
+    /// Puts the copy back into `t` (swapping buffers, not copying them); returns the
+    /// shuffling stream.
+    fn restore(&mut self, t: &mut Trainer) -> Pcg64Mcg {
         std::mem::swap(&mut self.weights, &mut t.weights);
         std::mem::swap(&mut self.slots, &mut t.slots);
+        std::mem::swap(&mut self.states, &mut t.states);
         t.iterations = self.iterations;
+        t.dropout_rng.clone_from(&self.dropout_rng);
+        self.rng.clone()
     }
 }
 
