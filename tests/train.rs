@@ -415,16 +415,12 @@ fn a_shuffled_run_diverging_past_a_checkpoint_keeps_the_epoch_before() {
     let x = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[10, 2]), |i| {
         ((i[0] * 7 + i[1] * 3) % 5) as f64 * 0.5 + 0.5
     });
-    let model = b"Dense 1 input_dim=2\n";
     let how = How {
         shuffle: true,
         split: 0.2,
         reset_each_epoch: true,
     };
-    let (err, kept) = fit_sgd(model, &x, 0.2, 2, 200, how);
-    let err = err.expect_err("SGD at 0.2 diverges");
-    assert!(named_epoch(&err) > 17, "{err}");
-    assert_kept_epoch(model, &x, 0.2, 2, how, &err, &kept);
+    diverges_past_a_checkpoint(b"Dense 1 input_dim=2\n", &x, 0.2, 200, how);
 }
 
 /// As above, for a stateful layer whose states are never reset: the checkpoint carries
@@ -440,8 +436,20 @@ fn a_stateful_run_diverging_past_a_checkpoint_keeps_the_epoch_before() {
         split: 0.0,
         reset_each_epoch: false,
     };
-    let (err, kept) = fit_sgd(model, &x, 1e-4, 2, 300, how);
-    let err = err.expect_err("SGD at 1e-4 with states never reset diverges");
+    diverges_past_a_checkpoint(model, &x, 1e-4, 300, how);
+}
+
+/// Fits `model` by SGD at `rate`, in batches of 2, on `x` for up to `epochs` epochs, and
+/// asserts that it diverges after epoch 17 and keeps the epoch before.
+fn diverges_past_a_checkpoint(
+    model: &[u8],
+    x: &ndarray::ArrayD<f64>,
+    rate: f64,
+    epochs: usize,
+    how: How,
+) {
+    let (err, kept) = fit_sgd(model, x, rate, 2, epochs, how);
+    let err = err.expect_err("a run that diverges");
     assert!(named_epoch(&err) > 17, "{err}");
-    assert_kept_epoch(model, &x, 1e-4, 2, how, &err, &kept);
+    assert_kept_epoch(model, x, rate, 2, how, &err, &kept);
 }
