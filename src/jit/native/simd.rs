@@ -86,23 +86,23 @@ impl Isa {
     }
 }
 
-/// Whether Adam's and RMSprop's updates take square roots with [`Simd::sqrt_fma`] (the
-/// same bits; every other vector's, see `update::Adam`), once per process: where the CPU
-/// has AVX-512F and runs two 512-bit multiply-adds a cycle ([`full_width_fma`]). There
-/// the divider takes about 11 cycles a 512-bit square root and 10 a division, and Adam
-/// needs both, while the multiply-add ports have room for nine more operations. On a Xeon (family 6,
-/// model 207), W2's update of its recurrent kernel (65,536 weights, its gradient's four
-/// outer-product terms computed as it goes) in a standalone loop, alternating blocks of
-/// 200 calls: 29.8–30.5 µs a call at best with `vsqrtps`, 26.3–26.9 µs with these nine
+/// Whether Adam's and RMSprop's updates take square roots with [`Simd::sqrt_fma`] (the same
+/// bits; every other vector's, see `update::Adam`), once per process: where the CPU has
+/// AVX-512F and runs two 512-bit multiply-adds a cycle ([`full_width_fma`]). There the
+/// divider takes about 11 cycles a 512-bit square root and 10 a division, and Adam needs
+/// both, while the multiply-add ports have room for nine more operations. On a Xeon (family
+/// 6, model 207), W2's update of its recurrent kernel (65,536 weights, its gradient's four
+/// outer-product terms computed as it goes) in a standalone loop, alternating blocks of 200
+/// calls: 29.8–30.5 µs a call at best with `vsqrtps`, 26.3–26.9 µs with these nine
 /// operations; in each of three runs the median of 40 blocks' ratios was 1.12× (p10
 /// 1.03–1.07×). In blocks of 2000 calls they were slower at times (35.5–41.0 against
 /// 32.6–37.9 µs), as the host's speed moved. W2's epoch, in 14 alternating pairs at one
-/// thread, was faster in 13. Where a 512-bit multiply-add takes both halves of the
-/// vector units (Zen 4, and Xeons with one 512-bit unit) the nine operations cost twice
-/// the port time, and the updates keep `vsqrtps`. On the first host (a Xeon with 1 MB of
-/// L2, 2026-12-05, its 512-bit units not counted) a square root by `rsqrt14` and Newton,
-/// with the division by a refined reciprocal, made the same standalone update 23%
-/// slower (README, "What bounds W2").
+/// thread, was faster in 13. Where a 512-bit multiply-add takes both halves of the vector
+/// units (Zen 4, and Xeons with one 512-bit unit) the nine operations cost twice the port
+/// time, and the updates keep `vsqrtps`. On the first host (a Xeon with 1 MB of L2,
+/// 2026-12-05, its 512-bit units not counted) a square root by `rsqrt14` and Newton, with
+/// the division by a refined reciprocal, made the same standalone update 23% slower
+/// (README, "What bounds W2").
 pub fn fma_sqrt() -> bool {
     static FMA: std::sync::LazyLock<bool> = std::sync::LazyLock::new(full_width_fma);
     *FMA

@@ -570,17 +570,31 @@ impl<const FMA_SQRT: bool> RowUpdate for Adam<'_, FMA_SQRT> {
                 let gg = s.mul(gv, gv);
                 let vv = s.add(vv, s.mul(s.sub(gg, vv), b2));
                 let num = s.mul(mv, rate);
-                let root = if FMA_SQRT && b % 2 == 1 {
-                    s.sqrt_fma(vv)
-                } else {
-                    s.sqrt(vv)
-                };
+                let root = root::<S, FMA_SQRT>(s, vv, b);
                 let den = s.add(root, eps);
                 let wv = s.sub(wv, s.div(num, den));
                 s.store_n(m.as_mut_ptr().add(i), len, mv);
                 s.store_n(v.as_mut_ptr().add(i), len, vv);
                 s.store_n(w.as_mut_ptr().add(i), len, wv);
             })
+        }
+    }
+}
+
+/// `√x` for the vector at place `b` of its block (`by_blocks!`): by [`Simd::sqrt_fma`] on
+/// the multiply-add ports for the odd places if `FMA_SQRT`, else by `vsqrtps` on the
+/// divider ([`Adam`]). The same bits either way.
+///
+/// # Safety
+/// The CPU has `S`'s set.
+#[inline(always)]
+unsafe fn root<S: Simd, const FMA_SQRT: bool>(s: S, x: S::V, b: usize) -> S::V {
+    // SAFETY: the caller's.
+    unsafe {
+        if FMA_SQRT && b % 2 == 1 {
+            s.sqrt_fma(x)
+        } else {
+            s.sqrt(x)
         }
     }
 }
@@ -618,11 +632,7 @@ impl<const FMA_SQRT: bool> RowUpdate for Rmsprop<'_, FMA_SQRT> {
                 let vv = s.add(s.mul(rho, vv), gg);
                 s.store_n(v.as_mut_ptr().add(i), len, vv);
                 let sum = s.add(vv, eps);
-                let root = if FMA_SQRT && b % 2 == 1 {
-                    s.sqrt_fma(sum)
-                } else {
-                    s.sqrt(sum)
-                };
+                let root = root::<S, FMA_SQRT>(s, sum, b);
                 let inc = s.div(s.mul(gv, rate), root);
                 let step = if momentum {
                     let mv = s.load_n(m.as_ptr().add(i), len);
